@@ -1,0 +1,163 @@
+"""Our jitted forward vs the `transformers` PyTorch forward, same weights, same inputs, one run.
+
+  python bench/forward.py [--repeats=10]
+
+For each config (tiny, small) prints median step times, their ratio (torch / ours: >1 means we are
+faster), the analytic FLOPs of the forward, and the fraction of this machine's measured matmul peak
+each side achieves. Also checks that the two outputs agree, so the figures compare the same math.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from zwz_jax.config import load_config  # noqa: E402
+from zwz_jax.data import batch as batching  # noqa: E402
+from zwz_jax.data import processor  # noqa: E402
+from zwz_jax.models import convert  # noqa: E402
+from zwz_jax.models.qwen2_5_vl import ModelConfig  # noqa: E402
+from zwz_jax.sharding import make_mesh  # noqa: E402
+
+# name -> (overrides of configs/tiny.py, image sizes (w, h), text tokens around the image)
+CASES = {
+    "tiny": ([], [(224, 224)], 32),
+    "small": (["model.vision.depth=8", "model.vision.hidden_size=256", "model.vision.num_heads=4",
+               "model.vision.intermediate_size=512", "model.vision.window_size=112",
+               "model.vision.fullatt_block_indexes=(3,7)", "model.vision.out_hidden_size=512",
+               "model.text.hidden_size=512", "model.text.num_layers=8", "model.text.num_heads=8",
+               "model.text.num_kv_heads=4", "model.text.intermediate_size=1536",
+               "model.text.mrope_section=(8,12,12)"], [(448, 448)], 128),
+}
+
+
+def matmul_peak(n=2048, repeats=10) -> float:
+  """FLOP/s of a large fp32 matmul on this machine (the best of JAX and PyTorch)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  jax_t = _median(lambda: f(a).block_until_ready(), repeats)
+  t = torch.ones(n, n)
+  torch_t = _median(lambda: t @ t, repeats)
+  return 2 * n**3 / min(jax_t, torch_t)
+
+
+def _median(fn, repeats) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def forward_flops(cfg: ModelConfig, grids, seq_len: int) -> float:
+  """Analytic matmul FLOPs of one forward over the real (unpadded) patches and tokens."""
+  v, t = cfg.vision, cfg.text
+  flops = 0.0
+  for tt, h, w in grids:
+    p = tt * h * w
+    e, m = v.hidden_size, v.intermediate_size
+    flops += 2 * p * v.patch_dim * e
+    per_block = 2 * p * (3 * e * e + e * e + 3 * e * m)
+    win = v.window_patches
+    flops += v.depth * per_block
+    flops += (v.depth - len(v.fullatt_block_indexes)) * 4 * p * min(win, p) * e  # QK^T and PV in windows
+    flops += len(v.fullatt_block_indexes) * 4 * p * (p // tt) * e
+    flops += 2 * (p // v.merge_unit) * (v.merge_unit * e) * (v.merge_unit * e + v.out_hidden_size)
+  e, hd = t.hidden_size, t.head_dim
+  proj = e * (t.num_heads * hd) * 2 + e * (t.num_kv_heads * hd) * 2
+  flops += t.num_layers * 2 * seq_len * (proj + 3 * e * t.intermediate_size)
+  flops += t.num_layers * 4 * seq_len * seq_len * t.num_heads * hd / 2  # causal: half the square
+  flops += 2 * seq_len * e * t.vocab_size
+  return flops
+
+
+def run_case(name, overrides, sizes, n_text, repeats, peak):
+  config = load_config("configs/tiny.py", overrides)
+  cfg = ModelConfig.from_config(config.model)
+  torch.manual_seed(0)
+  hf = transformers.Qwen2_5_VLForConditionalGeneration(
+      transformers.Qwen2_5_VLConfig(**convert.hf_config_dict(cfg))).eval()
+  with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d)
+    ours = convert.load_hf_state(cfg, d, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+
+  rng = np.random.default_rng(0)
+  v = cfg.vision
+  pixels, grids = [], []
+  for w, h in sizes:
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    px, grid = processor.preprocess_image(
+        Image.fromarray(img), patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size,
+        min_pixels=config.processor.min_pixels, max_pixels=w * h, image_mean=config.processor.image_mean,
+        image_std=config.processor.image_std)
+    pixels.append(px)
+    grids.append(grid)
+  ids = list(rng.integers(0, 400, n_text // 2))
+  for grid in grids:
+    ids += [cfg.vision_start_token_id] + [cfg.image_token_id] * (int(np.prod(grid)) // v.merge_unit)
+    ids += [cfg.vision_end_token_id]
+  ids = np.asarray(ids + list(rng.integers(0, 400, n_text - n_text // 2)), np.int32)
+  positions, _ = processor.mrope_positions(ids, grids, image_token_id=cfg.image_token_id,
+                                           merge_size=v.spatial_merge_size)
+  ex = {"input_ids": ids, "positions": positions, "pixel_values": np.concatenate(pixels),
+        "grid_thw": np.stack(grids)}
+  win = v.window_patches
+  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
+                               merge_size=v.spatial_merge_size, window_size=v.window_size)
+  batch = batching.build_batch([ex], vision_cfg=v, image_token_id=cfg.image_token_id,
+                               max_tokens=len(ids), max_patches=-(-len(lay["patches"]) // win) * win)
+  keys = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
+          "vision_segment_ids", "image_token_index")
+  inputs = {k: jnp.asarray(batch[k]) for k in keys}
+  fwd = jax.jit(lambda m, b: m(**b))
+  ours_logits = np.asarray(fwd(ours, inputs))
+  ours_t = _median(lambda: fwd(ours, inputs).block_until_ready(), repeats)
+
+  hf_in = dict(input_ids=torch.as_tensor(ids).long()[None], pixel_values=torch.as_tensor(ex["pixel_values"]),
+               image_grid_thw=torch.as_tensor(ex["grid_thw"]),
+               position_ids=torch.as_tensor(positions).long()[:, None])
+  with torch.inference_mode():
+    hf_logits = hf(**hf_in).logits.numpy()
+    hf(**hf_in)
+    hf_t = _median(lambda: hf(**hf_in), repeats)
+  err = np.abs(ours_logits - hf_logits).max() / np.abs(hf_logits).max()
+  flops = forward_flops(cfg, [tuple(g) for g in grids], len(ids))
+  n_params = sum(p.numel() for p in hf.parameters())
+  print(f"{name:6s} {n_params / 1e6:7.2f}M  {int(sum(np.prod(g) for g in grids)):5d} patches {len(ids):5d} tokens | "
+        f"ours {ours_t * 1e3:8.2f} ms  torch {hf_t * 1e3:8.2f} ms  torch/ours {hf_t / ours_t:5.2f}x | "
+        f"{flops / 1e9:7.3f} GFLOP  ours {flops / ours_t / peak:6.1%}  torch {flops / hf_t / peak:6.1%} of peak | "
+        f"rel err {err:.1e}")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args()
+  jax.config.update("jax_default_matmul_precision", "highest")
+  transformers.logging.set_verbosity_error()
+  transformers.utils.logging.disable_progress_bar()
+  torch.set_num_threads(os.cpu_count() or 1)
+  peak = matmul_peak()
+  print(f"{jax.devices()[0].device_kind} x{jax.device_count()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+  for name, (overrides, sizes, n_text) in CASES.items():
+    run_case(name, overrides, sizes, n_text, args.repeats, peak)
+
+
+if __name__ == "__main__":
+  main()

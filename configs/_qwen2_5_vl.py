@@ -1,0 +1,76 @@
+"""Shared parts of the published Qwen2.5-VL configs (same schema as tiny.py).
+
+Not a config itself (no get_config): the student_*.py files import it and pass the
+text-tower sizes, which are the only thing that differs between 3B, 7B, 32B and 72B.
+Values follow the Qwen2.5-VL-*-Instruct config.json files.
+"""
+import ml_collections
+
+
+def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
+                      num_kv_heads, vocab_size, tie_word_embeddings):
+  """Full training config for one published Qwen2.5-VL size."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "qwen2_5_vl"
+  c.model.dtype = "bfloat16"  # activation/compute dtype
+  c.model.param_dtype = "float32"  # fp32 master weights; the optimizer updates are tiny (lr ~1e-6)
+
+  # Every size shares the same ViT; only the merger's output width follows the text tower.
+  v = c.model.vision = ml_collections.ConfigDict()
+  v.depth = 32
+  v.hidden_size = 1280
+  v.intermediate_size = 3420
+  v.num_heads = 16
+  v.in_channels = 3
+  v.patch_size = 14
+  v.temporal_patch_size = 2
+  v.spatial_merge_size = 2
+  v.window_size = 112  # 8x8 patches = 4x4 merged tokens per window
+  v.out_hidden_size = hidden_size  # the merger projects straight into the text width
+  v.fullatt_block_indexes = (7, 15, 23, 31)
+  v.rope_theta = 10000.0
+  v.rms_norm_eps = 1e-6
+  v.tokens_per_second = 2
+
+  t = c.model.text = ml_collections.ConfigDict()
+  t.vocab_size = vocab_size
+  t.hidden_size = hidden_size
+  t.intermediate_size = intermediate_size
+  t.num_layers = num_layers
+  t.num_heads = num_heads
+  t.num_kv_heads = num_kv_heads
+  t.rms_norm_eps = 1e-6
+  t.rope_theta = 1000000.0
+  t.mrope_section = (16, 24, 24)  # temporal, height, width; sums to head_dim // 2 = 64
+  t.tie_word_embeddings = tie_word_embeddings
+  t.max_position_embeddings = 128000
+
+  # Ids in the Qwen2 tokenizer shared by every Qwen2.5-VL size.
+  c.model.image_token_id = 151655
+  c.model.video_token_id = 151656
+  c.model.vision_start_token_id = 151652
+  c.model.vision_end_token_id = 151653
+
+  p = c.processor = ml_collections.ConfigDict()
+  p.min_pixels = 56 * 56
+  # Qwen's fine-tuning recipe: at most 1280 visual tokens per image (HF inference default is
+  # 12845056, i.e. 16384 tokens, far too long a sequence for training).
+  p.max_pixels = 28 * 28 * 1280
+  p.image_mean = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP
+  p.image_std = (0.26862954, 0.26130258, 0.27577711)
+  # Required for real runs: the checkpoint's tokenizer.json (or its directory), e.g.
+  # --config.processor.tokenizer=/path/to/Qwen2.5-VL-7B-Instruct. Anything that tokenizes
+  # refuses to run while it is empty.
+  p.tokenizer = ""
+  p.system_prompt = "You are a helpful assistant."
+
+  m = c.mesh = ml_collections.ConfigDict()
+  m.data = 1
+  m.fsdp = -1  # -1: all devices left after the other axes
+  # Tensor parallelism must divide num_kv_heads and the vision MLP width (3420 = 4 * 855):
+  # at most 2 for 3B, 4 for 7B/32B/72B.
+  m.tensor = 1
+  return c

@@ -1,0 +1,18 @@
+"""Qwen2.5-VL-32B-Instruct student: published hyper-parameters, for real runs.
+
+Weights come from the HF checkpoint via launch/convert.py; set the tokenizer with
+--config.processor.tokenizer=PATH (see configs/_qwen2_5_vl.py).
+"""
+import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+
+
+def get_config():
+  return _qwen2_5_vl.qwen2_5_vl_config(
+      hidden_size=5120,
+      intermediate_size=27648,
+      num_layers=64,
+      num_heads=40,
+      num_kv_heads=8,
+      vocab_size=152064,
+      tie_word_embeddings=False,
+  )

@@ -1,0 +1,70 @@
+"""Convert between Hugging Face Qwen2.5-VL safetensors and our orbax parameter checkpoints.
+
+  # HF -> orbax, streamed straight into the config's mesh:
+  python launch/convert.py --config=configs/student_7b.py --hf_dir=/models/Qwen2.5-VL-7B-Instruct \
+      --out=/ckpts/qwen2_5_vl_7b
+  # orbax -> HF (safetensors shards + config.json that `transformers` loads):
+  python launch/convert.py --config=configs/student_7b.py --orbax=/ckpts/run/params --to_hf=/exports/zwz-7b
+
+The model section of --config must describe the checkpoint; a mismatch is reported field by field.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flax import nnx  # noqa: E402
+
+from zwz_jax.config import load_config, parse_argv  # noqa: E402
+from zwz_jax.models import convert  # noqa: E402
+from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL  # noqa: E402
+from zwz_jax.sharding import make_mesh  # noqa: E402
+from zwz_jax.train import checkpoint  # noqa: E402
+
+
+def check_matches_checkpoint(model_cfg: ModelConfig, hf_dir: str) -> None:
+  hf = convert.model_config_from_hf(hf_dir)
+  hf.dtype, hf.param_dtype = "float32", "float32"
+  theirs = ModelConfig.from_config(hf)
+  diffs = [f"model.{part}.{f.name}: config {getattr(getattr(model_cfg, part), f.name)!r}, "
+           f"checkpoint {getattr(getattr(theirs, part), f.name)!r}"
+           for part in ("vision", "text") for f in dataclasses.fields(getattr(model_cfg, part))
+           if getattr(getattr(model_cfg, part), f.name) != getattr(getattr(theirs, part), f.name)]
+  diffs += [f"model.{k}: config {getattr(model_cfg, k)!r}, checkpoint {getattr(theirs, k)!r}"
+            for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+            if getattr(model_cfg, k) != getattr(theirs, k)]
+  if diffs:
+    raise SystemExit(f"--config does not describe the checkpoint in {hf_dir}:\n  " + "\n  ".join(diffs))
+
+
+def main(argv):
+  config_path, overrides, rest = parse_argv(argv)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--hf_dir", help="HF checkpoint folder (safetensors) to import")
+  parser.add_argument("--out", help="orbax parameter checkpoint to write (with --hf_dir)")
+  parser.add_argument("--orbax", help="orbax parameter checkpoint to export")
+  parser.add_argument("--to_hf", help="HF folder to write (with --orbax)")
+  parser.add_argument("--dtype", default=None, help="dtype of exported tensors (default: param dtype)")
+  args = parser.parse_args(rest)
+  config = load_config(config_path, overrides)
+  model_cfg = ModelConfig.from_config(config.model)
+  mesh = make_mesh(config.mesh)
+  if args.hf_dir and args.out:
+    check_matches_checkpoint(model_cfg, args.hf_dir)
+    model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
+    checkpoint.save_params(args.out, model)
+    print(f"wrote {args.out} from {args.hf_dir} on mesh {dict(mesh.shape)}")
+  elif args.orbax and args.to_hf:
+    model = checkpoint.restore_params(args.orbax, lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0)), mesh)
+    convert.save_hf(model, args.to_hf, dtype=args.dtype)
+    print(f"wrote {args.to_hf} from {args.orbax}")
+  else:
+    parser.error("give --hf_dir with --out, or --orbax with --to_hf")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,29 @@
+"""zwz-jax: Region-to-Image Distillation ("Zooming without Zooming") in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="zwz-jax",
+    version="0.1.0",
+    description="Region-to-Image Distillation for vision-language students in JAX/Flax",
+    packages=find_packages(include=["zwz_jax", "zwz_jax.*", "data_gen", "data_gen.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax",
+        "orbax-checkpoint",
+        "ml-collections",
+        "ml-dtypes",  # bfloat16/float8 numpy dtypes (safetensors I/O without torch)
+        "numpy",
+        "pillow",
+        "safetensors",
+        "msgpack",
+        "tokenizers",
+        "tqdm",
+    ],
+    extras_require={
+        # PyTorch teacher side (data generation) and the numerical reference.
+        "teacher": ["torch==2.13.0", "transformers>=5.0"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=5.0", "tokenizers"],
+    },
+)

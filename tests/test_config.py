@@ -1,0 +1,201 @@
+"""Config files load, share one schema, and overrides fail loudly on typos and bad values."""
+import pathlib
+
+import ml_collections
+import pytest
+
+from zwz_jax import config as config_lib
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FILES = sorted(p for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+TINY = str(CONFIGS_DIR / "tiny.py")
+
+
+def _flat_types(config, prefix=""):
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat_types(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = type(value)
+  return out
+
+
+def test_config_files_found():
+  names = {p.name for p in CONFIG_FILES}
+  assert {"tiny.py", "student_3b.py", "student_7b.py", "student_32b.py",
+          "student_72b.py"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_config_loads_with_the_tiny_schema(path):
+  config = config_lib.load_config(str(path))
+  assert _flat_types(config) == _flat_types(config_lib.load_config(TINY))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_config_is_consistent(path):
+  c = config_lib.load_config(str(path))
+  v, t = c.model.vision, c.model.text
+  head_dim = t.hidden_size // t.num_heads
+  assert t.hidden_size % t.num_heads == 0 and t.num_heads % t.num_kv_heads == 0
+  assert 2 * sum(t.mrope_section) == head_dim
+  assert v.hidden_size % v.num_heads == 0
+  assert all(0 <= i < v.depth for i in v.fullatt_block_indexes)
+  assert v.window_size % (v.patch_size * v.spatial_merge_size) == 0
+  assert v.out_hidden_size == t.hidden_size
+  assert c.processor.min_pixels <= c.processor.max_pixels
+  special = (c.model.image_token_id, c.model.video_token_id, c.model.vision_start_token_id,
+             c.model.vision_end_token_id)
+  assert len(set(special)) == 4 and max(special) < t.vocab_size
+
+
+@pytest.mark.parametrize("name,hidden,layers,heads,kv,mlp,vocab,tied", [
+    ("student_3b", 2048, 36, 16, 2, 11008, 151936, True),
+    ("student_7b", 3584, 28, 28, 4, 18944, 152064, False),
+    ("student_32b", 5120, 64, 40, 8, 27648, 152064, False),
+    ("student_72b", 8192, 80, 64, 8, 29568, 152064, False),
+])
+def test_published_qwen2_5_vl_sizes(name, hidden, layers, heads, kv, mlp, vocab, tied):
+  c = config_lib.load_config(str(CONFIGS_DIR / f"{name}.py"))
+  t, v = c.model.text, c.model.vision
+  assert (t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads, t.intermediate_size,
+          t.vocab_size, t.tie_word_embeddings) == (hidden, layers, heads, kv, mlp, vocab, tied)
+  assert t.mrope_section == (16, 24, 24) and t.rope_theta == 1e6 and t.rms_norm_eps == 1e-6
+  assert t.max_position_embeddings == 128000
+  assert (v.depth, v.hidden_size, v.num_heads, v.intermediate_size, v.window_size) == (
+      32, 1280, 16, 3420, 112)
+  assert v.fullatt_block_indexes == (7, 15, 23, 31) and v.out_hidden_size == hidden
+  assert (c.model.image_token_id, c.model.video_token_id, c.model.vision_start_token_id,
+          c.model.vision_end_token_id) == (151655, 151656, 151652, 151653)
+  assert c.processor.max_pixels == 28 * 28 * 1280
+  assert (c.model.dtype, c.model.param_dtype) == ("bfloat16", "float32")
+
+
+def test_overrides_parse_by_field_type():
+  c = config_lib.load_config(TINY, [
+      "seed=7",                                   # int
+      "--config.model.text.rope_theta=5e5",       # float, with the launch-script prefix
+      "model.text.tie_word_embeddings=true",      # bool
+      "model.vision.fullatt_block_indexes=(0, 2)",  # tuple
+      "model.dtype=bfloat16",                     # str
+      "processor.image_mean=(0, 1, 0.5)",          # ints widen to floats
+      "processor.tokenizer=a=b.json",             # only the first '=' splits
+  ])
+  assert c.seed == 7 and isinstance(c.seed, int)
+  assert c.model.text.rope_theta == 5e5
+  assert c.model.text.tie_word_embeddings is True
+  assert c.model.vision.fullatt_block_indexes == (0, 2)
+  assert c.model.dtype == "bfloat16"
+  assert c.processor.image_mean == (0.0, 1.0, 0.5)
+  assert all(isinstance(x, float) for x in c.processor.image_mean)
+  assert c.processor.tokenizer == "a=b.json"
+
+
+@pytest.mark.parametrize("raw,expected", [("false", False), ("0", False), ("True", True),
+                                          ("1", True)])
+def test_bool_spellings(raw, expected):
+  c = config_lib.load_config(TINY, [f"model.text.tie_word_embeddings={raw}"])
+  assert c.model.text.tie_word_embeddings is expected
+
+
+def test_int_into_float_field_and_single_element_tuple():
+  c = config_lib.load_config(TINY, ["model.text.rope_theta=3",
+                                    "model.vision.fullatt_block_indexes=3"])
+  assert c.model.text.rope_theta == 3.0 and isinstance(c.model.text.rope_theta, float)
+  assert c.model.vision.fullatt_block_indexes == (3,)
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones():
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load_config(TINY, ["--config.model.text.hiden_size=8"])
+  msg = str(e.value)
+  assert "'model.text.hiden_size'" in msg
+  assert "valid keys under model.text" in msg and "hidden_size" in msg and "num_kv_heads" in msg
+  assert "did you mean 'model.text.hidden_size'" in msg
+
+
+def test_unknown_top_level_and_group_keys():
+  with pytest.raises(ValueError, match=r"unknown config key 'sed'.*top level.*seed"):
+    config_lib.load_config(TINY, ["sed=1"])
+  with pytest.raises(ValueError, match=r"unknown config key 'model.txt.hidden_size'.*under model:"):
+    config_lib.load_config(TINY, ["model.txt.hidden_size=1"])
+  with pytest.raises(ValueError, match=r"'model.dtype.x'.*'model.dtype' is a str"):
+    config_lib.load_config(TINY, ["model.dtype.x=1"])
+  with pytest.raises(ValueError, match=r"'model.text' is a group of keys"):
+    config_lib.load_config(TINY, ["model.text=1"])
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("model.text.hidden_size=abc", "an int"),
+    ("model.text.hidden_size=1.5", "an int"),
+    ("model.text.rope_theta=fast", "a float"),
+    ("model.text.tie_word_embeddings=maybe", "a bool"),
+    ("model.vision.fullatt_block_indexes=(1, 2", "a tuple"),
+    ("model.vision.fullatt_block_indexes=(1.5, 2)", "int elements"),
+])
+def test_bad_values_name_the_key(override, expected):
+  key = override.split("=")[0]
+  with pytest.raises(ValueError, match=expected) as e:
+    config_lib.load_config(TINY, [override])
+  assert repr(key) in str(e.value)
+
+
+def test_malformed_overrides():
+  for bad in ("model.text.hidden_size", "=3", "--model.seed=1"):
+    with pytest.raises(ValueError, match="expected"):
+      config_lib.load_config(TINY, [bad])
+
+
+def test_loaded_config_is_locked():
+  c = config_lib.load_config(TINY)
+  c.model.text.num_layers = 3  # existing fields stay settable
+  with pytest.raises(AttributeError):
+    c.model.text.num_layer = 3
+  with pytest.raises(AttributeError):
+    c.new_top_level_field = 1
+
+
+def test_tiny_config_fixture(tiny_config):
+  assert tiny_config.model.name == "qwen2_5_vl"
+  assert tiny_config.is_locked
+
+
+def test_bad_config_files(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    config_lib.load_config(str(tmp_path / "nope.py"))
+  empty = tmp_path / "empty.py"
+  empty.write_text("X = 1\n")
+  with pytest.raises(ValueError, match=r"empty.py.*get_config"):
+    config_lib.load_config(str(empty))
+
+
+def test_config_can_import_a_sibling_helper(tmp_path):
+  (tmp_path / "_shared.py").write_text("def base():\n  return {'a': 1, 'b': 'x'}\n")
+  (tmp_path / "mine.py").write_text(
+      "import ml_collections\nimport _shared\n\n"
+      "def get_config():\n  return ml_collections.ConfigDict(_shared.base())\n")
+  c = config_lib.load_config(str(tmp_path / "mine.py"), ["a=2"])
+  assert (c.a, c.b) == (2, "x")
+
+
+def test_parse_argv():
+  path, overrides, rest = config_lib.parse_argv([
+      "--config=configs/tiny.py", "--config.seed=3", "--steps=5", "--config.model.dtype",
+      "bfloat16", "positional", "--", "--config.not_parsed=1"])
+  assert path == "configs/tiny.py"
+  assert overrides == ["seed=3", "model.dtype=bfloat16"]
+  assert rest == ["--steps=5", "positional", "--config.not_parsed=1"]
+  c = config_lib.load_config(path if pathlib.Path(path).exists() else TINY, overrides)
+  assert c.seed == 3 and c.model.dtype == "bfloat16"
+
+
+def test_parse_argv_config_path_forms():
+  assert config_lib.parse_argv(["--config", "a.py"]) == ("a.py", [], [])
+  assert config_lib.parse_argv([], default_config="d.py") == ("d.py", [], [])
+  with pytest.raises(ValueError, match="missing --config"):
+    config_lib.parse_argv(["--steps=1"])
+  with pytest.raises(ValueError, match="twice"):
+    config_lib.parse_argv(["--config=a.py", "--config=b.py"])
+  with pytest.raises(ValueError, match="needs a value"):
+    config_lib.parse_argv(["--config=a.py", "--config.seed"])

@@ -1,0 +1,117 @@
+"""The Flax student equals `transformers`' Qwen2.5-VL: vision tower, every decoder layer, logits."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from tests import hf_reference as ref
+from zwz_jax.data import batch as batching
+from zwz_jax.models import convert
+from zwz_jax.models.qwen2_5_vl import ModelConfig
+from zwz_jax.sharding import make_mesh
+
+TOL = 1e-4  # fp32, matmul precision "highest"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_config, tmp_path_factory):
+  """(our model, HF model) with identical weights, loaded through the safetensors converter."""
+  cfg = ModelConfig.from_config(tiny_config.model)
+  hf = ref.hf_model(cfg)
+  path = tmp_path_factory.mktemp("hf_tiny")
+  hf.save_pretrained(path)
+  mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  ours = convert.load_hf_state(cfg, str(path), mesh)
+  return ours, hf
+
+
+def _hf_forward(hf, ex, attention_mask=None):
+  """HF forward that computes its own M-RoPE ids; returns logits, per-layer outputs, vision features."""
+  captured = []
+  hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+           for layer in hf.model.language_model.layers]
+  ids = torch.as_tensor(ex["input_ids"]).long()
+  ids = ids[None] if ids.ndim == 1 else ids
+  try:
+    with torch.no_grad():
+      out = hf(input_ids=ids, pixel_values=torch.as_tensor(ex["pixel_values"]),
+               image_grid_thw=torch.as_tensor(ex["grid_thw"]),
+               mm_token_type_ids=(ids == hf.config.image_token_id).int(),
+               attention_mask=None if attention_mask is None else torch.as_tensor(attention_mask))
+      feats = hf.model.get_image_features(torch.as_tensor(ex["pixel_values"]),
+                                          torch.as_tensor(ex["grid_thw"])).pooler_output
+  finally:
+    for h in hooks:
+      h.remove()
+  return out.logits.numpy(), [c.numpy() for c in captured], torch.cat(feats).numpy()
+
+
+def _our_forward(model, batch):
+  keys = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
+          "vision_segment_ids", "image_token_index")
+  fwd = jax.jit(lambda m, b: m(**b, return_hidden=True))
+  return fwd(model, {k: jnp.asarray(batch[k]) for k in keys})
+
+
+def test_two_images_of_different_sizes(models, tiny_config):
+  ours, hf = models
+  rng = np.random.default_rng(0)
+  imgs = ref.images(rng, [(150, 100), (64, 250)])  # non-multiples of 28, wide and tall
+  ex = ref.example(tiny_config, imgs, [[1, 2, 3], [40, 41, 42, 43], [7, 8]])
+  v = ours.cfg.vision
+  batch = batching.build_batch([ex], vision_cfg=v, image_token_id=ours.cfg.image_token_id,
+                               max_tokens=len(ex["input_ids"]) + 5, max_patches=1024)
+  logits, aux = _our_forward(ours, batch)
+  hf_logits, hf_layers, hf_feats = _hf_forward(hf, ex)
+  n = len(ex["input_ids"])
+
+  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
+                               merge_size=v.spatial_merge_size, window_size=v.window_size)
+  vision = np.asarray(aux["vision"])[0, lay["token_index"]]
+  assert vision.shape == hf_feats.shape
+  assert ref.rel_err(vision, hf_feats) <= TOL
+  assert len(hf_layers) == ours.cfg.text.num_layers
+  for i, hf_out in enumerate(hf_layers):
+    assert ref.rel_err(np.asarray(aux["layers"][i + 1])[0, :n], hf_out[0]) <= TOL, f"decoder layer {i}"
+  assert ref.rel_err(np.asarray(logits)[0, :n], hf_logits[0]) <= TOL
+
+
+def test_padded_batch(models, tiny_config):
+  """A right-padded batch of two examples (one and two images) matches HF example by example."""
+  ours, hf = models
+  rng = np.random.default_rng(1)
+  ex_a = ref.example(tiny_config, ref.images(rng, [(90, 90)]), [[5, 6], [9, 10, 11]])
+  ex_b = ref.example(tiny_config, ref.images(rng, [(120, 60), (60, 120)]), [[3], [4, 4], [2]])
+  batch = batching.build_batch([ex_a, ex_b], vision_cfg=ours.cfg.vision,
+                               image_token_id=ours.cfg.image_token_id, max_tokens=96, max_patches=512)
+  logits, _ = _our_forward(ours, batch)
+  for i, ex in enumerate((ex_a, ex_b)):
+    hf_logits, _, _ = _hf_forward(hf, ex)
+    n = len(ex["input_ids"])
+    assert ref.rel_err(np.asarray(logits)[i, :n], hf_logits[0]) <= TOL, f"example {i}"
+
+
+def test_text_only(models):
+  ours, hf = models
+  ids = np.arange(1, 21, dtype=np.int32)[None]
+  pos = np.broadcast_to(np.arange(20, dtype=np.int32), (3, 1, 20))
+  logits = jax.jit(lambda m, i, p: m(i, p))(ours, jnp.asarray(ids), jnp.asarray(pos))
+  with torch.no_grad():
+    hf_logits = hf(input_ids=torch.as_tensor(ids).long()).logits.numpy()
+  assert ref.rel_err(logits, hf_logits) <= TOL
+
+
+def test_round_trip_through_hf_safetensors(models, tmp_path):
+  """HF -> ours -> HF safetensors -> transformers reloads it and its logits are unchanged."""
+  import transformers
+  ours, hf = models
+  convert.save_hf(ours, str(tmp_path), max_shard_bytes=64 * 1024)  # force several shards + an index
+  assert (tmp_path / "model.safetensors.index.json").exists()
+  reloaded = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path).eval()
+  ids = torch.arange(1, 30)[None]
+  with torch.no_grad():
+    a, b = hf(input_ids=ids).logits, reloaded(input_ids=ids).logits
+  assert torch.equal(a, b)
+  for (n1, p1), (n2, p2) in zip(hf.state_dict().items(), reloaded.state_dict().items()):
+    assert n1 == n2 and torch.equal(p1, p2), n1

@@ -1,0 +1,1 @@
+"""zwz-jax: Region-to-Image Distillation ("Zooming without Zooming") in JAX/Flax."""

@@ -1,0 +1,116 @@
+"""Host-side batching: processed examples -> the static-shape arrays the model consumes.
+
+Each example's patches are laid out in window order with every attention window padded to
+`window_patches` (see `zwz_jax.models.qwen2_5_vl`), so window attention is a reshape on device.
+`image_token_index` maps every `<|image_pad|>` token to its merged vision token in that layout,
+which undoes the window permutation without any device-side gather of indices from HF's
+`reverse_indices`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from zwz_jax.data import processor
+
+
+def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, *, patch_size: int, merge_size: int,
+                  window_size: int) -> dict[str, np.ndarray]:
+  """Window-ordered, window-padded patches of one example (all its images, concatenated).
+
+  Returns patches (P, D), positions (P, 2), segment_ids (P,) (one id per image frame, 0 = padding),
+  and token_index (num_merged_tokens,): for each merged token in the processor's (HF) order, its
+  index among the merged outputs of this layout.
+  """
+  unit = merge_size**2
+  side = window_size // patch_size // merge_size * merge_size
+  window_patches = side * side
+  dim = pixel_values.shape[1]
+  patches, positions, segments, token_index = [], [], [], []
+  start = 0
+  slot = 0  # merged-token slots used so far
+  frame_base = 0
+  for grid in np.asarray(grid_thw):
+    t, h, w = (int(g) for g in grid)
+    n = t * h * w
+    img = pixel_values[start:start + n]
+    pos = processor.vision_rope_positions(grid, merge_size)
+    order, window_ids = processor.window_index(grid, merge_size=merge_size, window_size=window_size,
+                                               patch_size=patch_size)
+    frame_of = order // ((h // merge_size) * (w // merge_size))
+    slots = np.empty(n // unit, np.int64)
+    for win in np.unique(window_ids):  # window ids increase along `order`
+      merged = order[window_ids == win]
+      ids = (merged[:, None] * unit + np.arange(unit)).reshape(-1)
+      pad = window_patches - len(ids)
+      patches.append(np.concatenate([img[ids], np.zeros((pad, dim), img.dtype)]))
+      positions.append(np.concatenate([pos[ids], np.zeros((pad, 2), pos.dtype)]))
+      seg = np.repeat(frame_base + frame_of[window_ids == win] + 1, unit)
+      segments.append(np.concatenate([seg, np.zeros(pad, seg.dtype)]))
+      slots[merged] = slot + np.arange(len(merged))
+      slot += window_patches // unit
+    token_index.append(slots)
+    frame_base += t
+    start += n
+  if start != len(pixel_values):
+    raise ValueError(f"grid_thw covers {start} patches but pixel_values has {len(pixel_values)}")
+  if not patches:
+    return {"patches": np.zeros((0, dim), np.float32), "positions": np.zeros((0, 2), np.int32),
+            "segment_ids": np.zeros((0,), np.int32), "token_index": np.zeros((0,), np.int32)}
+  return {
+      "patches": np.concatenate(patches).astype(np.float32),
+      "positions": np.concatenate(positions).astype(np.int32),
+      "segment_ids": np.concatenate(segments).astype(np.int32),
+      "token_index": np.concatenate(token_index).astype(np.int32),
+  }
+
+
+def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, max_tokens: int,
+                max_patches: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """Pads processed examples (from `processor.Processor`) to (max_tokens, max_patches).
+
+  Output keys match `Qwen2_5_VL.__call__`, plus `labels_mask` when the examples carry one.
+  """
+  v = vision_cfg
+  side = v.window_size // v.patch_size // v.spatial_merge_size * v.spatial_merge_size
+  if max_patches % (side * side):
+    raise ValueError(f"max_patches={max_patches} must be a multiple of the window ({side * side} patches)")
+  b = len(examples)
+  dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
+  out = {
+      "input_ids": np.full((b, max_tokens), pad_id, np.int32),
+      "positions": np.zeros((3, b, max_tokens), np.int32),
+      "attention_mask": np.zeros((b, max_tokens), np.int32),
+      "pixel_values": np.zeros((b, max_patches, dim), np.float32),
+      "vision_positions": np.zeros((b, max_patches, 2), np.int32),
+      "vision_segment_ids": np.zeros((b, max_patches), np.int32),
+      "image_token_index": np.zeros((b, max_tokens), np.int32),
+  }
+  with_labels = all("labels_mask" in ex for ex in examples)
+  if with_labels:
+    out["labels_mask"] = np.zeros((b, max_tokens), bool)
+  for i, ex in enumerate(examples):
+    ids = np.asarray(ex["input_ids"])
+    if len(ids) > max_tokens:
+      raise ValueError(f"example {i}: {len(ids)} tokens exceed the token budget max_tokens={max_tokens}")
+    lay = layout_vision(np.asarray(ex["pixel_values"]), np.asarray(ex["grid_thw"]).reshape(-1, 3),
+                        patch_size=v.patch_size, merge_size=v.spatial_merge_size, window_size=v.window_size)
+    p = len(lay["patches"])
+    if p > max_patches:
+      raise ValueError(f"example {i}: {p} window-padded patches exceed the patch budget max_patches={max_patches}")
+    is_image = ids == image_token_id
+    if is_image.sum() != len(lay["token_index"]):
+      raise ValueError(f"example {i}: {is_image.sum()} image tokens in the text but the images give "
+                       f"{len(lay['token_index'])} merged tokens")
+    n = len(ids)
+    out["input_ids"][i, :n] = ids
+    out["positions"][:, i, :n] = ex["positions"]
+    out["attention_mask"][i, :n] = 1
+    out["pixel_values"][i, :p] = lay["patches"]
+    out["vision_positions"][i, :p] = lay["positions"]
+    out["vision_segment_ids"][i, :p] = lay["segment_ids"]
+    out["image_token_index"][i, :n][is_image] = lay["token_index"]
+    if with_labels:
+      out["labels_mask"][i, :n] = ex["labels_mask"]
+  return out

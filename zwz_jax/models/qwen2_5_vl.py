@@ -1,0 +1,442 @@
+"""Qwen2.5-VL in Flax NNX: the student, numerically equal to `transformers`' implementation.
+
+Vision tower: 3D patch embed (a linear map of the flattened 2x14x14x3 patch), 2D rotary embedding,
+window attention with a few full-attention blocks, RMSNorm, SwiGLU, 2x2 patch merger.
+Text decoder: Qwen2 (GQA with q/k/v biases, M-RoPE over temporal/height/width ids, RMSNorm, SwiGLU).
+Image features replace the `<|image_pad|>` token embeddings.
+
+Layout of the vision input (built on the host by `zwz_jax.data.batch`): patches of each example are
+stored in *window order* and every attention window is padded to the same number of patches
+(`window_patches`). Window attention is then a reshape into fixed-size blocks (cost linear in the
+number of patches) and full attention a segment-masked attention over the example's patches, with
+static shapes throughout. Padding patches have segment id 0 and never reach the text.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from zwz_jax.sharding import constrain
+
+_INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  depth: int
+  hidden_size: int
+  intermediate_size: int
+  num_heads: int
+  out_hidden_size: int
+  fullatt_block_indexes: tuple[int, ...]
+  in_channels: int = 3
+  patch_size: int = 14
+  temporal_patch_size: int = 2
+  spatial_merge_size: int = 2
+  window_size: int = 112
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6
+  tokens_per_second: int = 2
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+  @property
+  def merge_unit(self) -> int:
+    return self.spatial_merge_size**2
+
+  @property
+  def window_patches(self) -> int:
+    """Patches per attention window (the window is square, in units of merged tokens)."""
+    side = self.window_size // self.patch_size // self.spatial_merge_size * self.spatial_merge_size
+    return side * side
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  mrope_section: tuple[int, ...]
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1000000.0
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 128000
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vision: VisionConfig
+  text: TextConfig
+  image_token_id: int
+  video_token_id: int
+  vision_start_token_id: int
+  vision_end_token_id: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, model_cfg) -> "ModelConfig":
+    """From the `config.model` ConfigDict (see configs/tiny.py)."""
+    v, t = dict(model_cfg.vision), dict(model_cfg.text)
+    v["fullatt_block_indexes"] = tuple(v["fullatt_block_indexes"])
+    t["mrope_section"] = tuple(t["mrope_section"])
+    cfg = cls(
+        vision=VisionConfig(**v), text=TextConfig(**t),
+        image_token_id=model_cfg.image_token_id, video_token_id=model_cfg.video_token_id,
+        vision_start_token_id=model_cfg.vision_start_token_id,
+        vision_end_token_id=model_cfg.vision_end_token_id,
+        dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype))
+    cfg.validate()
+    return cfg
+
+  def validate(self) -> None:
+    v, t = self.vision, self.text
+    checks = [
+        (v.hidden_size % v.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads"),
+        (v.head_dim % 4 == 0, "vision head_dim must be divisible by 4 (2D rotary)"),
+        (t.hidden_size % t.num_heads == 0, "text.hidden_size must be divisible by text.num_heads"),
+        (t.num_heads % t.num_kv_heads == 0, "text.num_heads must be divisible by text.num_kv_heads"),
+        (2 * sum(t.mrope_section) == t.head_dim,
+         f"text.mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}"),
+        (all(0 <= i < v.depth for i in v.fullatt_block_indexes),
+         "vision.fullatt_block_indexes must be block indices below vision.depth"),
+        (v.window_size % (v.patch_size * v.spatial_merge_size) == 0,
+         "vision.window_size must be a multiple of patch_size * spatial_merge_size"),
+    ]
+    for ok, msg in checks:
+      if not ok:
+        raise ValueError(f"model config: {msg}")
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, init=_INIT) -> nnx.Param:
+  return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+
+
+def _zeros(shape, axes, dtype) -> nnx.Param:
+  return nnx.Param(jnp.zeros(shape, dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+    self.eps = eps
+
+  def __call__(self, x):
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(dtype) * x32.astype(dtype)
+
+
+def _rotate_half(x):
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x, cos, sin):
+  """x: (..., L, heads, D); cos/sin broadcastable to (..., L, 1, D)."""
+  return x * cos + _rotate_half(x) * sin
+
+
+def attention(q, k, v, mask, dtype):
+  """Softmax attention with grouped KV heads.
+
+  q: (B, T, Hkv, G, D), k/v: (B, S, Hkv, D), mask: bool broadcastable to (B, 1, 1, T, S).
+  Logits and softmax in float32 (as the reference does), probabilities cast back to `dtype`.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision tower
+# ----------------------------------------------------------------------------------------------
+
+
+class VisionAttention(nnx.Module):
+
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    self.qkv_kernel = _param(rngs, (e, 3, h, d), ("vision_embed", "vision_qkv", "vision_heads", "head_dim"),
+                             param_dtype)
+    self.qkv_bias = _zeros((3, h, d), ("vision_qkv", "vision_heads", "head_dim"), param_dtype)
+    self.proj_kernel = _param(rngs, (h, d, e), ("vision_heads", "head_dim", "vision_embed"), param_dtype)
+    self.proj_bias = _zeros((e,), ("vision_embed",), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, x, cos, sin, segment_ids, block: int | None):
+    """x: (B, P, E); block: window size in patches (window attention) or None (full attention)."""
+    dt = self.dtype
+    qkv = jnp.einsum("bpe,ethd->bpthd", x, self.qkv_kernel[...].astype(dt)) + self.qkv_bias[...].astype(dt)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # The reference applies the vision rotary embedding in float32.
+    q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dt)
+    k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dt)
+    b, p, h, d = q.shape
+    if block is not None:  # fixed-size windows: fold windows into the batch
+      q, k, v = (t.reshape(b * p // block, block, h, d) for t in (q, k, v))
+      segment_ids = segment_ids.reshape(b * p // block, block)
+    mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None, None]
+    out = attention(q[:, :, :, None], k, v, mask, dt)[:, :, :, 0]
+    out = out.reshape(b, p, h, d)
+    return jnp.einsum("bphd,hde->bpe", out, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+
+
+class VisionMLP(nnx.Module):
+
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    e, m = cfg.hidden_size, cfg.intermediate_size
+    self.gate_kernel = _param(rngs, (e, m), ("vision_embed", "vision_mlp"), param_dtype)
+    self.gate_bias = _zeros((m,), ("vision_mlp",), param_dtype)
+    self.up_kernel = _param(rngs, (e, m), ("vision_embed", "vision_mlp"), param_dtype)
+    self.up_bias = _zeros((m,), ("vision_mlp",), param_dtype)
+    self.down_kernel = _param(rngs, (m, e), ("vision_mlp", "vision_embed"), param_dtype)
+    self.down_bias = _zeros((e,), ("vision_embed",), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, x):
+    dt = self.dtype
+    gate = x @ self.gate_kernel[...].astype(dt) + self.gate_bias[...].astype(dt)
+    up = x @ self.up_kernel[...].astype(dt) + self.up_bias[...].astype(dt)
+    return (jax.nn.silu(gate) * up) @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
+
+
+class VisionBlock(nnx.Module):
+
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    self.norm1 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+    self.attn = VisionAttention(cfg, dtype, param_dtype, rngs)
+    self.norm2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+    self.mlp = VisionMLP(cfg, dtype, param_dtype, rngs)
+
+  def __call__(self, x, cos, sin, segment_ids, block):
+    x = x + self.attn(self.norm1(x), cos, sin, segment_ids, block)
+    return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+  """RMSNorm, then each 2x2 group of neighbouring patches -> one LLM token through a GELU MLP."""
+
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    merged = cfg.hidden_size * cfg.merge_unit
+    self.norm = RMSNorm(cfg.hidden_size, 1e-6, param_dtype)
+    self.fc1_kernel = _param(rngs, (merged, merged), ("merger_in", "merger_hidden"), param_dtype)
+    self.fc1_bias = _zeros((merged,), ("merger_hidden",), param_dtype)
+    self.fc2_kernel = _param(rngs, (merged, cfg.out_hidden_size), ("merger_hidden", "embed"), param_dtype)
+    self.fc2_bias = _zeros((cfg.out_hidden_size,), ("embed",), param_dtype)
+    self.merge_unit = cfg.merge_unit
+    self.dtype = dtype
+
+  def __call__(self, x):
+    dt = self.dtype
+    b, p, e = x.shape
+    x = self.norm(x).reshape(b, p // self.merge_unit, e * self.merge_unit)
+    x = jax.nn.gelu(x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt), approximate=False)
+    return x @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
+
+
+class VisionTower(nnx.Module):
+
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    self.patch_kernel = _param(rngs, (cfg.patch_dim, cfg.hidden_size), ("vision_patch", "vision_embed"),
+                               param_dtype)
+    self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs) for _ in range(cfg.depth)])
+    self.merger = PatchMerger(cfg, dtype, param_dtype, rngs)
+
+  def rope(self, positions):
+    """positions (B, P, 2) of (row, col) patch ids -> cos, sin of shape (B, P, 1, head_dim), float32.
+
+    Half of head_dim rotates with the row id and half with the column id, same frequencies for both.
+    """
+    half = self.cfg.head_dim // 2
+    inv_freq = 1.0 / (self.cfg.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, P, 2, D/4)
+    freqs = freqs.reshape(*positions.shape[:-1], -1)  # [h freqs | w freqs]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb), jnp.sin(emb)
+
+  def __call__(self, pixel_values, positions, segment_ids):
+    """(B, P, patch_dim) window-ordered patches -> (B, P / merge_unit, out_hidden) merged tokens."""
+    cfg = self.cfg
+    p = pixel_values.shape[1]
+    if p % cfg.window_patches:
+      raise ValueError(f"vision: {p} patches per example is not a multiple of the window "
+                       f"({cfg.window_patches} patches); build batches with zwz_jax.data.batch")
+    x = pixel_values.astype(self.dtype) @ self.patch_kernel[...].astype(self.dtype)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    cos, sin = self.rope(positions)
+    full = set(cfg.fullatt_block_indexes)
+    for i, blk in enumerate(self.blocks):
+      x = blk(x, cos, sin, segment_ids, None if i in full else cfg.window_patches)
+      x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    return self.merger(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text decoder
+# ----------------------------------------------------------------------------------------------
+
+
+def mrope_cos_sin(positions, cfg: TextConfig, dtype):
+  """positions (3, B, L) temporal/height/width ids -> cos, sin (B, L, 1, head_dim).
+
+  Frequency j of the rotary embedding takes its angle from the id stream its mrope section names:
+  the first `mrope_section[0]` frequencies from temporal ids, the next from height, the rest width.
+  """
+  d = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / d))
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (3, B, L, D/2)
+  section = np.repeat(np.arange(len(cfg.mrope_section)) % 3, cfg.mrope_section)  # (D/2,)
+  freqs = jnp.take_along_axis(freqs, jnp.asarray(section)[None, None, None, :], axis=0)[0]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+class TextAttention(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.q_kernel = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype)
+    self.q_bias = _zeros((h, d), ("heads", "head_dim"), param_dtype)
+    self.k_kernel = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.k_bias = _zeros((kv, d), ("kv_heads", "head_dim"), param_dtype)
+    self.v_kernel = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.v_bias = _zeros((kv, d), ("kv_heads", "head_dim"), param_dtype)
+    self.o_kernel = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), param_dtype)
+    self.num_kv_heads = kv
+    self.dtype = dtype
+
+  def __call__(self, x, cos, sin, mask):
+    dt = self.dtype
+    q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt)) + self.q_bias[...].astype(dt)
+    k = jnp.einsum("ble,ehd->blhd", x, self.k_kernel[...].astype(dt)) + self.k_bias[...].astype(dt)
+    v = jnp.einsum("ble,ehd->blhd", x, self.v_kernel[...].astype(dt)) + self.v_bias[...].astype(dt)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+    k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
+    b, l, h, d = q.shape
+    # Query head i uses KV head i // (h / kv), as `repeat_kv` in the reference.
+    q = q.reshape(b, l, self.num_kv_heads, h // self.num_kv_heads, d)
+    out = attention(q, k, v, mask, dt).reshape(b, l, h, d)
+    return jnp.einsum("blhd,hde->ble", out, self.o_kernel[...].astype(dt))
+
+
+class TextMLP(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    e, m = cfg.hidden_size, cfg.intermediate_size
+    self.gate_kernel = _param(rngs, (e, m), ("embed", "mlp"), param_dtype)
+    self.up_kernel = _param(rngs, (e, m), ("embed", "mlp"), param_dtype)
+    self.down_kernel = _param(rngs, (m, e), ("mlp", "embed"), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, x):
+    dt = self.dtype
+    h = jax.nn.silu(x @ self.gate_kernel[...].astype(dt)) * (x @ self.up_kernel[...].astype(dt))
+    h = constrain(h, ("act_batch", "act_length", "act_mlp"))
+    return h @ self.down_kernel[...].astype(dt)
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, dtype, param_dtype, rngs: nnx.Rngs):
+    self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+    self.attn = TextAttention(cfg, dtype, param_dtype, rngs)
+    self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+    self.mlp = TextMLP(cfg, dtype, param_dtype, rngs)
+
+  def __call__(self, x, cos, sin, mask):
+    x = x + self.attn(self.input_norm(x), cos, sin, mask)
+    x = x + self.mlp(self.post_attn_norm(x))
+    return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+class Qwen2_5_VL(nnx.Module):
+  """Qwen2.5-VL for conditional generation (vision tower + Qwen2 decoder + LM head)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
+    self.visual = VisionTower(cfg.vision, dt, pdt, rngs)
+    self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
+    self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs) for _ in range(t.num_layers)])
+    self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
+    if not t.tie_word_embeddings:
+      self.lm_head = _param(rngs, (t.hidden_size, t.vocab_size), ("embed", "vocab"), pdt)
+
+  def embed_inputs(self, input_ids, pixel_values=None, vision_positions=None, vision_segment_ids=None,
+                   image_token_index=None):
+    """Token embeddings with the merged image features written into the `<|image_pad|>` slots.
+
+    image_token_index (B, L): for each image-pad position, the index of its merged vision token
+    (in the window-ordered vision output of the same example); ignored elsewhere.
+    """
+    x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.cfg.dtype)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    if pixel_values is None:
+      return x, None
+    feats = self.visual(pixel_values, vision_positions, vision_segment_ids)
+    gathered = jnp.take_along_axis(feats, jnp.maximum(image_token_index, 0)[..., None], axis=1)
+    is_image = (input_ids == self.cfg.image_token_id)[..., None]
+    return jnp.where(is_image, gathered.astype(x.dtype), x), feats
+
+  def logits(self, hidden):
+    t = self.cfg.text
+    head = self.embed[...].T if t.tie_word_embeddings else self.lm_head[...]
+    out = hidden @ head.astype(self.cfg.dtype)
+    return constrain(out, ("act_batch", "act_length", "act_vocab"))
+
+  def __call__(self, input_ids, positions, attention_mask=None, pixel_values=None, vision_positions=None,
+               vision_segment_ids=None, image_token_index=None, *, return_hidden: bool = False):
+    """Causal LM forward.
+
+    input_ids (B, L) int; positions (3, B, L) M-RoPE ids; attention_mask (B, L), 1 = real token.
+    pixel_values (B, P, patch_dim), vision_positions (B, P, 2), vision_segment_ids (B, P): the
+    window-ordered, window-padded patches of each example (see the module docstring).
+    Returns logits (B, L, vocab), and with `return_hidden` also a dict of intermediates.
+    """
+    x, feats = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
+                                 image_token_index)
+    b, l = input_ids.shape
+    mask = jnp.tril(jnp.ones((l, l), bool))[None]
+    if attention_mask is not None:
+      mask = mask & attention_mask.astype(bool)[:, None, :]
+    mask = mask[:, None, None]  # (B, 1, 1, T, S)
+    cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
+    hidden = [x]
+    for layer in self.layers:
+      x = layer(x, cos, sin, mask)
+      hidden.append(x)
+    logits = self.logits(self.norm(x))
+    if return_hidden:
+      return logits, {"layers": hidden, "vision": feats}
+    return logits
+
+
+def from_config(config, *, seed: int = 0) -> Qwen2_5_VL:
+  """Random-init student from the top-level ConfigDict."""
+  return Qwen2_5_VL(ModelConfig.from_config(config.model), rngs=nnx.Rngs(seed))

@@ -1,0 +1,1 @@
+"""Training: losses and steps, the loop, checkpoints, optimizers."""
