@@ -2,7 +2,6 @@
 
 The reference image processor is the PIL one: the default needs torchvision, which is not installed.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import transformers
 from transformers import vision_utils
 from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as hf_qwen2_vl
 
+from zwz_jax.config import load_config
 from zwz_jax.data import processor as proc
 from zwz_jax.data import tiny_tokenizer
 
@@ -41,11 +41,8 @@ QWEN2_VL_CHAT_TEMPLATE = (
 
 
 def load_tiny_config():
-  spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, "configs",
-                                                                            "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """A fresh copy that a test may modify."""
+  return load_config(os.path.join(REPO, "configs", "tiny.py"))
 
 
 # ----------------------------------------------------------------------------------------------
