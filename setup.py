@@ -18,12 +18,13 @@ setup(
         "pillow",
         "safetensors",
         "msgpack",
+        "array-record",
         "tokenizers",
         "tqdm",
     ],
     extras_require={
         # PyTorch teacher side (data generation) and the numerical reference.
-        "teacher": ["torch==2.13.0", "transformers>=5.0"],
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=5.0", "tokenizers"],
+        "teacher": ["torch==2.13.0", "transformers>=5.0", "pyarrow"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=5.0", "pyarrow"],
     },
 )

@@ -1,0 +1,45 @@
+"""Data generation on CPU, offline: procedural scenes answered by the `scene` oracle teacher.
+
+  python launch/gen_data.py --config=configs/datagen_tiny.py --config.out_dir=out/datagen_tiny
+
+Swap in real teachers by pointing `teachers.*` at an `hf` checkpoint or an `openai`-compatible
+server (see configs/datagen_qwen.py) and `pool` at your image folder.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.out_dir = "out/datagen_tiny"
+  c.split = "train"
+
+  # The image pool. With scenes.num_images > 0 and an empty path, procedural scenes are generated
+  # into <out_dir>/scene_pool first and used as the pool.
+  c.pool = ml_collections.ConfigDict(dict(
+      kind="folder", path="", name="scenes", image_column="image", key_column="id",
+      min_side=224, min_pixels=224 * 224))
+  c.scenes = ml_collections.ConfigDict(dict(num_images=12, width=1344, height=1008, seed=0))
+
+  # Teachers by name; stages refer to them. Backends: scene | hf | openai.
+  c.teachers = ml_collections.ConfigDict()
+  c.teachers.scene = ml_collections.ConfigDict(dict(
+      backend="scene", name="scene", root="", answer_noise=0.1, seed=0, student_accuracy=0.5))
+
+  c.propose = ml_collections.ConfigDict(dict(
+      teacher="scene", box_format="qwen2_5", max_pixels=1280 * 28 * 28, min_score=0.75,
+      max_area_frac=0.10, min_side=8, max_regions=6,
+      # Optional detector hook, 'package.module:function': image -> boxes (full-image pixels,
+      # data_gen.boxes.Box or dicts with x0, y0, x1, y1, label, score), added to the teacher's.
+      detector=""))
+  c.crop = ml_collections.ConfigDict(dict(upscale=2.0))
+  c.questions = ml_collections.ConfigDict(dict(teacher="scene", per_crop=3, temperature=0.7))
+  c.check = ml_collections.ConfigDict(dict(enabled=True, teacher="scene"))
+  c.answers = ml_collections.ConfigDict(dict(teachers=("scene",), samples=8, temperature=1.0, min_agreement=6,
+                                                   max_new_tokens=64))
+  c.mc = ml_collections.ConfigDict(dict(num_options=4, teacher="scene", temperature=0.7))
+  c.difficulty = ml_collections.ConfigDict(dict(
+      enabled=False, student="scene", k=4, drop_if_correct=2, temperature=1.0))
+
+  c.write = ml_collections.ConfigDict(dict(images_per_shard=4))
+  return c

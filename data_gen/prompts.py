@@ -1,0 +1,282 @@
+"""Teacher prompts for each task in `teachers.base.TASKS`, and parsers for their answers.
+
+Wording follows the authors' data synthesis where it has one (question rules, the checker's
+criteria, distractor rules); the output formats are ours and kept machine-checkable. Parsers raise
+`ParseError` (with a snippet of the output) and never anything else on bad text.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from data_gen.boxes import FORMATS
+from data_gen.parsing import ParseError, as_text, json_items
+from zwz_jax.records import DIMENSIONS, FOCUS_OVERLAY, format_question
+
+__all__ = ["ParseError", "DIMENSION_GUIDE", "propose_prompt", "questions_prompt", "check_prompt",
+           "answer_prompt", "distractors_prompt", "student_prompt", "normalise_dimension",
+           "parse_questions", "parse_yes_no", "parse_list", "parse_answer"]
+
+# One line per perception dimension: what to ask, with an example, as given to the question writer.
+DIMENSION_GUIDE = {
+    "counting": "how many of a kind of small thing there are (e.g. 'How many buttons are on the remote?')",
+    "ocr": "text, digits or symbols written on something (e.g. 'What number is painted on the bus?')",
+    "colour": "the colour of a specific object or part (e.g. 'What colour is the cyclist's helmet?')",
+    "structure": "shape, form, pattern or arrangement (e.g. 'What shape is the sign on the door?')",
+    "material": "what something is made of (e.g. 'What material is the bench seat made of?')",
+    "identification": "what a specific object or part is (e.g. 'What is the man holding in his left hand?')",
+}
+
+_SYNONYMS = {
+    "count": "counting", "counts": "counting", "number": "counting", "quantity": "counting",
+    "how many": "counting", "numerosity": "counting",
+    "text": "ocr", "reading": "ocr", "text recognition": "ocr", "optical character recognition": "ocr",
+    "scene text": "ocr", "character recognition": "ocr",
+    "color": "colour", "colors": "colour", "colours": "colour", "hue": "colour",
+    "shape": "structure", "shapes": "structure", "form": "structure", "geometry": "structure",
+    "pattern": "structure", "structural": "structure",
+    "materials": "material", "texture": "material", "composition": "material",
+    "object": "identification", "objects": "identification", "identity": "identification",
+    "identify": "identification", "object identification": "identification", "recognition": "identification",
+    "object recognition": "identification", "category": "identification", "classification": "identification",
+}
+
+# Single words that name a dimension inside a longer tag; broader synonyms only match whole tags.
+_WORDS = {"count": "counting", "text": "ocr", "color": "colour", "shape": "structure",
+          "texture": "material", "object": "identification"}
+
+# ----------------------------------------------------------------------------------------------
+# Prompt builders
+# ----------------------------------------------------------------------------------------------
+
+
+def propose_prompt(box_format: str = "qwen2_5", image_size: tuple[int, int] | None = None) -> str:
+  """Ask for every small, clearly identifiable object with a box, label and confidence.
+
+  box_format: the model's coordinate convention (see boxes.FORMATS); image_size: (w, h) of the
+  image the model sees, stated for qwen2_5 so its pixel coordinates have a frame.
+  """
+  if box_format not in FORMATS:
+    raise ValueError(f"box format {box_format!r} is not one of {FORMATS}")
+  if box_format == "qwen3":
+    coords = "Coordinates are relative to the image, normalised to 0-1000 on both axes."
+  else:
+    size = f" of this {image_size[0]}x{image_size[1]} image" if image_size else " of this image"
+    coords = f"Coordinates are absolute pixel positions{size}."
+  return (
+      "Find every small object in this image that is clearly visible and identifiable: small items, "
+      "parts of larger things, text, signs, labels, logos, small animals or people in the distance. "
+      "Skip large objects, background regions and anything too blurry to name with confidence.\n"
+      "For each object give a tight bounding box [x0, y0, x1, y1], a short specific label, and your "
+      f"confidence from 0 to 1 that the box holds that object. {coords}\n"
+      "Output only a JSON list, for example:\n"
+      '[{"bbox_2d": [x0, y0, x1, y1], "label": "red bicycle bell", "confidence": 0.9}]\n'
+      "If there are no such objects, output []."
+  )
+
+
+def questions_prompt(k: int = 3, label: str | None = None,
+                     dimensions: Sequence[str] = DIMENSIONS) -> str:
+  """Ask for k questions about the crop, each tagged with one perception dimension."""
+  guide = "\n".join(f"- {d}: {DIMENSION_GUIDE[d]}" for d in dimensions)
+  subject = f" The region shows: {label}." if label else ""
+  return (
+      f"This image is a zoomed-in region of a larger photo.{subject} Write {k} questions about fine "
+      "visual details that can be answered by looking at this image alone.\n\n"
+      f"Dimensions (use a different one for each question where possible):\n{guide}\n\n"
+      "Rules:\n"
+      "1. Each question has exactly one correct answer that is short, factual and concrete: a word, "
+      "a number or a short phrase (or the exact text, for reading questions).\n"
+      "2. Name the target precisely (which object, which part), so the question stays unambiguous "
+      "when asked about the whole photo.\n"
+      "3. Do not mention the crop, the zoom, the image border or this instruction. No yes/no "
+      "questions, no opinions, no guesses about things that are not visible.\n"
+      "4. If the image is too blurry or empty for good questions, output [].\n\n"
+      f"Output only a JSON list of {k} objects with the keys \"question\" and \"dimension\" "
+      f"(one of: {', '.join(dimensions)}), for example:\n"
+      '[{"question": "What colour is the umbrella handle?", "dimension": "colour"}]'
+  )
+
+
+def check_prompt(question: str, dimension: str | None = None, full_image: bool = False) -> str:
+  """Ask whether the question is unambiguous and answerable from the crop (yes/no).
+
+  full_image: the request carries the full image first and the crop second, so the checker can also
+  reject questions with a different answer elsewhere in the full image (the authors' criterion).
+  """
+  images = ("Image 1 is a full photo and Image 2 a zoomed-in region of it.\n" if full_image
+            else "The image is a zoomed-in region of a larger photo.\n")
+  consistent = ("- the full photo has no other object that would give a different answer;\n"
+                if full_image else "")
+  kind = f" ({dimension} question)" if dimension else ""
+  return (
+      f"{images}Question{kind}: {question}\n\n"
+      "Is this a good question? Say yes only if ALL hold:\n"
+      "- it can be answered by looking at the zoomed-in region alone;\n"
+      "- it has exactly one correct, short answer (not a matter of opinion or guessing);\n"
+      f"{consistent}"
+      "- it names its target clearly (no vague 'it' or 'this object' when several could be meant).\n"
+      "Reply with one word: yes or no."
+  )
+
+
+_ANSWER_HINT = {
+    "counting": "Answer with a number in digits.",
+    "ocr": "Answer with the exact text as written.",
+}
+
+
+def answer_prompt(question: str, dimension: str | None = None) -> str:
+  """Ask for a short answer on the crop (sampled 8 times for the vote)."""
+  hint = _ANSWER_HINT.get(dimension or "", "Answer with a single word or a short phrase.")
+  return f"{question}\n{hint} Output only the answer."
+
+
+def distractors_prompt(question: str, answer: str, k: int = 3, dimension: str | None = None) -> str:
+  """Ask for k plausible but wrong options for a multiple-choice question."""
+  del dimension  # same rules for every dimension; kept so every builder takes the context it is given
+  return (
+      "You are writing a multiple-choice question about this image.\n"
+      f"Question: {question}\nCorrect answer: {answer}\n\n"
+      f"Write {k} plausible but INCORRECT options. They must be relevant to the image and the "
+      "question, clearly different from the correct answer (no synonyms or rephrasings of it), "
+      "plausible at first glance, and of the same kind, format and length as the correct answer.\n"
+      f"Do not include the correct answer. Output only a JSON list of {k} strings, for example:\n"
+      '["option 1", "option 2", "option 3"]'
+  )
+
+
+def student_prompt(question: str, options: Sequence[str] = ()) -> str:
+  """The boxed full-image question as the student sees it (difficulty filter); the same text as
+  records.ground(record, "overlay"), for use before a record exists."""
+  return f"{format_question(question, options)}\n\n{FOCUS_OVERLAY}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsers
+# ----------------------------------------------------------------------------------------------
+
+
+def normalise_dimension(name: Any) -> str | None:
+  """A DIMENSIONS name for a teacher's dimension tag ("Color", "text/OCR", "shape"), else None."""
+  if not isinstance(name, str):
+    return None
+  s = re.sub(r"[_\-]+", " ", name.strip().lower())
+  s = re.sub(r"\s+", " ", s).strip(" .:")
+  if s in DIMENSIONS:
+    return s
+  if s in _SYNONYMS:
+    return _SYNONYMS[s]
+  found = set()
+  for part in re.split(r"\s*(?:/|,|&|\band\b|\bor\b|\(|\))\s*", s):
+    part = part.strip()
+    if part in DIMENSIONS or part in _SYNONYMS:
+      found.add(part if part in DIMENSIONS else _SYNONYMS[part])
+  if not found:
+    for word in s.split():  # "colour question", "material type"
+      if word in DIMENSIONS or word in _WORDS:
+        found.add(word if word in DIMENSIONS else _WORDS[word])
+  return found.pop() if len(found) == 1 else None
+
+
+def parse_questions(text: Any, k: int, *, strict: bool = True) -> list[tuple[str, str]]:
+  """Up to k (question, dimension) pairs; [] when the teacher declined with an empty list.
+
+  strict: an entry with an unknown dimension raises ParseError; otherwise such entries are skipped
+  (ParseError only when none is left).
+  """
+  raw = text
+  text = as_text(text)
+  items = json_items(text, dict, ("question",))
+  if items is None:
+    raise ParseError("no JSON list of questions in teacher output", raw)
+  out, seen = [], set()
+  for item in items:
+    if not isinstance(item, dict):
+      if strict:
+        raise ParseError(f"question entry is a {type(item).__name__}, not an object", repr(item))
+      continue
+    q = item.get("question", item.get("q"))
+    if not isinstance(q, str) or not q.strip():
+      if strict:
+        raise ParseError("question entry has no question text", repr(item))
+      continue
+    tag = next((item[key] for key in ("dimension", "type", "category") if key in item), None)
+    dim = normalise_dimension(tag)
+    if dim is None:
+      if strict:
+        raise ParseError(f"unknown dimension {tag!r} (dimensions are {DIMENSIONS})", repr(item))
+      continue
+    q = " ".join(q.split())
+    if q.lower() not in seen:
+      seen.add(q.lower())
+      out.append((q, dim))
+  if items and not out:
+    raise ParseError("no usable question in teacher output", raw)
+  return out[:k]
+
+
+_YES = {"yes", "y", "true", "valid", "correct", "answerable"}
+_NO = {"no", "n", "false", "invalid", "incorrect", "unanswerable"}
+_VERDICT = re.compile(r"(?:valid|answer|decision|verdict|final answer|judgement|judgment)\s*[:=]\s*"
+                      r"\**\s*(yes|no|valid|invalid|true|false)\b", re.IGNORECASE)
+
+
+def parse_yes_no(text: Any) -> bool:
+  """The checker's verdict: a leading yes/no word, or a labelled verdict ("VALID: Yes") after reasoning."""
+  raw = text
+  text = as_text(text)
+  verdicts = _VERDICT.findall(text)
+  if verdicts:
+    return verdicts[-1].lower() in _YES
+  boxed = re.findall(r"\\boxed\{\s*([A-Za-z]+)\s*\}", text)
+  if boxed and boxed[-1].lower() in _YES | _NO:
+    return boxed[-1].lower() in _YES
+  words = re.findall(r"[A-Za-z]+", text)
+  if words and words[0].lower() in _YES | _NO:
+    return words[0].lower() in _YES
+  lines = [ln for ln in text.splitlines() if ln.strip()]
+  last = re.findall(r"[A-Za-z]+", lines[-1]) if lines else []
+  if last and last[0].lower() in _YES | _NO:
+    return last[0].lower() in _YES
+  raise ParseError("no yes/no verdict in teacher output", raw)
+
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|[A-Ja-j][.)])\s+(.+?)\s*$")
+
+
+def parse_list(text: Any) -> list[str]:
+  """A list of short strings: a JSON list, else bulleted or numbered lines."""
+  raw = text
+  text = as_text(text)
+  items = json_items(text, (str, int, float))
+  if items is not None:
+    out = [str(v).strip() for v in items if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+    return [s for s in out if s]
+  out = [m.group(1).strip().strip("\"'") for m in map(_BULLET.match, text.splitlines()) if m]
+  if not out:
+    raise ParseError("no list in teacher output", raw)
+  return out
+
+
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_PREFIX = re.compile(r"^(?:final answer|answer)\s*[:：]\s*", re.IGNORECASE)
+
+
+def parse_answer(text: Any) -> str:
+  """A short answer: the last \\boxed{} if any, else the first non-empty line, without an "Answer:"
+  prefix, markdown emphasis, surrounding quotes or a final period.
+  """
+  raw = text
+  text = as_text(text)
+  boxed = _BOXED.findall(text)
+  if boxed:
+    text = boxed[-1]
+  line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+  line = _ANSWER_PREFIX.sub("", line)
+  line = line.strip().strip("*_`").strip().strip("\"'").strip()
+  if line.endswith(".") and not line.endswith(".."):
+    line = line[:-1].rstrip()
+  if not line:
+    raise ParseError("empty answer", raw)
+  return line

@@ -1,0 +1,1 @@
+"""Teacher backends behind one interface (`base.Teacher`): hf, openai, scene."""

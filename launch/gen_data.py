@@ -1,0 +1,90 @@
+"""Generate distilled region-grounded records (the "first zooming") into ArrayRecord shards.
+
+  python launch/gen_data.py --config=configs/datagen_tiny.py [--config.out_dir=DIR]
+  # many workers (each writes its own shards; resumable), then one merge:
+  python launch/gen_data.py --config=... --shard_index=3 --num_shards=16
+  python launch/gen_data.py --config=... --merge --num_shards=16
+
+Without --shard_index/--num_shards, torch.distributed's RANK/WORLD_SIZE are used when set.
+A killed worker restarted with the same arguments continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_gen import pipeline, scenes, writer  # noqa: E402
+from data_gen.teachers import registry  # noqa: E402
+from zwz_jax.config import load_config, parse_argv  # noqa: E402
+
+
+def ensure_scene_pool(cfg) -> str:
+  """Generates the procedural scene pool once (atomically, so concurrent workers agree)."""
+  root = os.path.join(cfg.out_dir, "scene_pool")
+  if os.path.isdir(root):
+    return root
+  os.makedirs(cfg.out_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".scene_pool-", dir=cfg.out_dir)
+  scenes.write_scene_pool(tmp, cfg.scenes.num_images, seed=cfg.scenes.seed, width=cfg.scenes.width,
+                          height=cfg.scenes.height)
+  try:
+    os.rename(tmp, root)
+  except OSError:  # another worker got there first; its pool is identical
+    shutil.rmtree(tmp, ignore_errors=True)
+  return root
+
+
+def main(argv):
+  config_path, overrides, rest = parse_argv(argv, default_config="configs/datagen_tiny.py")
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--shard_index", type=int, default=int(os.environ.get("RANK", 0)))
+  parser.add_argument("--num_shards", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+  parser.add_argument("--merge", action="store_true", help="only write the global manifest")
+  parser.add_argument("--debug_kill_after_images", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args(rest)
+  if not 0 <= args.shard_index < args.num_shards:
+    parser.error(f"--shard_index {args.shard_index} must be in [0, --num_shards={args.num_shards})")
+  cfg = load_config(config_path, overrides)
+
+  if not cfg.pool.path:
+    if cfg.scenes.num_images <= 0:
+      raise SystemExit("config pool.path is empty and scenes.num_images is 0: nothing to read")
+    cfg.pool.path = ensure_scene_pool(cfg)
+  for t in cfg.teachers.values():
+    if t.backend == "scene" and not t.root:
+      t.root = cfg.pool.path
+
+  if args.merge:
+    manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=range(args.num_shards))
+  else:
+    used = {cfg.propose.teacher, cfg.questions.teacher, cfg.check.teacher, cfg.mc.teacher, *cfg.answers.teachers}
+    if cfg.difficulty.enabled:
+      used.add(cfg.difficulty.student)
+    unknown = sorted(used - set(cfg.teachers))
+    if unknown:
+      raise SystemExit(f"config refers to teachers {unknown} that are not defined under teachers "
+                       f"(defined: {sorted(cfg.teachers)})")
+    teachers = {name: registry.build_teacher(cfg.teachers[name]) for name in sorted(used)}
+    try:
+      pipeline.run_worker(cfg, teachers, shard_index=args.shard_index, num_shards=args.num_shards,
+                          kill_after_images=args.debug_kill_after_images)
+    finally:
+      for t in teachers.values():
+        t.close()
+    if args.num_shards > 1:
+      print(f"worker {args.shard_index} done; merge with --merge --num_shards={args.num_shards}")
+      return
+    manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=[0])
+  print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards from "
+        f"{manifest['num_images']} images -> {cfg.out_dir}")
+  print("stages: " + ", ".join(f"{k}={v}" for k, v in manifest["stages"].items()))
+  print("dimensions: " + ", ".join(f"{k}={v}" for k, v in manifest["dimensions"].items()))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,205 @@
+"""data_gen end to end: scene teacher, resume after kill -9, sharded workers + merge, bad input."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zwz_jax import records
+
+SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.scenes.height=672",
+         "--config.write.images_per_shard=2"]
+
+
+def gen(out_dir, *extra, check=True):
+  proc = subprocess.run([sys.executable, "launch/gen_data.py", "--config=configs/datagen_tiny.py",
+                         f"--config.out_dir={out_dir}", *SMALL, *extra],
+                        capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def read_all(out_dir):
+  from array_record.python import array_record_module
+  out = []
+  for path in records.shard_paths(str(out_dir)):
+    reader = array_record_module.ArrayRecordReader(path)
+    out += [records.decode(b, where=path) for b in reader.read_all()]
+    reader.close()
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("ref")
+  gen(out)
+  return out
+
+
+def test_scene_run_writes_valid_records(reference_run):
+  manifest = records.read_manifest(str(reference_run))
+  recs = read_all(reference_run)
+  assert len(recs) == manifest["num_records"] > 0
+  assert manifest["num_images"] == 6
+  assert sum(manifest["dimensions"].values()) == len(recs)
+  assert len({r.id for r in recs}) == len(recs)
+  for r in recs:
+    assert (r.bbox[2] - r.bbox[0]) * (r.bbox[3] - r.bbox[1]) < 0.10 * r.width * r.height
+    assert len(r.options) == 4 and r.teacher["agreement"] >= 6 / 8
+  stages = manifest["stages"]
+  # The scene oracle proposes decoys that the filters must drop.
+  assert stages["regions_dropped/low_score"] > 0 and stages["regions_dropped/too_large"] > 0
+  assert stages["questions_dropped/check"] > 0
+
+
+def test_resume_after_kill_equals_uninterrupted_run(reference_run, tmp_path):
+  killed = gen(tmp_path, "--debug_kill_after_images=3", check=False)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert not (tmp_path / records.MANIFEST).exists()
+  gen(tmp_path)
+  assert [r.id for r in read_all(tmp_path)] == [r.id for r in read_all(reference_run)]
+  a, b = records.read_manifest(str(tmp_path)), records.read_manifest(str(reference_run))
+  assert a["stages"] == b["stages"] and a["shards"] == b["shards"]
+
+
+def test_two_workers_merged_equal_one_run(reference_run, tmp_path):
+  for i in range(2):
+    gen(tmp_path, f"--shard_index={i}", "--num_shards=2")
+  incomplete = gen(tmp_path, "--merge", "--num_shards=3", check=False)
+  assert incomplete.returncode != 0 and "no finished chunks from workers [2]" in incomplete.stderr
+  gen(tmp_path, "--merge", "--num_shards=2")
+  merged, single = records.read_manifest(str(tmp_path)), records.read_manifest(str(reference_run))
+  assert sorted(r.id for r in read_all(tmp_path)) == sorted(r.id for r in read_all(reference_run))
+  assert merged["stages"] == single["stages"] and merged["dimensions"] == single["dimensions"]
+
+
+def test_does_not_import_jax(tmp_path):
+  code = ("import sys, runpy; sys.argv = ['gen_data', '--config=configs/datagen_tiny.py', "
+          f"'--config.out_dir={tmp_path}', '--config.scenes.num_images=1', '--config.scenes.width=448', "
+          "'--config.scenes.height=448']; runpy.run_path('launch/gen_data.py', run_name='__main__'); "
+          "assert 'jax' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# ---- in-process runs: custom pools and teachers --------------------------------------------------
+
+from data_gen import pipeline, scenes  # noqa: E402
+from data_gen.teachers.base import Teacher  # noqa: E402
+from data_gen.teachers.scene import SceneTeacher  # noqa: E402
+from data_gen import writer  # noqa: E402
+from data_gen.teachers.base import Request  # noqa: E402
+from zwz_jax.config import load_config  # noqa: E402
+
+
+def _config(out_dir, pool_dir, *overrides):
+  cfg = load_config("configs/datagen_tiny.py", [f"out_dir={out_dir}", f"pool.path={pool_dir}",
+                                                 "write.images_per_shard=2", *overrides])
+  cfg.teachers.scene.root = str(pool_dir)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def scene_pool(tmp_path_factory):
+  root = tmp_path_factory.mktemp("pool")
+  scenes.write_scene_pool(str(root), 3, seed=1, width=896, height=672)
+  return root
+
+
+def _run(cfg, teachers):
+  pipeline.run_worker(cfg, teachers, shard_index=0, num_shards=1)
+  return writer.merge(cfg.out_dir, cfg.to_dict()), read_all(cfg.out_dir)
+
+
+def test_consensus_answers_match_scene_metadata(scene_pool, tmp_path):
+  cfg = _config(tmp_path, scene_pool)
+  manifest, recs = _run(cfg, {"scene": SceneTeacher.from_config(cfg.teachers.scene)})
+  oracle = SceneTeacher(str(scene_pool), answer_noise=0.0)
+  truth = oracle.generate([Request(images=(), prompt="", task="answer", context={
+      "image_key": r.source["path"], "crop_box": list(r.bbox), "question": r.question, "dimension": r.dimension})
+      for r in recs])
+  from data_gen.consensus import normalise_answer
+  right = sum(normalise_answer(r.answer_text) == normalise_answer(t[0]) for r, t in zip(recs, truth))
+  # 10% noisy samples and a 6-of-8 majority: a wrong majority needs 6 wrong votes out of 8.
+  assert len(recs) > 30 and right == len(recs), (right, len(recs))
+
+
+class _Faulty(Teacher):
+  """Wraps the scene teacher and corrupts its output for chosen (task, image) pairs."""
+  name = "faulty"
+
+  def __init__(self, inner, faults):
+    self.inner, self.faults = inner, faults
+
+  def generate(self, requests):
+    out = self.inner.generate(requests)
+    return [[self.faults[(r.task, r.context["image_key"])](t) for t in o]
+            if (r.task, r.context["image_key"]) in self.faults else o for r, o in zip(requests, out)]
+
+
+def test_bad_input_is_counted_and_the_job_continues(scene_pool, tmp_path):
+  import shutil
+  from PIL import Image
+  pool = tmp_path / "pool"
+  shutil.copytree(scene_pool, pool)
+  (pool / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+  data = (pool / "scene_00000.png").read_bytes()
+  (pool / "truncated.png").write_bytes(data[:len(data) // 2])
+  Image.new("RGB", (100, 80)).save(pool / "tiny.png")
+  cfg = _config(tmp_path / "out", pool)
+  inner = SceneTeacher(str(pool), answer_noise=0.1)
+  zero_area = '[{"bbox_2d": [50, 50, 50, 90], "label": "line", "score": 0.99}]'
+  teacher = _Faulty(inner, {
+      ("propose", "scene_00000.png"): lambda t: t[:-5] + ", " + zero_area[1:-1] + "]\n```",  # + a zero-area box
+      ("propose", "scene_00001.png"): lambda t: "I cannot see any objects, sorry.",  # unparsable
+      ("questions", "scene_00002.png"): lambda t: "\udcff\udcfe not utf-8 {",  # non-UTF8 garbage
+  })
+  manifest, recs = _run(cfg, {"scene": teacher})
+  s = manifest["stages"]
+  assert s["images"] == 6 and manifest["num_images"] == 6
+  assert s["images_skipped/corrupt"] == 2 and s["images_skipped/too_small"] == 1
+  assert s["errors/unparsable_proposals"] == 1
+  assert s["errors/unparsable_questions"] >= 1
+  assert s["regions_dropped/zero_area"] == 1
+  assert recs and {r.source["path"] for r in recs} <= {"scene_00000.png", "scene_00002.png"}
+
+
+def test_difficulty_filter_drops_what_the_student_already_knows(scene_pool, tmp_path):
+  runs = {}
+  for acc in (0.0, 1.0):
+    cfg = _config(tmp_path / str(acc), scene_pool, "difficulty.enabled=True", "difficulty.student=student")
+    student = SceneTeacher(str(scene_pool), student_accuracy=acc, name="student")
+    runs[acc] = _run(cfg, {"scene": SceneTeacher.from_config(cfg.teachers.scene), "student": student})
+  never_right, always_right = runs[0.0][0]["stages"], runs[1.0][0]["stages"]
+  assert never_right.get("questions_dropped/too_easy", 0) == 0 and runs[0.0][1]
+  assert always_right["questions_dropped/too_easy"] == len(runs[0.0][1]) and not runs[1.0][1]
+
+
+def test_hf_teacher_end_to_end(scene_pool, tmp_path):
+  """A tiny random transformers Qwen2.5-VL answers the crops (greedy: 8 identical votes)."""
+  from data_gen.teachers.hf import HFTeacher
+  from tests.tiny_hf_vlm import save_tiny_qwen2_5_vl
+  ckpt = tmp_path / "tiny_vlm"
+  save_tiny_qwen2_5_vl(str(ckpt))
+  cfg = _config(tmp_path / "out", scene_pool, "answers.teachers=('tiny',)", "answers.temperature=0.0",
+                "propose.max_regions=2", "questions.per_crop=1")
+  tiny = HFTeacher.from_config({"path": str(ckpt), "name": "tiny", "batch_size": 4, "max_new_tokens": 4})
+  manifest, recs = _run(cfg, {"scene": SceneTeacher.from_config(cfg.teachers.scene), "tiny": tiny})
+  assert manifest["num_records"] == len(recs) > 0
+  for r in recs:
+    assert r.teacher["names"] == ["tiny"] and r.teacher["agreement"] == 1.0
+
+
+def detector_for_test(image):
+  """A detector hook: one extra box (a 40x40 patch of background) per image."""
+  return [{"x0": 10.0, "y0": 10.0, "x1": 50.0, "y1": 50.0, "label": "corner", "score": 0.99}]
+
+
+def test_detector_hook_adds_proposals(scene_pool, tmp_path):
+  base = _run(_config(tmp_path / "a", scene_pool), {"scene": SceneTeacher(str(scene_pool))})[0]["stages"]
+  cfg = _config(tmp_path / "b", scene_pool, "propose.detector=tests.test_gen_data:detector_for_test",
+                "propose.max_regions=100")
+  hooked = _run(cfg, {"scene": SceneTeacher(str(scene_pool))})[0]["stages"]
+  assert hooked["proposals"] == base["proposals"] + 3
+  with pytest.raises(ValueError, match="config propose.detector='nope:x': cannot import"):
+    pipeline.Pipeline(_config(tmp_path / "c", scene_pool, "propose.detector=nope:x"), {})
