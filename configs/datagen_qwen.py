@@ -44,4 +44,5 @@ def get_config():
   c.difficulty.enabled = True
   c.difficulty.student = "student"
   c.write.images_per_shard = 256
+  c.write.images_in_flight = 16
   return c

@@ -41,5 +41,7 @@ def get_config():
   c.difficulty = ml_collections.ConfigDict(dict(
       enabled=False, student="scene", k=4, drop_if_correct=2, temperature=1.0))
 
-  c.write = ml_collections.ConfigDict(dict(images_per_shard=4))
+  # images_in_flight: images processed concurrently (threads); >1 pays off with remote (openai)
+  # teachers, keep 1 for a local hf teacher that owns the accelerator.
+  c.write = ml_collections.ConfigDict(dict(images_per_shard=4, images_in_flight=1))
   return c

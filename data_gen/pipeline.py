@@ -9,6 +9,7 @@ fatal. Work is split over workers by `shard_index/num_shards` and resumes after 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import importlib
@@ -254,19 +255,28 @@ def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_sh
   chunks = [items[i:i + per] for i in range(0, len(items), per)]
   pipeline = Pipeline(cfg, teachers)
   os.makedirs(cfg.out_dir, exist_ok=True)
-  done_images = 0
   totals = Counts()
   bar = tqdm.tqdm(total=len(items), desc=f"worker {shard_index}/{num_shards}", unit="img")
+  executor = concurrent.futures.ThreadPoolExecutor(max(1, cfg.write.images_in_flight))
+  try:
+    _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index, kill_after_images)
+  finally:
+    executor.shutdown(cancel_futures=True)
+    bar.close()
+  return dict(totals)
+
+
+def _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index, kill_after_images):
+  done_images = 0
   for ci, chunk in enumerate(chunks):
     if writer_lib.chunk_done(cfg.out_dir, shard_index, ci):
       bar.update(len(chunk))
       continue
     cw = writer_lib.ChunkWriter(cfg.out_dir, shard_index, ci, [it.key for it in chunk])
-    for it in chunk:
-      if cw.done(it.key):
-        bar.update(1)
-        continue
-      recs, counts, dims = pipeline.process(it)
+    bar.update(sum(cw.done(it.key) for it in chunk))
+    pending = [it for it in chunk if not cw.done(it.key)]
+    # Several images in flight keep remote teachers busy; results are logged in pool order.
+    for it, (recs, counts, dims) in zip(pending, executor.map(pipeline.process, pending)):
       cw.add(it.key, [records.encode(r) for r in recs], dict(counts), dict(dims))
       totals.update(counts)
       bar.update(1)
@@ -275,5 +285,3 @@ def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_sh
       if kill_after_images and done_images >= kill_after_images:
         os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
     cw.commit()
-  bar.close()
-  return dict(totals)

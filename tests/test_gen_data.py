@@ -203,3 +203,10 @@ def test_detector_hook_adds_proposals(scene_pool, tmp_path):
   assert hooked["proposals"] == base["proposals"] + 3
   with pytest.raises(ValueError, match="config propose.detector='nope:x': cannot import"):
     pipeline.Pipeline(_config(tmp_path / "c", scene_pool, "propose.detector=nope:x"), {})
+
+
+def test_images_in_flight_do_not_change_the_output(scene_pool, tmp_path):
+  one = _run(_config(tmp_path / "a", scene_pool), {"scene": SceneTeacher(str(scene_pool))})
+  many = _run(_config(tmp_path / "b", scene_pool, "write.images_in_flight=3"), {"scene": SceneTeacher(str(scene_pool))})
+  assert [r.id for r in one[1]] == [r.id for r in many[1]]
+  assert one[0]["stages"] == many[0]["stages"]

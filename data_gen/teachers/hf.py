@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from typing import Any, Sequence
 
 from PIL import Image
@@ -127,6 +128,8 @@ class HFTeacher(Teacher):
     self.top_p = top_p
     self.top_k = top_k
     self._sampled_batches = 0
+    # One model on one accelerator: calls from concurrent pipeline threads take turns.
+    self._lock = threading.Lock()
     tokenizer = processor.tokenizer
     if not (getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)):
       raise ValueError(f"hf teacher {name!r}: the checkpoint has no chat template (looked for "
@@ -176,6 +179,10 @@ class HFTeacher(Teacher):
   # --------------------------------------------------------------------------------------------
 
   def generate(self, requests: Sequence[Request]) -> list[list[str]]:
+    with self._lock:
+      return self._generate(requests)
+
+  def _generate(self, requests: Sequence[Request]) -> list[list[str]]:
     results: list[list[str] | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
