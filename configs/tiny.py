@@ -1,19 +1,19 @@
 """Tiny Qwen2.5-VL student: the CPU default for tests and `make demo`.
 
 The real architecture and config schema (configs/_qwen2_5_vl.py) with dimensions small enough for a
-laptop CPU, every sharded dimension divisible by an (fsdp=4, tensor=2) mesh so the sharding tests
-run on it, and fp32 so it can be compared with the PyTorch reference.
+laptop CPU, every sharded dimension divisible by 8 on fsdp and by 4 on tensor so the sharding
+tests run on any mesh of 8 devices, and fp32 so it can be compared with the PyTorch reference.
 """
 import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 
 
 def get_config():
   c = _qwen2_5_vl.qwen2_5_vl_config(
-      hidden_size=64,
-      intermediate_size=96,
+      hidden_size=128,
+      intermediate_size=256,
       num_layers=2,
-      num_heads=4,
-      num_kv_heads=2,
+      num_heads=8,
+      num_kv_heads=4,  # grouped-query attention, and tensor parallelism up to 4
       vocab_size=512,
       tie_word_embeddings=False,
   )
@@ -22,9 +22,9 @@ def get_config():
 
   v = c.model.vision
   v.depth = 4
-  v.hidden_size = 32
-  v.intermediate_size = 48
-  v.num_heads = 2
+  v.hidden_size = 64
+  v.intermediate_size = 128
+  v.num_heads = 4
   v.window_size = 56  # 2x2 merged tokens per window, so small images still get several windows
   v.fullatt_block_indexes = (1, 3)
 

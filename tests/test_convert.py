@@ -107,7 +107,7 @@ def test_missing_tensor_is_named_with_its_shape(setup, tmp_path):
   cfg, _, path = setup
   _rewrite(path, str(tmp_path), lambda k, a: None if k == "model.layers.1.mlp.up_proj.weight" else (k, a))
   with pytest.raises(convert.CheckpointMismatchError,
-                     match=r"missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight' \(expected shape \(96, 64\)\)"):
+                     match=r"missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight' \(expected shape \(256, 128\)\)"):
     convert.load_hf_state(cfg, str(tmp_path), _one_device())
 
 
@@ -115,7 +115,7 @@ def test_misshaped_tensor_names_both_shapes(setup, tmp_path):
   cfg, _, path = setup
   _rewrite(path, str(tmp_path), lambda k, a: (k, a[:, :30]) if k == "visual.blocks.2.attn.qkv.weight" else (k, a))
   with pytest.raises(convert.CheckpointMismatchError,
-                     match=r"'visual\.blocks\.2\.attn\.qkv\.weight' has shape \(96, 30\) .* expects \(96, 32\)"):
+                     match=r"'visual\.blocks\.2\.attn\.qkv\.weight' has shape \(192, 30\) .* expects \(192, 64\)"):
     convert.load_hf_state(cfg, str(tmp_path), _one_device())
 
 
