@@ -19,6 +19,8 @@ setup(
         "safetensors",
         "msgpack",
         "array-record",
+        "grain",
+        "tensorboardX",
         "tokenizers",
         "tqdm",
     ],

@@ -67,10 +67,50 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   p.tokenizer = ""
   p.system_prompt = "You are a helpful assistant."
 
+  # Input pipeline (zwz_jax/data/pipeline.py). Record dirs hold a manifest.json and ArrayRecord
+  # shards from launch/gen_data.py; set them per run, e.g. --config.data.train="('out/run1',)".
+  d = c.data = ml_collections.ConfigDict()
+  d.train = ()
+  d.eval = ()
+  d.grounding = "overlay"  # overlay (red box, the paper's best) | coords (box in the text) | none
+  d.target = "letter"  # multiple choice: "letter" -> "B", "letter_text" -> "B. blue"
+  d.global_batch_size = 64
+  # (max_tokens, max_patches), small to large; a batch takes the smallest bucket that fits all of
+  # its examples, so jit compiles once per bucket. max_patches counts window-padded patches and
+  # must be a multiple of the window ((window_size // patch_size)**2 = 64 patches here). At
+  # max_pixels (1280 merged tokens) an image pads to at most 5824 patches for aspect ratios up to
+  # 4:1 and 6144 up to 20:1; longer examples are skipped as too_long.
+  d.buckets = ((1024, 3072), (1664, 6144))
+  d.shuffle_seed = 0  # epoch e is shuffled with shuffle_seed + e
+  d.num_workers = 8  # preprocessing processes per host; 0 = in the training process
+  d.num_threads = 2  # reader threads per worker (or in the training process when num_workers = 0)
+  d.prefetch = 16  # preprocessed examples buffered per worker (or in-process)
+
   m = c.mesh = ml_collections.ConfigDict()
   m.data = 1
   m.fsdp = -1  # -1: all devices left after the other axes
   # Tensor parallelism must divide num_kv_heads and the vision MLP width (3420 = 4 * 855):
   # at most 2 for 3B, 4 for 7B/32B/72B.
   m.tensor = 1
+
+  # Supervised distillation (SFT) on the records; the paper's RL recipe builds on the same loop.
+  tr = c.train = ml_collections.ConfigDict()
+  tr.steps = 2000
+  tr.learning_rate = 1e-5
+  tr.warmup_steps = 100
+  tr.end_lr_frac = 0.1  # cosine decay to this fraction of the peak
+  tr.weight_decay = 0.0
+  tr.b1, tr.b2, tr.eps = 0.9, 0.999, 1e-8
+  tr.grad_clip = 1.0  # global norm; 0 disables
+  tr.grad_accum_steps = 1  # micro-batches per step (the global batch is split, not repeated)
+  tr.z_loss = 0.0
+  # Learning-rate multiplier per module; 0 freezes it (no update, no optimizer state).
+  tr.lr_scale = ml_collections.ConfigDict(dict(vision=1.0, merger=1.0, text=1.0))
+  # "" = random init; a HF safetensors folder; or a parameter checkpoint from launch/convert.py.
+  tr.init_from = ""
+  tr.log_every = 10
+  tr.eval_every = 0  # 0 disables; needs data.eval
+  tr.checkpoint_every = 200
+  tr.keep_checkpoints = 3
+  tr.async_checkpoint = True
   return c

@@ -40,4 +40,20 @@ def get_config():
 
   c.processor.max_pixels = 28 * 28 * 64
   c.processor.tokenizer = ""  # empty: build the tiny tokenizer
+
+  d = c.data
+  d.train = ("out/datagen_tiny",)  # written by configs/datagen_tiny.py
+  d.global_batch_size = 8
+  # At max_pixels = 64 merged tokens an image pads to at most 512 patches (16 per window). The
+  # scene records (1344x1008) pad to 240 and take 170-216 tokens with overlay, 220-260 with coords.
+  d.buckets = ((224, 256), (320, 512))
+  d.num_workers = 0
+  d.prefetch = 4
+
+  tr = c.train
+  tr.steps = 60
+  tr.learning_rate = 3e-3
+  tr.warmup_steps = 5
+  tr.log_every = 5
+  tr.checkpoint_every = 20
   return c

@@ -188,6 +188,8 @@ def _parse_value(key: str, raw: str, current: Any, field_type: type) -> Any:
 
 
 def _parse_sequence(key, raw, current, field_type, fail):
+  if _is_bare_string(raw, current):
+    return field_type((raw,))  # a path for a tuple of paths: --config.data.train=/data/records
   value = _literal(raw, fail, f"a {field_type.__name__} literal such as (1, 2)")
   if not isinstance(value, (tuple, list)):
     value = (value,)  # "7" for a one-element tuple
@@ -204,6 +206,17 @@ def _parse_sequence(key, raw, current, field_type, fail):
       converted.append(x)
     value = converted
   return field_type(value)
+
+
+def _is_bare_string(raw, current) -> bool:
+  """True for an unquoted word where a tuple of strings (or an empty tuple) is expected."""
+  if current and not all(isinstance(x, str) for x in current):
+    return False
+  try:
+    ast.literal_eval(raw)
+    return False
+  except (ValueError, SyntaxError):
+    return bool(raw) and raw[0] not in "([{'\""
 
 
 def _literal(raw, fail, expected):

@@ -395,7 +395,10 @@ class Qwen2_5_VL(nnx.Module):
     image_token_index (B, L): for each image-pad position, the index of its merged vision token
     (in the window-ordered vision output of the same example); ignored elsewhere.
     """
-    x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.cfg.dtype)
+    # Gather from a table split only over vocab (all-gathered over fsdp, as FSDP does for any
+    # weight); gathering from a table also split over fsdp forces XLA to replicate it.
+    table = constrain(self.embed[...], ("vocab", None))
+    x = jnp.take(table, input_ids, axis=0).astype(self.cfg.dtype)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     if pixel_values is None:
       return x, None

@@ -1,32 +1,70 @@
-"""Orbax checkpoints of the student's parameters.
+"""Orbax checkpoints: parameter-only checkpoints (conversion, init) and the trainer's checkpoints.
 
-Parameters are saved as a pure nested dict (no NNX metadata), so a checkpoint is restored against
-an abstract target that carries the *current* mesh's shardings: a checkpoint written on one mesh
-loads onto any other.
+Everything is a flat {path: array} dict (zwz_jax.train.params) restored against an abstract target
+that carries the *current* mesh's shardings, so a checkpoint written on one mesh loads on another.
+A trainer checkpoint holds, in one step directory: `state` (step, params, optimizer state), `data`
+(the grain iterator of every process) and `meta` (config, mesh, metrics), written asynchronously.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Any, Callable
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from zwz_jax.sharding import abstract_model
+from zwz_jax.train.params import ParamSpace, flatten
 
 
 def save_params(path: str, model: nnx.Module) -> None:
   """Writes the model's parameters to `path` (a new directory); every process must call this."""
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(path), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    ckptr.save(os.path.abspath(path), flatten(model))
 
 
 def restore_params(path: str, make_model: Callable[[], nnx.Module], mesh: jax.sharding.Mesh) -> nnx.Module:
   """Restores parameters saved by `save_params` straight into `mesh`'s shardings."""
-  gdef, abs_state = abstract_model(make_model, mesh)
-  target = nnx.to_pure_dict(abs_state)  # ShapeDtypeStructs carrying the target shardings
+  space = ParamSpace(make_model, mesh)
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.abspath(path), target)
-  nnx.replace_by_pure_dict(abs_state, restored)
-  return nnx.merge(gdef, abs_state)
+    flat = ckptr.restore(os.path.abspath(path), space.abstract)
+  return space.model(flat)
+
+
+class Checkpointer:
+  """Keep-N, async trainer checkpoints under `directory`."""
+
+  def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                             create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, data_iterator, meta: dict[str, Any], *, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, step: int, abstract_state: dict, data_iterator=None) -> tuple[dict, dict]:
+    """(state, meta) of `step`; the data iterator, if given, is set to its saved position."""
+    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return out["state"], out["meta"]
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()

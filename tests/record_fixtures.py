@@ -1,0 +1,91 @@
+"""Synthetic record directories for data-pipeline tests: small, valid records plus chosen bad ones."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import msgpack
+import numpy as np
+from array_record.python import array_record_module
+from PIL import Image
+
+from zwz_jax import records
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 220, 30),
+           "purple": (140, 50, 170), "orange": (250, 140, 20), "black": (10, 10, 10), "cyan": (20, 210, 220)}
+BAD_KINDS = ("missing_field", "bad_image", "too_long")
+QUESTION = "What colour is the square?"
+
+
+def bad_id(kind: str) -> str:
+  return f"bad_{kind}"
+
+
+def make_record(rng: np.random.Generator, index: int, sizes: tuple[int, int] = (200, 500),
+                question: str = QUESTION, rid: str | None = None) -> records.Record:
+  """A plain-background image with one coloured square; the question asks for its colour."""
+  w, h = (int(x) for x in rng.integers(sizes[0], sizes[1] + 1, size=2))
+  background = tuple(int(x) for x in rng.integers(170, 256, size=3))
+  names = list(COLOURS)
+  colour = names[int(rng.integers(len(names)))]
+  side = int(rng.integers(12, max(13, int(0.25 * min(w, h)))))  # well under 10% of the area
+  x0, y0 = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+  pixels = np.empty((h, w, 3), np.uint8)
+  pixels[:] = background
+  pixels[y0:y0 + side, x0:x0 + side] = COLOURS[colour]
+  others = [n for n in names if n != colour]
+  options = [colour] + [others[i] for i in rng.choice(len(others), size=3, replace=False)]
+  options = [options[i] for i in rng.permutation(4)]
+  answer = records.OPTION_LETTERS[options.index(colour)]
+  source = {"pool": "synthetic", "path": f"img{index}.png"}
+  bbox = (float(x0), float(y0), float(x0 + side), float(y0 + side))
+  return records.Record(
+      id=rid or records.make_id(source, bbox, f"{question} {index}"),
+      image=records.encode_image(Image.fromarray(pixels)), image_format="png", width=w, height=h,
+      bbox=bbox, question=question, options=tuple(options), answer=answer, dimension="colour",
+      source=source, teacher={"names": ["fixture"], "votes": {colour: 8}, "agreement": 1.0})
+
+
+def _bad(kind: str, rng: np.random.Generator, index: int, sizes) -> bytes:
+  rid = bad_id(kind)
+  if kind == "missing_field":
+    d = msgpack.unpackb(records.encode(make_record(rng, index, sizes, rid=rid)), raw=False)
+    del d["bbox"]
+    return msgpack.packb(d, use_bin_type=True)
+  if kind == "bad_image":
+    d = msgpack.unpackb(records.encode(make_record(rng, index, sizes, rid=rid)), raw=False)
+    d["image"] = b"\x89PNG but not really an image"
+    return msgpack.packb(d, use_bin_type=True)
+  if kind == "too_long":
+    words = " ".join(f"and the {c} one" for c in list(COLOURS) * 25)
+    return records.encode(make_record(rng, index, sizes, question=f"{QUESTION} Compare it {words}.", rid=rid))
+  raise ValueError(f"unknown bad record kind {kind!r}; one of {BAD_KINDS}")
+
+
+def write_records(directory: str, n: int, *, seed: int = 0, sizes: tuple[int, int] = (200, 500),
+                  bad: Sequence[str] = (), num_shards: int | None = None) -> list[str]:
+  """Writes n valid records plus one bad record per entry of `bad` (kinds in BAD_KINDS).
+
+  Records go to 1 shard (n < 2) or 2 (default) ArrayRecord shards with group_size:1, plus the
+  manifest. Bad records get ids `bad_id(kind)` and sit spread among the valid ones. Returns the
+  ids of all records in storage order.
+  """
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  blobs = [(r.id, records.encode(r)) for r in (make_record(rng, i, sizes) for i in range(n))]
+  for j, kind in enumerate(bad):
+    at = (j + 1) * len(blobs) // (len(bad) + 1)
+    blobs.insert(at, (bad_id(kind), _bad(kind, rng, n + j, sizes)))
+  num_shards = num_shards or (2 if len(blobs) >= 2 else 1)
+  bounds = np.linspace(0, len(blobs), num_shards + 1).astype(int)
+  shards = []
+  for s in range(num_shards):
+    name = f"shard-{s:05d}.array_record"
+    writer = array_record_module.ArrayRecordWriter(os.path.join(directory, name), "group_size:1")
+    for _, blob in blobs[bounds[s]:bounds[s + 1]]:
+      writer.write(blob)
+    writer.close()
+    shards.append({"path": name, "num_records": int(bounds[s + 1] - bounds[s])})
+  records.write_manifest(directory, {"shards": shards, "num_records": len(blobs),
+                                     "config": {"fixture": "tests/record_fixtures.py", "seed": seed}})
+  return [rid for rid, _ in blobs]

@@ -1,0 +1,290 @@
+"""grain pipeline: deterministic global order, per-process slices, resume, skips, buckets, targets."""
+import collections
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+from array_record.python import array_record_module
+
+from tests import record_fixtures
+from zwz_jax import config as config_lib
+from zwz_jax import records
+from zwz_jax.data import batch as batch_lib
+from zwz_jax.data import pipeline
+from zwz_jax.data import processor as processor_lib
+from tests.conftest import CONFIGS_DIR
+
+N = 16  # valid records per fixture directory: two tiny batches of 8 per epoch
+BATCH_KEYS = {"input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
+              "vision_segment_ids", "image_token_index", "labels_mask", "ids"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("records")
+  return str(d), record_fixtures.write_records(str(d), N, seed=1)
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("bad_records")
+  return str(d), record_fixtures.write_records(str(d), N, seed=2, bad=record_fixtures.BAD_KINDS)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+  # Near-square 200-230 px images: 7x7 or 7x8 merged tokens, 16 windows = 256 padded patches.
+  d = tmp_path_factory.mktemp("small_records")
+  return str(d), record_fixtures.write_records(str(d), N, seed=3, sizes=(200, 230))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_config):
+  return processor_lib.load_tokenizer("", tiny_config)
+
+
+def cfg(directory, *overrides):
+  return config_lib.load_config(str(CONFIGS_DIR / "tiny.py"), [f"data.train=({directory!r},)", *overrides])
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def ids_of(batches):
+  return [list(b["ids"]) for b in batches]
+
+
+def read_records(directory):
+  out = {}
+  for path in records.shard_paths(directory):
+    reader = array_record_module.ArrayRecordReader(path)
+    for raw in reader.read_all():
+      try:
+        r = records.decode(raw)
+        out[r.id] = (r, raw)
+      except records.RecordError:
+        pass
+    reader.close()
+  return out
+
+
+def test_batches_have_the_model_keys_and_bucket_shapes(data_dir, tokenizer):
+  it = pipeline.make_train_iterator(cfg(data_dir[0]), tokenizer)
+  b = next(it)
+  assert set(b) == BATCH_KEYS
+  t, p = b["input_ids"].shape[1], b["pixel_values"].shape[1]
+  assert (t, p) in it.buckets
+  assert b["positions"].shape == (3, 8, t) and b["pixel_values"].shape == (8, p, 1176)
+  assert b["ids"].shape == (8,) and set(b["ids"]) <= set(data_dir[1])
+
+
+def test_order_is_deterministic_and_epochs_reshuffle(data_dir, tokenizer):
+  a = ids_of(take(pipeline.make_train_iterator(cfg(data_dir[0]), tokenizer), 6))
+  b = ids_of(take(pipeline.make_train_iterator(cfg(data_dir[0]), tokenizer), 6))
+  assert a == b
+  epochs = [sum(a[i:i + 2], []) for i in (0, 2, 4)]  # N = 16 = two batches of 8
+  assert all(sorted(e) == sorted(data_dir[1]) for e in epochs)  # every epoch is a full pass
+  assert epochs[0] != epochs[1] and epochs[1] != epochs[2]  # with its own permutation
+  other = ids_of(take(pipeline.make_train_iterator(cfg(data_dir[0], "data.shuffle_seed=5"), tokenizer), 2))
+  assert sum(other, []) != epochs[0]
+
+
+def test_processes_take_disjoint_slices_of_the_global_order(data_dir, tokenizer):
+  one = cfg(data_dir[0], "data.buckets=((320, 512),)")
+  whole = sum(ids_of(take(pipeline.make_train_iterator(one, tokenizer), 4)), [])  # two epochs
+  parts = [sum(ids_of(take(pipeline.make_train_iterator(one, tokenizer, process_index=i, process_count=2),
+                           4)), []) for i in range(2)]
+  assert all(len(p) == 16 for p in parts)  # 4 local batches of 8 // 2
+  for epoch in range(2):
+    a, b = (p[epoch * 8:(epoch + 1) * 8] for p in parts)
+    assert not set(a) & set(b) and sorted(a + b) == sorted(data_dir[1])
+  # Process i gets global stream elements i, i + 2, ...: the same global order as one process.
+  assert [x for pair in zip(*parts) for x in pair] == whole
+
+
+def test_multi_process_needs_one_bucket_or_a_bucket_sync(data_dir, tokenizer):
+  config = cfg(data_dir[0])
+  with pytest.raises(ValueError, match=r"data.buckets has 2 buckets but there are 2 processes.*bucket_sync"):
+    pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=2)
+  calls = []
+
+  def sync(index):  # what jax_bucket_sync does across hosts: everyone takes the largest
+    calls.append(index)
+    return len(config.data.buckets) - 1
+
+  b = next(pipeline.make_train_iterator(config, tokenizer, process_index=1, process_count=2, bucket_sync=sync))
+  assert len(calls) == 1 and b["input_ids"].shape == (4, 320) and b["pixel_values"].shape[1] == 512
+
+
+def test_local_batch_size_must_divide(data_dir, tokenizer):
+  with pytest.raises(ValueError, match=r"data.global_batch_size=8 must be a positive multiple of the "
+                                       r"number of processes \(3\)"):
+    pipeline.make_train_iterator(cfg(data_dir[0], "data.buckets=((320, 512),)"), tokenizer,
+                                 process_index=0, process_count=3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_state_equals_continuing(bad_dir, tokenizer, workers):
+  # Bad records too: Skipped elements cross the worker boundary and the skip counts resume.
+  config = cfg(bad_dir[0], f"data.num_workers={workers}")
+  it = pipeline.make_train_iterator(config, tokenizer)
+  try:
+    take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))  # checkpoints store it as JSON
+    expected = ids_of(take(it, 3))  # crosses the epoch boundary
+    skipped = dict(it.skipped)
+  finally:
+    it.close()
+  resumed = pipeline.make_train_iterator(config, tokenizer)
+  try:
+    resumed.set_state(state)
+    assert resumed.step == 3
+    assert ids_of(take(resumed, 3)) == expected
+    assert dict(resumed.skipped) == skipped
+  finally:
+    resumed.close()
+  if workers:  # worker processes change throughput, not the order
+    assert ids_of(take(pipeline.make_train_iterator(cfg(bad_dir[0]), tokenizer), 6))[3:] == expected
+
+
+def test_orbax_checkpoint_manager_saves_the_iterator(data_dir, tokenizer, tmp_path):
+  grain = pytest.importorskip("grain")
+  ocp = pytest.importorskip("orbax.checkpoint")
+  config = cfg(data_dir[0])
+  it = pipeline.make_train_iterator(config, tokenizer)
+  next(it)
+  with ocp.CheckpointManager(str(tmp_path)) as mgr:
+    mgr.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mgr.wait_until_finished()
+    expected = ids_of(take(it, 2))
+    restored = pipeline.make_train_iterator(config, tokenizer)
+    mgr.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  assert ids_of(take(restored, 2)) == expected and restored.step == 3
+
+
+def test_state_from_another_pipeline_is_refused(data_dir, tokenizer):
+  state = pipeline.make_train_iterator(cfg(data_dir[0]), tokenizer).get_state()
+  other = pipeline.make_train_iterator(cfg(data_dir[0], "data.shuffle_seed=1"), tokenizer)
+  with pytest.raises(ValueError, match="shuffle_seed saved 0, now 1"):
+    other.set_state(state)
+
+
+def test_bad_records_are_counted_logged_and_skipped(bad_dir, tokenizer, caplog):
+  directory, ids = bad_dir
+  bad = {record_fixtures.bad_id(k) for k in record_fixtures.BAD_KINDS}
+  it = pipeline.make_train_iterator(cfg(directory), tokenizer)
+  with caplog.at_level(logging.WARNING, logger="zwz_jax.data.pipeline"):
+    got = sum(ids_of(take(it, 3)), [])  # epoch 1 (16 valid + 3 bad) and part of epoch 2
+  assert not set(got) & bad and set(got[:16]) == set(ids) - bad
+  assert set(it.skipped) == {"bad_record", "bad_image", "too_long"}
+  assert sum(it.skipped.values()) == len(caplog.records)
+  logged = "\n".join(r.getMessage() for r in caplog.records)
+  for rid, reason in [("bad_missing_field", "bad_record"), ("bad_bad_image", "bad_image"),
+                      ("bad_too_long", "too_long")]:
+    assert f"skipping record {rid} ({reason})" in logged
+  assert "missing field(s) ['bbox']" in logged and "shard-0000" in logged  # what and where
+  assert re.search(r"\d+ tokens / \d+ window-padded patches > largest bucket \(320, 512\)", logged)
+  assert it.get_state()["skipped"] == dict(it.skipped)
+
+
+def test_everything_skipped_is_an_error(bad_dir, tokenizer):
+  it = pipeline.make_train_iterator(cfg(bad_dir[0], "data.buckets=((64, 256),)"), tokenizer)
+  with pytest.raises(RuntimeError, match="were all skipped.*data.buckets"):
+    next(it)
+
+
+def _expected_bucket(batch, buckets, window=16):
+  tokens = int(batch["attention_mask"].sum(1).max())
+  seg = batch["vision_segment_ids"]
+  patches = int((seg.reshape(seg.shape[0], -1, window) > 0).any(-1).sum(-1).max()) * window
+  return next(b for b in buckets if tokens <= b[0] and patches <= b[1])
+
+
+def test_batches_take_the_smallest_bucket_that_fits(small_dir, data_dir, tokenizer):
+  buckets = "data.buckets=((192, 256), (320, 512))"
+  small = take(pipeline.make_train_iterator(cfg(small_dir[0], buckets), tokenizer), 2)
+  assert all(b["input_ids"].shape[1] == 192 and b["pixel_values"].shape[1] == 256 for b in small)
+  # The box coordinates in the text push the same records past 192 tokens.
+  coords = next(pipeline.make_train_iterator(cfg(small_dir[0], buckets, "data.grounding=coords"), tokenizer))
+  assert coords["input_ids"].shape[1] == 320
+  config = cfg(data_dir[0], buckets)
+  for b in take(pipeline.make_train_iterator(config, tokenizer), 4):
+    assert (b["input_ids"].shape[1], b["pixel_values"].shape[1]) == _expected_bucket(b, config.data.buckets)
+
+
+@pytest.mark.parametrize("target", ["letter", "letter_text"])
+def test_labels_mark_exactly_the_target(data_dir, tokenizer, target):
+  by_id = read_records(data_dir[0])
+  b = next(pipeline.make_train_iterator(cfg(data_dir[0], f"data.target={target}"), tokenizer))
+  for row, rid in enumerate(b["ids"]):
+    r = by_id[rid][0]
+    want = r.answer if target == "letter" else f"{r.answer}. {r.answer_text}"
+    labels = b["input_ids"][row][b["labels_mask"][row]]
+    assert tokenizer.decode(labels.tolist(), skip_special_tokens=False) == f"{want}<|im_end|>"
+    assert not b["labels_mask"][row][b["attention_mask"][row] == 0].any()
+
+
+def test_grounding_modes(data_dir, tokenizer):
+  record, raw = next(iter(read_records(data_dir[0]).values()))
+  out = {m: pipeline.Preprocessor(cfg(data_dir[0], f"data.grounding={m}"), tokenizer)(raw)
+         for m in records.GROUNDING_MODES}
+  text = {m: tokenizer.decode(ex["input_ids"].tolist(), skip_special_tokens=False) for m, ex in out.items()}
+  # overlay draws the red box into the pixels; coords and none leave them alone.
+  assert not np.array_equal(out["overlay"]["pixel_values"], out["none"]["pixel_values"])
+  np.testing.assert_array_equal(out["coords"]["pixel_values"], out["none"]["pixel_values"])
+  assert records.FOCUS_OVERLAY in text["overlay"] and "bounding box [" not in text["none"]
+  # coords: the box in the resized image's pixels, which is what the student sees.
+  h, w = processor_lib.smart_resize(record.height, record.width, 28, 56 * 56, 28 * 28 * 64)
+  sx, sy = w / record.width, h / record.height
+  x0, y0, x1, y1 = record.bbox
+  box = [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)]
+  assert f"bounding box {box}" in text["coords"]
+  assert out["coords"]["id"] == record.id
+
+
+def test_padded_patch_count_matches_layout(tiny_config):
+  v = tiny_config.model.vision
+  for grid in ([1, 14, 16], [1, 10, 24], [1, 2, 64], [1, 6, 6], [2, 8, 12]):
+    x = np.zeros((int(np.prod(grid)), 1176), np.float32)
+    lay = batch_lib.layout_vision(x, np.array([grid]), patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                                  window_size=v.window_size)
+    assert pipeline.padded_patches(np.array([grid]), v) == len(lay["patches"])
+
+
+def test_bucket_config_errors(data_dir, tokenizer):
+  with pytest.raises(ValueError, match=r"max_patches=250 .* not a multiple of the attention window \(16"):
+    pipeline.make_train_iterator(cfg(data_dir[0], "data.buckets=((192, 250),)"), tokenizer)
+  with pytest.raises(ValueError, match="must grow in both"):
+    pipeline.make_train_iterator(cfg(data_dir[0], "data.buckets=((320, 256), (192, 512))"), tokenizer)
+  with pytest.raises(ValueError, match=r"data.train is empty"):
+    pipeline.make_train_iterator(config_lib.load_config(str(CONFIGS_DIR / "tiny.py"), ["data.train=()"]),
+                                 tokenizer)
+
+
+def test_eval_batches_are_one_padded_pass(bad_dir, tokenizer):
+  directory, ids = bad_dir
+  config = cfg(directory)
+  valid = [i for i in ids if not i.startswith("bad_")]
+  ev = pipeline.make_eval_batches(config, tokenizer, [directory])
+  batches = list(ev)
+  assert len(batches) == len(ev) == 3  # ceil(19 / 8): the skips leave the last one empty
+  got = [i for b in batches for i in b["ids"]]
+  assert [i for i in got if i] == valid  # storage order
+  assert ev.skipped == collections.Counter(bad_record=1, bad_image=1, too_long=1)
+  last = batches[-1]
+  assert (last["ids"] == "").all() and not last["attention_mask"].any() and not last["labels_mask"].any()
+  assert ids_of(list(ev)) == ids_of(batches)  # re-iterable and deterministic
+  # Two processes: same number of batches, disjoint rows covering every valid record.
+  parts = [list(pipeline.make_eval_batches(config, tokenizer, [directory], process_index=i, process_count=2))
+           for i in range(2)]
+  assert len(parts[0]) == len(parts[1]) == 3  # ceil(ceil(19 / 2) / 4)
+  rows = [[i for b in p for i in b["ids"] if i] for p in parts]
+  assert not set(rows[0]) & set(rows[1]) and sorted(rows[0] + rows[1]) == sorted(valid)
+  assert len(pipeline.make_eval_batches(config, tokenizer, [directory], max_batches=1)) == 1
+
+
+def test_measure_throughput(data_dir, tokenizer):
+  assert pipeline.measure_throughput(pipeline.make_train_iterator(cfg(data_dir[0]), tokenizer), 2) > 0

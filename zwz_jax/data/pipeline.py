@@ -1,0 +1,495 @@
+"""grain input pipeline: ArrayRecord shards -> preprocessed examples -> static-shape bucketed batches.
+
+Training data order is one global stream: the concatenated shards of `data.train`, shuffled with a
+fresh permutation every epoch (epoch e uses seed `data.shuffle_seed + e`) and repeated forever.
+Process i of P takes stream elements i, i + P, i + 2P, ..., so processes are disjoint, together
+cover the data, and the global batch of a step is the same stream window whatever P is (up to
+skipped records).
+
+Preprocessing (decode, grounding, resize, tokenize) runs in grain worker processes; a record that
+breaks the contract comes back as `Skipped` and is counted and logged in the training process,
+never fatal. Batching happens in the training process: a batch takes the smallest bucket of
+`data.buckets` that fits all its examples, so jit sees a bounded set of shapes.
+
+Multi-host: every process must pick the same bucket at a step, but each one only sees its own
+examples. With several buckets and process_count > 1, pass `bucket_sync` (a max over processes,
+e.g. `jax_bucket_sync()`), or configure a single bucket; otherwise construction fails.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import grain
+import msgpack
+import numpy as np
+
+from zwz_jax import records
+from zwz_jax.data import batch as batch_lib
+from zwz_jax.data import processor as processor_lib
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("letter", "letter_text")
+_STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """A record the pipeline could not use: reason is bad_record | bad_image | unprocessable | too_long."""
+  id: str
+  reason: str
+  detail: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks
+# ----------------------------------------------------------------------------------------------
+
+
+def window_patches(vision_cfg) -> int:
+  """Patches per attention window after padding (the unit max_patches must be a multiple of)."""
+  v = vision_cfg
+  side = v.window_size // v.patch_size // v.spatial_merge_size * v.spatial_merge_size
+  return side * side
+
+
+def padded_patches(grid_thw, vision_cfg) -> int:
+  """Window-padded patch count of `batch.layout_vision` for these grids, without laying them out."""
+  v = vision_cfg
+  win = v.window_size // v.spatial_merge_size // v.patch_size
+  total = 0
+  for t, h, w in np.asarray(grid_thw).reshape(-1, 3):
+    lh, lw = int(h) // v.spatial_merge_size, int(w) // v.spatial_merge_size
+    total += int(t) * math.ceil(lh / win) * math.ceil(lw / win) * window_patches(v)
+  return total
+
+
+def check_buckets(buckets, vision_cfg) -> tuple[tuple[int, int], ...]:
+  """data.buckets as int pairs; raises naming the key if they cannot work."""
+  try:
+    out = tuple((int(t), int(p)) for t, p in buckets)
+  except (TypeError, ValueError):
+    raise ValueError(f"data.buckets must be (max_tokens, max_patches) pairs, got {buckets!r}") from None
+  if not out:
+    raise ValueError("data.buckets is empty: give at least one (max_tokens, max_patches) pair")
+  unit = window_patches(vision_cfg)
+  for t, p in out:
+    if t <= 0 or p <= 0:
+      raise ValueError(f"data.buckets: {(t, p)} must be positive")
+    if p % unit:
+      raise ValueError(f"data.buckets: max_patches={p} in {(t, p)} is not a multiple of the attention "
+                       f"window ({unit} patches = (window_size // patch_size)**2)")
+  for a, b in zip(out, out[1:]):
+    # Sorted on both axes, so the last bucket fits everything any bucket fits.
+    if not (a[0] <= b[0] and a[1] <= b[1] and a != b):
+      raise ValueError(f"data.buckets must grow in both max_tokens and max_patches, got {out}")
+  return out
+
+
+def _dirs(value, key) -> tuple[str, ...]:
+  dirs = (value,) if isinstance(value, str) else tuple(value)
+  if not dirs:
+    raise ValueError(f"{key} is empty: set it to record directories, e.g. --config.{key}=\"('out/run',)\"")
+  return dirs
+
+
+def local_batch_size(config, process_count: int) -> int:
+  gbs = int(config.data.global_batch_size)
+  if gbs <= 0 or gbs % process_count:
+    raise ValueError(f"data.global_batch_size={gbs} must be a positive multiple of the number of "
+                     f"processes ({process_count})")
+  return gbs // process_count
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-record preprocessing (runs in workers)
+# ----------------------------------------------------------------------------------------------
+
+
+class Preprocessor:
+  """Serialized record -> the processor's example dict plus "id", or `Skipped`.
+
+  Picklable (grain ships it to spawned workers); holds plain values, not the config.
+  """
+
+  def __init__(self, config, tokenizer):
+    d = config.data
+    if d.grounding not in records.GROUNDING_MODES:
+      raise ValueError(f"data.grounding={d.grounding!r} is not one of {records.GROUNDING_MODES}")
+    if d.target not in TARGETS:
+      raise ValueError(f"data.target={d.target!r} is not one of {TARGETS}")
+    self.grounding = d.grounding
+    self.target = d.target
+    self.processor = processor_lib.Processor.from_config(config, tokenizer)
+    self.vision = _VisionDims.from_config(config.model.vision)
+    self.max_tokens, self.max_patches = check_buckets(d.buckets, config.model.vision)[-1]
+
+  def target_text(self, record: records.Record) -> str:
+    if record.options and self.target == "letter_text":
+      return f"{record.answer}. {record.answer_text}"
+    return record.answer
+
+  def resized_size(self, width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the image the student sees: `coords` boxes are given in it."""
+    p = self.processor
+    h, w = processor_lib.smart_resize(height, width, p.patch_size * p.merge_size, p.min_pixels, p.max_pixels)
+    return w, h
+
+  def __call__(self, raw: bytes, where: str = "") -> dict[str, Any] | Skipped:
+    try:
+      record = records.decode(raw, where=where)
+    except records.RecordError as e:
+      return Skipped(_peek_id(raw), "bad_record", str(e))
+    at = f" ({where})" if where else ""
+    try:
+      image = records.open_image(record)
+    except records.RecordError as e:
+      return Skipped(record.id, "bad_image", f"{e}{at}")
+    try:
+      image, text = records.ground(record, self.grounding, image=image,
+                                   coord_size=self.resized_size(image.width, image.height))
+      example = self.processor([image], text, self.target_text(record))
+    except ValueError as e:  # extreme aspect ratio, answer merging with the prompt, ...
+      return Skipped(record.id, "unprocessable", f"{e}{at}")
+    tokens = len(example["input_ids"])
+    patches = padded_patches(example["grid_thw"], self.vision)
+    if tokens > self.max_tokens or patches > self.max_patches:
+      return Skipped(record.id, "too_long", f"{tokens} tokens / {patches} window-padded patches > "
+                     f"largest bucket {(self.max_tokens, self.max_patches)} in data.buckets{at}")
+    example["id"] = record.id
+    return example
+
+
+@dataclasses.dataclass(frozen=True)
+class _VisionDims:
+  """The vision config fields batching needs, as a picklable value."""
+  patch_size: int
+  temporal_patch_size: int
+  spatial_merge_size: int
+  window_size: int
+  in_channels: int
+
+  @classmethod
+  def from_config(cls, v):
+    return cls(int(v.patch_size), int(v.temporal_patch_size), int(v.spatial_merge_size),
+               int(v.window_size), int(v.in_channels))
+
+
+def _peek_id(raw: bytes) -> str:
+  """The record's id if its bytes still carry one, for the skip log."""
+  try:
+    d = msgpack.unpackb(raw, raw=False)
+    rid = d.get("id") if isinstance(d, dict) else None
+    return rid if isinstance(rid, str) and rid else "?"
+  except Exception:  # garbage bytes: any msgpack error
+    return "?"
+
+
+class _Located:
+  """map_with_index fn: names the record's shard and index for error messages."""
+
+  def __init__(self, preprocessor: Preprocessor, paths: Sequence[str], counts: Sequence[int]):
+    self.preprocessor = preprocessor
+    self.paths = list(paths)
+    self.starts = np.cumsum([0, *counts]).tolist()
+
+  def __call__(self, index: int, raw: bytes):
+    index %= self.starts[-1]  # repeated epochs pass indices past the end
+    shard = bisect.bisect_right(self.starts, index) - 1
+    return self.preprocessor(raw, where=f"{self.paths[shard]}:{index - self.starts[shard]}")
+
+
+def _source(dirs: Sequence[str], key: str, preprocessor: Preprocessor) -> grain.MapDataset:
+  """Preprocessed records of `dirs` in shard order (lazy: nothing is read until indexed)."""
+  paths, counts = [], []
+  for d in dirs:
+    manifest = records.read_manifest(d)
+    paths += records.shard_paths(d)
+    counts += [int(s["num_records"]) for s in manifest["shards"]]
+  if not paths or sum(counts) == 0:
+    raise ValueError(f"{key}: no records in {list(dirs)}")
+  source = grain.sources.ArrayRecordDataSource(paths)
+  if len(source) != sum(counts):
+    raise ValueError(f"{key}: manifests in {list(dirs)} list {sum(counts)} records but the shards "
+                     f"hold {len(source)}")
+  return grain.MapDataset.source(source).map_with_index(_Located(preprocessor, paths, counts))
+
+
+def _absl_flags_parsed():
+  """Lets grain's mp_prefetch run outside absl.app: grain 0.2.18 reads an absl flag's value and
+  raises UnparsedFlagAccessError when nothing parsed flags (google/grain#1355). Unparsed flags
+  keep their defaults either way."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:
+  d = config.data
+  read = grain.ReadOptions(num_threads=int(d.num_threads), prefetch_buffer_size=int(d.prefetch))
+  it = ds.to_iter_dataset(read)
+  if int(d.num_workers) > 0:
+    _absl_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
+                                                     per_worker_buffer_size=max(1, int(d.prefetch))))
+  return it
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching (training process)
+# ----------------------------------------------------------------------------------------------
+
+
+class _Batcher:
+  """Examples -> build_batch output in the smallest bucket fitting all of them, plus "ids"."""
+
+  def __init__(self, config, buckets, bucket_sync):
+    self.vision = config.model.vision
+    self.image_token_id = int(config.model.image_token_id)
+    self.buckets = buckets
+    self.bucket_sync = bucket_sync
+
+  def bucket(self, examples) -> int:
+    tokens = max((len(ex["input_ids"]) for ex in examples), default=0)
+    patches = max((padded_patches(ex["grid_thw"], self.vision) for ex in examples), default=0)
+    index = next(i for i, (t, p) in enumerate(self.buckets) if tokens <= t and patches <= p)
+    if self.bucket_sync is not None:  # every process calls it once per batch, even with no examples
+      index = int(self.bucket_sync(index))
+    return index
+
+  def __call__(self, examples, size: int | None = None, bucket: int | None = None):
+    """Batch of `size` rows (default len(examples)); rows past the examples are empty padding."""
+    index = self.bucket(examples) if bucket is None else bucket
+    max_tokens, max_patches = self.buckets[index]
+    out = batch_lib.build_batch(examples, vision_cfg=self.vision, image_token_id=self.image_token_id,
+                                max_tokens=max_tokens, max_patches=max_patches)
+    ids = [ex["id"] for ex in examples]
+    pad = (size or len(examples)) - len(examples)
+    if pad:
+      for k, v in out.items():
+        axis = 1 if k == "positions" else 0
+        widths = [(0, 0)] * v.ndim
+        widths[axis] = (0, pad)
+        out[k] = np.pad(v, widths)
+      ids += [""] * pad
+    out["ids"] = np.asarray(ids, dtype=str)
+    return out
+
+
+class _SkipCounter:
+  """Drops Skipped elements from a stream, counting and logging each."""
+
+  def __init__(self, key: str, patience: int):
+    self.key = key
+    self.patience = patience  # consecutive skips that mean nothing usable is left
+    self.skipped = collections.Counter()
+    self._run = 0
+
+  def next_example(self, it):
+    while True:
+      element = next(it)
+      if not isinstance(element, Skipped):
+        self._run = 0
+        return element
+      self.skipped[element.reason] += 1
+      self._run += 1
+      log.warning("%s: skipping record %s (%s): %s", self.key, element.id, element.reason, element.detail)
+      if self._run >= self.patience:
+        raise RuntimeError(f"{self.key}: the last {self._run} records were all skipped "
+                           f"({dict(self.skipped)}); check data.buckets, data.grounding and the records")
+
+
+def jax_bucket_sync() -> Callable[[int], int]:
+  """bucket_sync for multi-host runs: the largest bucket index any process asks for.
+
+  A collective: call the iterator's __next__ on every process, in the same order as the other
+  collectives (i.e. from the training loop's thread, not a background prefetch thread).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  def sync(index: int) -> int:
+    if jax.process_count() == 1:
+      return index
+    return int(np.max(multihost_utils.process_allgather(np.int32(index))))
+  return sync
+
+
+# ----------------------------------------------------------------------------------------------
+# Training iterator
+# ----------------------------------------------------------------------------------------------
+
+
+class TrainIterator(grain.DatasetIterator):
+  """Infinite iterator of process-local training batches; checkpointable.
+
+  A grain DatasetIterator, so `grain.checkpoint.CheckpointSave(it)` works in an orbax
+  CheckpointManager; `get_state()` is a JSON-serializable dict for any other store.
+  """
+
+  def __init__(self, grain_iter, *, batch_size: int, batcher: _Batcher, skips: _SkipCounter,
+               fingerprint: dict):
+    super().__init__(grain_iter)
+    self._it = grain_iter
+    self.batch_size = batch_size
+    self._batcher = batcher
+    self._skips = skips
+    self._fingerprint = fingerprint
+    self.step = 0  # batches produced since the start of training
+
+  @property
+  def skipped(self) -> collections.Counter:
+    """Skipped records by reason (cumulative across restores)."""
+    return self._skips.skipped
+
+  @property
+  def buckets(self) -> tuple[tuple[int, int], ...]:
+    return self._batcher.buckets
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    examples = [self._skips.next_example(self._it) for _ in range(self.batch_size)]
+    out = self._batcher(examples)
+    self.step += 1
+    return out
+
+  def get_state(self) -> dict[str, Any]:
+    return {"version": _STATE_VERSION, "step": self.step, "skipped": dict(self._skips.skipped),
+            "pipeline": self._fingerprint, "grain": self._it.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if state.get("version") != _STATE_VERSION:
+      raise ValueError(f"data iterator state version {state.get('version')!r} is not {_STATE_VERSION}")
+    mismatch = {k: (state["pipeline"].get(k), v) for k, v in self._fingerprint.items()
+                if state["pipeline"].get(k) != v}
+    if mismatch:
+      # Another order or sharding would silently replay or skip data.
+      raise ValueError("data iterator state was saved for a different pipeline: "
+                       + ", ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in mismatch.items()))
+    self._it.set_state(state["grain"])
+    self.step = int(state["step"])
+    self._skips.skipped = collections.Counter(state["skipped"])
+
+
+def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_count: int = 1,
+                        bucket_sync: Callable[[int], int] | None = None) -> TrainIterator:
+  """The process-local training batches of `config.data.train` (see the module docstring).
+
+  Each batch is `batch.build_batch` output (input_ids, positions, attention_mask, pixel_values,
+  vision_positions, vision_segment_ids, image_token_index, labels_mask) plus "ids" (record ids),
+  with global_batch_size // process_count rows.
+
+  bucket_sync: index -> index, called with this process's smallest fitting bucket each step; must
+  return the same value on every process (`jax_bucket_sync()` takes the max). Required when
+  process_count > 1 and data.buckets has more than one bucket.
+  """
+  d = config.data
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+  size = local_batch_size(config, process_count)
+  buckets = check_buckets(d.buckets, config.model.vision)
+  if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
+    raise ValueError(
+        f"data.buckets has {len(buckets)} buckets but there are {process_count} processes, which must "
+        "agree on each step's batch shape: pass bucket_sync=pipeline.jax_bucket_sync() or configure "
+        f"one bucket, e.g. --config.data.buckets=\"({buckets[-1]},)\"")
+  if not 0 <= int(d.shuffle_seed) < 2**32:
+    raise ValueError(f"data.shuffle_seed={d.shuffle_seed} must be in [0, 2**32)")
+  dirs = _dirs(d.train, "data.train")
+  ds = _source(dirs, "data.train", Preprocessor(config, tokenizer))
+  num_records = len(ds)
+  # shuffle before repeat: ShuffleMapDataset reseeds per epoch from the index it is given
+  # (index // len), and repeat passes indices through, so every epoch gets its own permutation.
+  ds = ds.shuffle(seed=int(d.shuffle_seed)).repeat()
+  ds = ds[process_index::process_count]
+  # What a saved position depends on (paths may move between runs; the data may not). grain's state
+  # layout differs with and without worker processes, hence num_workers.
+  fingerprint = {"num_records": num_records, "shuffle_seed": int(d.shuffle_seed),
+                 "process_index": process_index, "process_count": process_count,
+                 "num_workers": int(d.num_workers)}
+  # A full pass of this process's share skipped means no record can be used: fail loudly.
+  skips = _SkipCounter("data.train", patience=max(1, math.ceil(num_records / process_count)) + 1)
+  return TrainIterator(iter(_to_iter(ds, config)), batch_size=size,
+                       batcher=_Batcher(config, buckets, bucket_sync), skips=skips, fingerprint=fingerprint)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation batches
+# ----------------------------------------------------------------------------------------------
+
+
+class EvalBatches:
+  """One deterministic, unshuffled pass over record dirs, re-iterable; `len()` batches per process.
+
+  Every process yields the same number of batches (ceil(ceil(N / P) / batch size), capped by
+  max_batches); rows with no record (the tail, skipped records) are empty: attention_mask and
+  labels_mask all zero, id "". `skipped` counts the last pass's skipped records by reason.
+  """
+
+  def __init__(self, config, tokenizer, dirs, *, process_index: int = 0, process_count: int = 1,
+               max_batches: int | None = None, bucket_sync: Callable[[int], int] | None = None):
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+    self._config = config
+    self.batch_size = local_batch_size(config, process_count)
+    buckets = check_buckets(config.data.buckets, config.model.vision)
+    self._fixed_bucket = None
+    if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
+      self._fixed_bucket = len(buckets) - 1  # processes cannot compare: all take the largest
+    self._batcher = _Batcher(config, buckets, bucket_sync)
+    self._dirs = _dirs(dirs, "data.eval")
+    ds = _source(self._dirs, "data.eval", Preprocessor(config, tokenizer))
+    per_process = math.ceil(len(ds) / process_count)
+    self._ds = ds[process_index::process_count]
+    self.num_batches = math.ceil(per_process / self.batch_size)
+    if max_batches is not None:
+      self.num_batches = min(self.num_batches, int(max_batches))
+    self.skipped = collections.Counter()
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    skips = _SkipCounter("data.eval", patience=float("inf"))
+    self.skipped = skips.skipped
+    it = iter(_to_iter(self._ds, self._config))
+    try:
+      for _ in range(self.num_batches):
+        examples = []
+        for _ in range(self.batch_size):
+          try:
+            examples.append(skips.next_example(it))
+          except StopIteration:
+            break
+        # With no examples left (skips, uneven split) this process still yields an all-padding
+        # batch: the other processes may have examples and step in lockstep with it.
+        yield self._batcher(examples, size=self.batch_size, bucket=self._fixed_bucket)
+    finally:
+      it.close()
+
+
+def make_eval_batches(config, tokenizer, dirs, *, process_index: int = 0, process_count: int = 1,
+                      max_batches: int | None = None,
+                      bucket_sync: Callable[[int], int] | None = None) -> EvalBatches:
+  """Finite, deterministic process-local batches of `dirs` (no shuffle); see `EvalBatches`."""
+  return EvalBatches(config, tokenizer, dirs, process_index=process_index, process_count=process_count,
+                     max_batches=max_batches, bucket_sync=bucket_sync)
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark helper
+# ----------------------------------------------------------------------------------------------
+
+
+def measure_throughput(iterator, num_batches: int) -> float:
+  """Batches per second over `num_batches` batches, after one untimed batch (worker start-up)."""
+  next(iterator)
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    next(iterator)
+  return num_batches / (time.perf_counter() - start)

@@ -1,0 +1,254 @@
+"""The SFT trainer: sharded state, the jitted train step, and the resumable training loop.
+
+State is {"step", "params", "opt_state"} with params a flat {path: array} dict; every leaf has a
+NamedSharding derived from the one logical-axis rules table, the step is `jax.jit` with in/out
+shardings and a donated state, and a checkpoint holds state + data iterator together, so a run
+killed at any point resumes bit-exactly and can resume on a different mesh.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from zwz_jax.models import convert
+from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
+from zwz_jax.sharding import MESH_AXES, ShardingError, logical_to_spec, make_mesh
+from zwz_jax.train import checkpoint as ckpt_lib
+from zwz_jax.train import metrics as metrics_lib
+from zwz_jax.train import optim
+from zwz_jax.train.params import ParamSpace, flatten
+from zwz_jax.train.sft import MODEL_INPUTS, answer_loss_sums
+
+BATCH_KEYS = MODEL_INPUTS + ("labels_mask",)
+
+
+def batch_spec(key: str, ndim: int) -> PartitionSpec:
+  """Batch arrays are split over (data, fsdp) on their batch axis (axis 1 for M-RoPE positions)."""
+  spec = list(logical_to_spec(("act_batch",) + (None,) * (ndim - 1)))
+  if key == "positions":
+    spec = [None] + spec[:-1]
+  return PartitionSpec(*spec)
+
+
+@dataclasses.dataclass
+class Trainer:
+  config: Any
+  mesh: jax.sharding.Mesh
+
+  def __post_init__(self):
+    cfg = self.config
+    self.model_cfg = ModelConfig.from_config(cfg.model)
+    self.space = ParamSpace(lambda: Qwen2_5_VL(self.model_cfg, rngs=nnx.Rngs(cfg.seed)), self.mesh)
+    self.tx = optim.make_optimizer(cfg.train, self.space.abstract)
+    self.lr = optim.schedule(cfg.train)
+    self._check_batch_divides()
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    abs_opt = jax.eval_shape(self.tx.init, self.space.abstract)
+    # Optimizer moments take their parameter's sharding: let the compiler propagate it through init.
+    with jax.set_mesh(self.mesh):
+      opt_shardings = jax.jit(self.tx.init).lower(self.space.abstract).compile().output_shardings
+    self.state_shardings = {"step": replicated, "params": self.space.shardings, "opt_state": opt_shardings}
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": self.space.abstract, "opt_state": abs_opt},
+        self.state_shardings)
+    self._train_step = jax.jit(self._step, in_shardings=(self.state_shardings, None),
+                               out_shardings=(self.state_shardings, None), donate_argnums=0)
+    self._eval_step = jax.jit(self._eval_sums)
+
+  def _check_batch_divides(self):
+    n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    gb, accum = self.config.data.global_batch_size, self.config.train.grad_accum_steps
+    if gb % accum:
+      raise ShardingError(f"data.global_batch_size={gb} is not divisible by train.grad_accum_steps={accum}")
+    if (gb // accum) % n:
+      raise ShardingError(
+          f"the micro-batch (data.global_batch_size={gb} / train.grad_accum_steps={accum} = {gb // accum}) "
+          f"does not divide over the batch axes data x fsdp = {n} of mesh {dict(self.mesh.shape)}")
+
+  # -- state -------------------------------------------------------------------------------------
+
+  def init_state(self) -> dict:
+    """Fresh state from `train.init_from` (HF safetensors dir, parameter checkpoint) or random."""
+    src = self.config.train.init_from
+    make = lambda: Qwen2_5_VL(self.model_cfg, rngs=nnx.Rngs(self.config.seed))
+    if not src:
+      from zwz_jax.sharding import create_sharded_model
+      params = flatten(create_sharded_model(make, self.mesh))
+    elif os.path.exists(os.path.join(src, "config.json")):
+      params = flatten(convert.load_hf_state(self.model_cfg, src, self.mesh))
+    else:
+      params = flatten(ckpt_lib.restore_params(src, make, self.mesh))
+    params = {k: params[k] for k in self.space.abstract}
+    opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
+    return {"step": step, "params": params, "opt_state": opt_state}
+
+  def model(self, params: dict) -> Qwen2_5_VL:
+    return self.space.model(params)
+
+  # -- steps -------------------------------------------------------------------------------------
+
+  def _loss_sums(self, params, batch):
+    model = self.space.model(params)
+    logits = model(**{k: batch[k] for k in MODEL_INPUTS})
+    return answer_loss_sums(logits, batch["input_ids"], batch["labels_mask"], self.config.train.z_loss)
+
+  def _step(self, state, batch):
+    k = self.config.train.grad_accum_steps
+    params = state["params"]
+
+    def sums_and_grads(mb):
+      def f(p):
+        loss, n, correct = self._loss_sums(p, mb)
+        return loss, (n, correct)
+      (loss, (n, correct)), grads = jax.value_and_grad(f, has_aux=True)(params)
+      return grads, loss, n, correct
+
+    if k == 1:
+      grads, loss, n, correct = sums_and_grads(batch)
+    else:  # micro-batches in sequence: activations of one at a time
+      def split(key, x):
+        if key == "positions":
+          return jnp.moveaxis(x.reshape(x.shape[0], k, -1, *x.shape[2:]), 1, 0)
+        return x.reshape(k, -1, *x.shape[1:])
+
+      micro = {key: split(key, x) for key, x in batch.items()}
+
+      def body(carry, mb):
+        g, loss, n, c = sums_and_grads(mb)
+        return jax.tree.map(jnp.add, carry, (g, loss, n, c)), None
+
+      zero = jnp.zeros((), jnp.float32)
+      zeros = (jax.tree.map(jnp.zeros_like, params), zero, zero, zero)
+      (grads, loss, n, correct), _ = jax.lax.scan(body, zeros, micro)
+    denom = jnp.maximum(n, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)  # token-level mean over the global batch
+    updates, opt_state = self.tx.update(grads, state["opt_state"], params)
+    new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
+    metrics = {"loss": loss / denom, "accuracy": correct / denom, "answer_tokens": n,
+               "grad_norm": optax.tree.norm(grads), "lr": self.lr(state["step"])}
+    return new, metrics
+
+  def _eval_sums(self, params, batch):
+    loss, n, correct = self._loss_sums(params, batch)
+    return {"loss_sum": loss, "tokens": n, "correct": correct}
+
+  def device_batch(self, local_batch: dict) -> dict:
+    """Process-local numpy batch -> global arrays sharded over the batch axes."""
+    out = {}
+    for key in BATCH_KEYS:
+      x = np.asarray(local_batch[key])
+      sharding = NamedSharding(self.mesh, batch_spec(key, x.ndim))
+      out[key] = jax.make_array_from_process_local_data(sharding, x)
+    return out
+
+  def train_step(self, state, local_batch):
+    with jax.set_mesh(self.mesh):
+      return self._train_step(state, self.device_batch(local_batch))
+
+  def evaluate(self, params, batches) -> dict:
+    tot = {"loss_sum": 0.0, "tokens": 0.0, "correct": 0.0}
+    with jax.set_mesh(self.mesh):
+      for b in batches:
+        out = self._eval_step(params, self.device_batch(b))
+        tot = {k: tot[k] + float(out[k]) for k in tot}
+    n = max(tot["tokens"], 1.0)
+    return {"loss": tot["loss_sum"] / n, "accuracy": tot["correct"] / n}
+
+
+def batch_digest(local_batch: dict) -> str:
+  """Fingerprint of the records in a batch (for data-order checks in logs)."""
+  ids = local_batch.get("ids")
+  blob = "|".join(map(str, ids)) if ids is not None else np.asarray(local_batch["input_ids"]).tobytes().hex()
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption notice): the loop checkpoints and exits cleanly."""
+
+  def __init__(self):
+    self.set = False
+    self._prev = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, *_):
+    self.set = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._prev)
+
+
+def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
+  """Runs (or resumes) training in `workdir`; returns the last step's metrics."""
+  from zwz_jax.data import pipeline as data_pipeline
+  from zwz_jax.data import processor
+
+  mesh = make_mesh(config.mesh)
+  trainer = Trainer(config, mesh)
+  tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
+  pi, pc = jax.process_index(), jax.process_count()
+  # Hosts agree on each step's bucket shape (a tiny collective, run on this thread).
+  sync = data_pipeline.jax_bucket_sync() if pc > 1 else None
+  data_iter = data_pipeline.make_train_iterator(config, tokenizer, process_index=pi, process_count=pc,
+                                                bucket_sync=sync)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                               async_save=config.train.async_checkpoint)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=pi == 0)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = trainer.init_state()
+  else:
+    state, _ = ckpt.restore(latest, trainer.abstract_state, data_iter)
+    print(f"resumed from step {latest} in {workdir}", flush=True)
+  eval_batches = None
+  peak = metrics_lib.peak_flops() * jax.device_count()
+  stop = _StopFlag()
+  meta = {"config": config.to_dict(), "mesh": dict(mesh.shape)}
+  last: dict = {}
+  try:
+    step = int(state["step"])
+    while step < config.train.steps:
+      t0 = time.perf_counter()
+      local = next(data_iter)
+      state, m = trainer.train_step(state, local)
+      m = jax.device_get(m)
+      step += 1
+      dt = time.perf_counter() - t0
+      text_tokens = float(np.sum(local["attention_mask"])) * pc
+      vision_tokens = float(np.sum(np.asarray(local["vision_segment_ids"]) > 0)) * pc
+      flops = metrics_lib.batch_train_flops(trainer.model_cfg, local) * pc
+      last = {**{k: float(v) for k, v in m.items()}, "step_time_s": dt, "text_tokens_per_s": text_tokens / dt,
+              "vision_tokens_per_s": vision_tokens / dt, "tflops_per_s": flops / dt / 1e12,
+              "mfu": flops / dt / peak}
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        writer.write(step, last, extra={"batch": batch_digest(local)})
+      if config.train.eval_every and step % config.train.eval_every == 0 and config.data.eval:
+        if eval_batches is None:
+          eval_batches = data_pipeline.make_eval_batches(config, tokenizer, config.data.eval,
+                                                         process_index=pi, process_count=pc, bucket_sync=sync)
+        writer.write(step, trainer.evaluate(state["params"], eval_batches), prefix="eval")
+      preempted = stop.set or ckpt.reached_preemption(step)
+      if step % config.train.checkpoint_every == 0 or step == config.train.steps or preempted:
+        ckpt.save(step, state, data_iter, {**meta, "metrics": last}, force=True)
+      if debug_kill_after_step and step >= debug_kill_after_step:
+        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
+      if preempted:
+        print(f"preempted: checkpoint at step {step} written, exiting", flush=True)
+        break
+    ckpt.wait()
+  finally:
+    stop.restore()
+    ckpt.close()
+    writer.close()
+  return {"state": state, "metrics": last, "trainer": trainer}

@@ -1,0 +1,130 @@
+"""Analytic FLOPs, peak FLOP/s by device kind, and the metrics writers (stdout, jsonl, TensorBoard)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zwz_jax.models.qwen2_5_vl import ModelConfig
+
+# Dense bf16 peak FLOP/s per chip (vendor figures). CPUs are measured instead (see `peak_flops`).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
+
+def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a large fp32 matmul on the first device (how CPU peaks are known)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
+
+
+def peak_flops(device=None) -> float:
+  """Per-device peak: the table for accelerators, a measurement for CPUs (cached)."""
+  device = device or jax.devices()[0]
+  if device.platform == "cpu":
+    global _CPU_PEAK
+    if _CPU_PEAK is None:
+      _CPU_PEAK = measured_matmul_peak()
+    return _CPU_PEAK
+  for kind, flops in PEAK_FLOPS.items():
+    if device.device_kind.startswith(kind):
+      return flops
+  return float("nan")
+
+
+_CPU_PEAK = None
+
+
+def forward_flops(cfg: ModelConfig, grids, seq_len: int, *, window_patches: int | None = None) -> float:
+  """Matmul FLOPs of one forward pass of one example.
+
+  grids: (t, h, w) patch grids of its images; seq_len: text tokens. Window attention is counted
+  with `window_patches` keys per query (the padded window size our layout computes).
+  """
+  v, t = cfg.vision, cfg.text
+  win = window_patches or v.window_patches
+  flops = 0.0
+  for tt, h, w in grids:
+    p = tt * h * w
+    e, m = v.hidden_size, v.intermediate_size
+    flops += 2 * p * v.patch_dim * e
+    flops += v.depth * 2 * p * (3 * e * e + e * e + 3 * e * m)
+    flops += (v.depth - len(v.fullatt_block_indexes)) * 4 * p * min(win, p) * e
+    flops += len(v.fullatt_block_indexes) * 4 * p * (p // tt) * e
+    flops += 2 * (p // v.merge_unit) * (v.merge_unit * e) * (v.merge_unit * e + v.out_hidden_size)
+  e, hd = t.hidden_size, t.head_dim
+  proj = e * (t.num_heads * hd) * 2 + e * (t.num_kv_heads * hd) * 2
+  flops += t.num_layers * 2 * seq_len * (proj + 3 * e * t.intermediate_size)
+  flops += t.num_layers * 4 * seq_len * seq_len * t.num_heads * hd / 2  # causal: half the square
+  flops += 2 * seq_len * e * t.vocab_size
+  return flops
+
+
+def batch_train_flops(cfg: ModelConfig, batch: dict) -> float:
+  """Training FLOPs (forward + backward = 3x forward) of a padded batch, as the devices compute it."""
+  b, p = batch["vision_segment_ids"].shape
+  seq = batch["input_ids"].shape[1]
+  side = int(round(np.sqrt(p)))  # attention cost only depends on the patch count; any grid of p works
+  grid = (1, side, p // side) if side * (p // side) == p else (1, 1, p)
+  return 3 * b * forward_flops(cfg, [grid], seq)
+
+
+class MetricsWriter:
+  """Per-step scalars to stdout, <workdir>/metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # TensorBoard is optional; jsonl and stdout always work
+        self._tb = None
+
+  def write(self, step: int, scalars: dict, *, prefix: str = "train", extra: dict | None = None):
+    if not self.enabled:
+      return
+    row = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}, **(extra or {})}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
+    shown = " ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
+    print(f"[{prefix}] step {step}: {shown}", flush=True)
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _fmt(v) -> str:
+  v = float(v)
+  return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"

@@ -1,0 +1,50 @@
+"""Optimizer: AdamW with warmup + cosine decay, global-norm clipping, per-module learning rates.
+
+Modules are the vision tower, the patch merger and the text decoder (with embeddings and head). A
+learning-rate scale of 0 freezes a module: it gets no update and no optimizer state.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import optax
+
+MODULES = ("vision", "merger", "text")
+
+
+def module_of(path: str) -> str:
+  """Which trainable module a parameter path ('visual.blocks.0.attn.qkv_kernel', ...) belongs to."""
+  if path.startswith("visual.merger."):
+    return "merger"
+  if path.startswith("visual."):
+    return "vision"
+  return "text"
+
+
+def schedule(train_cfg) -> optax.Schedule:
+  """Linear warmup to the peak learning rate, then cosine decay to end_lr_frac * peak."""
+  peak = train_cfg.learning_rate
+  warmup = max(0, min(train_cfg.warmup_steps, train_cfg.steps))
+  decay = max(1, train_cfg.steps - warmup)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+      decay_steps=warmup + decay, end_value=peak * train_cfg.end_lr_frac)
+
+
+def make_optimizer(train_cfg, params: Mapping[str, jax.Array]) -> optax.GradientTransformation:
+  """`params` is the flat {path: array} dict the trainer optimizes."""
+  scales = {m: float(train_cfg.lr_scale[m]) for m in MODULES}
+  lr = schedule(train_cfg)
+
+  def adamw(scale):
+    return optax.adamw(lambda step: lr(step) * scale, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
+                       weight_decay=train_cfg.weight_decay)
+
+  transforms = {m: adamw(s) if s > 0 else optax.set_to_zero() for m, s in scales.items()}
+  labels = {k: module_of(k) for k in params}
+  chain = []
+  if train_cfg.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(train_cfg.grad_clip))
+  chain.append(optax.multi_transform(transforms, labels))
+  return optax.chain(*chain)
