@@ -24,8 +24,12 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 XLA_FLAGS='$(TEST_XLA_FLAGS)' $(PY) -m pytest $(PYTEST_ARGS) $(TESTS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
+# The main job on the CPU default: distilled records from procedural scenes, then training the
+# tiny student on them (re-running resumes / skips what is done), then one forward pass.
 demo: $(STAMP)
-	$(PY) launch/demo.py --config=configs/tiny.py
+	$(PY) launch/gen_data.py --config=configs/datagen_tiny.py --config.out_dir=out/datagen_tiny
+	$(PY) launch/train.py --config=configs/tiny.py --workdir=out/train_tiny
+	$(PY) launch/demo.py --config=configs/tiny.py --workdir=out/train_tiny
 
 bench: $(STAMP)
 	$(PY) bench/forward.py

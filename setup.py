@@ -21,6 +21,7 @@ setup(
         "array-record",
         "grain",
         "tensorboardX",
+        "etils[epath]",
         "tokenizers",
         "tqdm",
     ],

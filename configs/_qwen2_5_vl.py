@@ -17,6 +17,8 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   c.model.name = "qwen2_5_vl"
   c.model.dtype = "bfloat16"  # activation/compute dtype
   c.model.param_dtype = "float32"  # fp32 master weights; the optimizer updates are tiny (lr ~1e-6)
+  # Recompute each block's activations in the backward pass: none | full | dots | dots_no_batch.
+  c.model.remat = "full"
 
   # Every size shares the same ViT; only the merger's output width follows the text tower.
   v = c.model.vision = ml_collections.ConfigDict()

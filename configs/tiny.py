@@ -19,6 +19,7 @@ def get_config():
   )
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
+  c.model.remat = "none"
 
   v = c.model.vision
   v.depth = 4

@@ -44,6 +44,7 @@ def main(argv):
   config_path, overrides, rest = parse_argv(argv, default_config="configs/tiny.py")
   parser = argparse.ArgumentParser()
   parser.add_argument("--hf_dir", default="", help="load weights from a HF checkpoint instead of random init")
+  parser.add_argument("--workdir", default="", help="load the latest trained weights of launch/train.py")
   args = parser.parse_args(rest)
   config = load_config(config_path, overrides)
   model_cfg = ModelConfig.from_config(config.model)
@@ -53,6 +54,18 @@ def main(argv):
   t0 = time.perf_counter()
   if args.hf_dir:
     model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
+  elif args.workdir:
+    from zwz_jax.train.checkpoint import Checkpointer
+    from zwz_jax.train.loop import Trainer
+    trainer = Trainer(config, mesh)
+    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), keep=1)
+    step = ckpt.latest_step()
+    if step is None:
+      raise SystemExit(f"no checkpoint in {args.workdir}/checkpoints: run launch/train.py first")
+    state, _ = ckpt.restore(step, trainer.abstract_state)
+    ckpt.close()
+    model = trainer.model(state["params"])
+    print(f"weights: trained, step {step} of {args.workdir}")
   else:
     model = create_sharded_model(lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(config.seed)), mesh)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -148,9 +148,16 @@ def _data_order(workdir):
 @pytest.fixture(scope="module")
 def reference_run(records_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ref"))
-  out = _launch(workdir, records_dir)
+  out = _launch(workdir, records_dir, f"--config.data.eval={records_dir}", "--config.train.eval_every=3")
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir
+
+
+def test_periodic_eval_writes_metrics(reference_run):
+  rows = [json.loads(l) for l in open(os.path.join(reference_run, "metrics.jsonl"))]
+  evals = [r for r in rows if "eval/loss" in r]
+  assert [r["step"] for r in evals] == [3, 6]
+  assert all(np.isfinite(r["eval/loss"]) and 0 <= r["eval/accuracy"] <= 1 for r in evals)
 
 
 def test_resume_after_kill_is_bit_exact(records_dir, reference_run, tmp_path):
@@ -196,7 +203,8 @@ def test_two_processes_match_one(records_dir, reference_run, tmp_path):
   """Two JAX processes (4 CPU devices each, gloo collectives on loopback) == one process with 8."""
   port = _free_port()
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [_launch(tmp_path, records_dir, "--coordinator_address=127.0.0.1:%d" % port, "--num_processes=2",
+  procs = [_launch(tmp_path, records_dir, f"--config.data.eval={records_dir}", "--config.train.eval_every=3",
+                   "--coordinator_address=127.0.0.1:%d" % port, "--num_processes=2",
                    f"--process_id={i}", "--cpu_collectives=gloo", env=env, wait=False) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
@@ -212,6 +220,30 @@ def test_two_processes_match_one(records_dir, reference_run, tmp_path):
   moved = max(np.abs(a[k]).max() for k in a)
   worst = max(np.abs(b[k] - a[k]).max() for k in a)
   assert worst <= 1e-4 * moved, (worst, moved)
-  ref_losses = [json.loads(l)["train/loss"] for l in open(os.path.join(reference_run, "metrics.jsonl"))]
-  two_losses = [json.loads(l)["train/loss"] for l in open(tmp_path / "metrics.jsonl")]
+  losses = lambda path: [r["train/loss"] for r in map(json.loads, open(path)) if "train/loss" in r]
+  ref_losses = losses(os.path.join(reference_run, "metrics.jsonl"))
+  two_losses = losses(tmp_path / "metrics.jsonl")
   np.testing.assert_allclose(two_losses, ref_losses, rtol=1e-5)
+
+
+def test_remat_changes_memory_not_math(records_dir):
+  batches = _batches(_config(records_dir), 2)
+  _, plain = _train(Trainer(_config(records_dir), _mesh(1, 1, 1)), batches)
+  for policy in ("full", "dots"):
+    _, remat = _train(Trainer(_config(records_dir, f"model.remat={policy}"), _mesh(1, 1, 1)), batches)
+    np.testing.assert_allclose(remat, plain, rtol=1e-5)
+
+
+def test_init_from_hf_checkpoint(records_dir, tmp_path):
+  """train.init_from: a HF safetensors folder initialises the student (the usual fine-tuning start)."""
+  from tests import hf_reference as ref
+  from zwz_jax.models import convert
+  from zwz_jax.models.qwen2_5_vl import ModelConfig
+  config = _config(records_dir, f"train.init_from={tmp_path}")
+  cfg = ModelConfig.from_config(config.model)
+  hf = ref.hf_model(cfg, seed=7)
+  hf.save_pretrained(tmp_path)
+  state = Trainer(config, _mesh(1, 2, 2)).init_state()
+  sd = {convert.canonical_hf_name(k): v.numpy() for k, v in hf.state_dict().items()}
+  for r in convert.rules(cfg):
+    np.testing.assert_array_equal(r.to_hf(np.asarray(state["params"][r.ours])), sd[r.hf], err_msg=r.hf)

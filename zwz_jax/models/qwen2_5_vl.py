@@ -91,6 +91,7 @@ class ModelConfig:
   vision_end_token_id: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # activation rematerialisation of each block: none | full | dots | dots_no_batch
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
@@ -103,7 +104,8 @@ class ModelConfig:
         image_token_id=model_cfg.image_token_id, video_token_id=model_cfg.video_token_id,
         vision_start_token_id=model_cfg.vision_start_token_id,
         vision_end_token_id=model_cfg.vision_end_token_id,
-        dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype))
+        dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype),
+        remat=model_cfg.get("remat", "none"))
     cfg.validate()
     return cfg
 
@@ -120,10 +122,26 @@ class ModelConfig:
          "vision.fullatt_block_indexes must be block indices below vision.depth"),
         (v.window_size % (v.patch_size * v.spatial_merge_size) == 0,
          "vision.window_size must be a multiple of patch_size * spatial_merge_size"),
+        (self.remat in REMAT_POLICIES, f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}"),
     ]
     for ok, msg in checks:
       if not ok:
         raise ValueError(f"model config: {msg}")
+
+
+# What a rematerialised block keeps from its forward pass: nothing ("full"), matmul outputs
+# ("dots"), or matmul outputs without a batch dimension ("dots_no_batch": weights-only products).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _remat(fn, name: str):
+  """`fn(module, *args)` recomputed in the backward pass under the named policy."""
+  return fn if name == "none" else nnx.remat(fn, policy=REMAT_POLICIES[name])
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, init=_INIT) -> nnx.Param:
@@ -259,9 +277,10 @@ class PatchMerger(nnx.Module):
 
 class VisionTower(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"):
     self.cfg = cfg
     self.dtype = dtype
+    self.remat = remat
     self.patch_kernel = _param(rngs, (cfg.patch_dim, cfg.hidden_size), ("vision_patch", "vision_embed"),
                                param_dtype)
     self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs) for _ in range(cfg.depth)])
@@ -290,8 +309,10 @@ class VisionTower(nnx.Module):
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = self.rope(positions)
     full = set(cfg.fullatt_block_indexes)
+    run_full = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, None), self.remat)
+    run_window = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, cfg.window_patches), self.remat)
     for i, blk in enumerate(self.blocks):
-      x = blk(x, cos, sin, segment_ids, None if i in full else cfg.window_patches)
+      x = (run_full if i in full else run_window)(blk, x, cos, sin, segment_ids)
       x = constrain(x, ("act_batch", "act_length", "act_embed"))
     return self.merger(x)
 
@@ -381,7 +402,7 @@ class Qwen2_5_VL(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
-    self.visual = VisionTower(cfg.vision, dt, pdt, rngs)
+    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat)
     self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
     self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs) for _ in range(t.num_layers)])
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
@@ -431,8 +452,9 @@ class Qwen2_5_VL(nnx.Module):
     mask = mask[:, None, None]  # (B, 1, 1, T, S)
     cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
     hidden = [x]
+    run = _remat(lambda layer, x, c, s, m: layer(x, c, s, m), self.cfg.remat)
     for layer in self.layers:
-      x = layer(x, cos, sin, mask)
+      x = run(layer, x, cos, sin, mask)
       hidden.append(x)
     logits = self.logits(self.norm(x))
     if return_hidden:

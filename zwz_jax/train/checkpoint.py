@@ -36,7 +36,8 @@ class Checkpointer:
   """Keep-N, async trainer checkpoints under `directory`."""
 
   def __init__(self, directory: str, *, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    # Local paths or URIs that orbax understands (gs://... on TPU pods: every host must see them).
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,

@@ -97,7 +97,9 @@ class MetricsWriter:
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
-    if enabled:
+    if enabled and "://" not in workdir:
+      # Object stores have no append: metrics files need a local or mounted (e.g. gcsfuse) workdir;
+      # with a gs:// workdir checkpoints still go there and metrics go to stdout only.
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
       try:
@@ -110,8 +112,9 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in scalars.items()}, **(extra or {})}
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    if self._jsonl:
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
