@@ -67,11 +67,14 @@ def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, *, patch_size:
 
 
 def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, max_tokens: int,
-                max_patches: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+                max_patches: int, pad_id: int = 0, pad_side: str = "right") -> dict[str, np.ndarray]:
   """Pads processed examples (from `processor.Processor`) to (max_tokens, max_patches).
 
   Output keys match `Qwen2_5_VL.__call__`, plus `labels_mask` when the examples carry one.
+  pad_side "left" right-aligns the tokens (batched generation: every row continues at the end).
   """
+  if pad_side not in ("right", "left"):
+    raise ValueError(f"pad_side must be 'right' or 'left', got {pad_side!r}")
   v = vision_cfg
   side = v.window_size // v.patch_size // v.spatial_merge_size * v.spatial_merge_size
   if max_patches % (side * side):
@@ -104,13 +107,14 @@ def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, ma
       raise ValueError(f"example {i}: {is_image.sum()} image tokens in the text but the images give "
                        f"{len(lay['token_index'])} merged tokens")
     n = len(ids)
-    out["input_ids"][i, :n] = ids
-    out["positions"][:, i, :n] = ex["positions"]
-    out["attention_mask"][i, :n] = 1
+    t = slice(0, n) if pad_side == "right" else slice(max_tokens - n, max_tokens)
+    out["input_ids"][i, t] = ids
+    out["positions"][:, i, t] = ex["positions"]
+    out["attention_mask"][i, t] = 1
     out["pixel_values"][i, :p] = lay["patches"]
     out["vision_positions"][i, :p] = lay["positions"]
     out["vision_segment_ids"][i, :p] = lay["segment_ids"]
-    out["image_token_index"][i, :n][is_image] = lay["token_index"]
+    out["image_token_index"][i, t][is_image] = lay["token_index"]
     if with_labels:
-      out["labels_mask"][i, :n] = ex["labels_mask"]
+      out["labels_mask"][i, t] = ex["labels_mask"]
   return out

@@ -175,17 +175,19 @@ def apply_rope(x, cos, sin):
   return x * cos + _rotate_half(x) * sin
 
 
-def attention(q, k, v, mask, dtype):
+def attention(q, k, v, mask, dtype, return_probs: bool = False):
   """Softmax attention with grouped KV heads.
 
   q: (B, T, Hkv, G, D), k/v: (B, S, Hkv, D), mask: bool broadcastable to (B, 1, 1, T, S).
   Logits and softmax in float32 (as the reference does), probabilities cast back to `dtype`.
+  With return_probs, also the float32 probabilities (B, Hkv, G, T, S).
   """
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  probs32 = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs32.astype(dtype), v)
+  return (out, probs32) if return_probs else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +353,11 @@ class TextAttention(nnx.Module):
     self.num_kv_heads = kv
     self.dtype = dtype
 
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, cache=None, index=None, probs_query=None):
+    """cache: (k, v) of shape (B, S, KV, D) to write this call's keys/values into at slot `index`
+    (the attention then runs over the whole cache). probs_query (B,): also return the attention
+    probabilities (B, heads, S) of these query positions.
+    Returns (output, new cache or None, probabilities or None)."""
     dt = self.dtype
     q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt)) + self.q_bias[...].astype(dt)
     k = jnp.einsum("ble,ehd->blhd", x, self.k_kernel[...].astype(dt)) + self.k_bias[...].astype(dt)
@@ -359,11 +365,23 @@ class TextAttention(nnx.Module):
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
+      cache = (k, v)
+      k, v = k.astype(dt), v.astype(dt)
     b, l, h, d = q.shape
     # Query head i uses KV head i // (h / kv), as `repeat_kv` in the reference.
     q = q.reshape(b, l, self.num_kv_heads, h // self.num_kv_heads, d)
-    out = attention(q, k, v, mask, dt).reshape(b, l, h, d)
-    return jnp.einsum("blhd,hde->ble", out, self.o_kernel[...].astype(dt))
+    probs = None
+    if probs_query is None:
+      out = attention(q, k, v, mask, dt)
+    else:
+      out, p = attention(q, k, v, mask, dt, return_probs=True)
+      p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
+      probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
+    out = jnp.einsum("blhd,hde->ble", out.reshape(b, l, h, d), self.o_kernel[...].astype(dt))
+    return out, cache, probs
 
 
 class TextMLP(nnx.Module):
@@ -390,10 +408,12 @@ class DecoderLayer(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
     self.mlp = TextMLP(cfg, dtype, param_dtype, rngs)
 
-  def __call__(self, x, cos, sin, mask):
-    x = x + self.attn(self.input_norm(x), cos, sin, mask)
+  def __call__(self, x, cos, sin, mask, cache=None, index=None, probs_query=None):
+    """Returns (hidden, new cache or None, attention probabilities or None)."""
+    out, cache, probs = self.attn(self.input_norm(x), cos, sin, mask, cache, index, probs_query)
+    x = x + out
     x = x + self.mlp(self.post_attn_norm(x))
-    return constrain(x, ("act_batch", "act_length", "act_embed"))
+    return constrain(x, ("act_batch", "act_length", "act_embed")), cache, probs
 
 
 class Qwen2_5_VL(nnx.Module):
@@ -435,13 +455,17 @@ class Qwen2_5_VL(nnx.Module):
     return constrain(out, ("act_batch", "act_length", "act_vocab"))
 
   def __call__(self, input_ids, positions, attention_mask=None, pixel_values=None, vision_positions=None,
-               vision_segment_ids=None, image_token_index=None, *, return_hidden: bool = False):
+               vision_segment_ids=None, image_token_index=None, *, return_hidden: bool = False,
+               attention_layer: int | None = None, attention_query=None):
     """Causal LM forward.
 
     input_ids (B, L) int; positions (3, B, L) M-RoPE ids; attention_mask (B, L), 1 = real token.
     pixel_values (B, P, patch_dim), vision_positions (B, P, 2), vision_segment_ids (B, P): the
     window-ordered, window-padded patches of each example (see the module docstring).
-    Returns logits (B, L, vocab), and with `return_hidden` also a dict of intermediates.
+    attention_layer / attention_query (B,): also return that decoder layer's attention
+    probabilities (B, heads, L) for one query position per example (attention coverage).
+    Returns logits (B, L, vocab), and with `return_hidden` or `attention_layer` also a dict of
+    intermediates.
     """
     x, feats = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
                                  image_token_index)
@@ -451,15 +475,44 @@ class Qwen2_5_VL(nnx.Module):
       mask = mask & attention_mask.astype(bool)[:, None, :]
     mask = mask[:, None, None]  # (B, 1, 1, T, S)
     cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
-    hidden = [x]
-    run = _remat(lambda layer, x, c, s, m: layer(x, c, s, m), self.cfg.remat)
-    for layer in self.layers:
-      x = run(layer, x, cos, sin, mask)
+    hidden, probs = [x], None
+    run = _remat(lambda layer, x, c, s, m: layer(x, c, s, m)[0], self.cfg.remat)
+    for i, layer in enumerate(self.layers):
+      if i == attention_layer:
+        x, _, probs = layer(x, cos, sin, mask, probs_query=attention_query)
+      else:
+        x = run(layer, x, cos, sin, mask)
       hidden.append(x)
     logits = self.logits(self.norm(x))
-    if return_hidden:
-      return logits, {"layers": hidden, "vision": feats}
+    if return_hidden or attention_layer is not None:
+      return logits, {"layers": hidden, "vision": feats, "attention": probs}
     return logits
+
+  # -- incremental decoding ------------------------------------------------------------------------
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> list:
+    """Empty key/value cache: per layer (k, v) of shape (batch, length, kv_heads, head_dim)."""
+    t = self.cfg.text
+    shape = (batch, length, t.num_kv_heads, t.head_dim)
+    dtype = dtype or self.cfg.dtype
+    zeros = lambda: constrain(jnp.zeros(shape, dtype), ("act_batch", "act_length", "act_kv_heads", None))
+    return [(zeros(), zeros()) for _ in range(t.num_layers)]
+
+  def forward_cached(self, input_ids, positions, key_mask, cache, index, pixel_values=None,
+                     vision_positions=None, vision_segment_ids=None, image_token_index=None):
+    """Runs `input_ids` (B, T) as cache slots index..index+T-1 (prefill: index 0, with the images;
+    decode: T = 1). key_mask (B, S): which cache slots hold real tokens (left padding is False).
+    Returns (logits (B, T, vocab), new cache)."""
+    x, _ = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids, image_token_index)
+    t, s = input_ids.shape[1], cache[0][0].shape[1]
+    causal = (jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None])[None]  # (1, T, S)
+    mask = (causal & key_mask.astype(bool)[:, None, :])[:, None, None]
+    cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache):
+      x, layer_cache, _ = layer(x, cos, sin, mask, layer_cache, index)
+      new_cache.append(layer_cache)
+    return self.logits(self.norm(x)), new_cache
 
 
 def from_config(config, *, seed: int = 0) -> Qwen2_5_VL:

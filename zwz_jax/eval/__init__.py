@@ -1,0 +1,1 @@
+"""Evaluation: KV-cache sampler, judge, benchmarks, dual-view ZoomBench, attention coverage."""
