@@ -32,4 +32,4 @@ demo: $(STAMP)
 	$(PY) launch/demo.py --config=configs/tiny.py --workdir=out/train_tiny
 
 bench: $(STAMP)
-	$(PY) bench/forward.py
+	$(PY) bench/forward.py && $(PY) bench/train_step.py

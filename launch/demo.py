@@ -55,17 +55,9 @@ def main(argv):
   if args.hf_dir:
     model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
   elif args.workdir:
-    from zwz_jax.train.checkpoint import Checkpointer
-    from zwz_jax.train.loop import Trainer
-    trainer = Trainer(config, mesh)
-    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), keep=1)
-    step = ckpt.latest_step()
-    if step is None:
-      raise SystemExit(f"no checkpoint in {args.workdir}/checkpoints: run launch/train.py first")
-    state, _ = ckpt.restore(step, trainer.abstract_state)
-    ckpt.close()
-    model = trainer.model(state["params"])
-    print(f"weights: trained, step {step} of {args.workdir}")
+    from zwz_jax.train.checkpoint import load_model
+    model, what = load_model(config, args.workdir, mesh)
+    print(f"weights: {what}")
   else:
     model = create_sharded_model(lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(config.seed)), mesh)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -9,7 +9,8 @@ from zwz_jax import config as config_lib
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(p for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
 # Student (training/model) configs share tiny.py's schema; datagen_* configs have their own.
-STUDENT_FILES = [p for p in CONFIG_FILES if not p.name.startswith("datagen_")]
+STUDENT_FILES = [p for p in CONFIG_FILES if not p.name.startswith(("datagen_", "eval_"))]
+EVAL_FILES = [p for p in CONFIG_FILES if p.name.startswith("eval_")]
 TINY = str(CONFIGS_DIR / "tiny.py")
 
 
@@ -40,7 +41,15 @@ def test_every_config_loads_with_the_tiny_schema(path):
   assert _flat_types(config) == _flat_types(config_lib.load_config(TINY))
 
 
-@pytest.mark.parametrize("path", STUDENT_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EVAL_FILES, ids=lambda p: p.stem)
+def test_eval_configs_are_a_student_config_plus_eval(path):
+  flat = _flat_types(config_lib.load_config(str(path)))
+  student = {k: t for k, t in flat.items() if not k.startswith("eval.")}
+  assert student == _flat_types(config_lib.load_config(TINY))
+  assert {"eval.benchmark", "eval.batch_size", "eval.coverage_layer"} <= set(flat)
+
+
+@pytest.mark.parametrize("path", STUDENT_FILES + EVAL_FILES, ids=lambda p: p.stem)
 def test_every_config_is_consistent(path):
   c = config_lib.load_config(str(path))
   v, t = c.model.vision, c.model.text

@@ -69,3 +69,28 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def load_model(config, path: str, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, str]:
+  """The student from any checkpoint we write or read, and a description of what was loaded.
+
+  `path`: a HF safetensors folder (config.json), a training workdir (its latest checkpoint) or a
+  parameter checkpoint (launch/convert.py). `config.model` must describe it.
+  """
+  from zwz_jax.models import convert
+  from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
+  model_cfg = ModelConfig.from_config(config.model)
+  if os.path.exists(os.path.join(path, "config.json")):
+    return convert.load_hf_state(model_cfg, path, mesh), f"HF checkpoint {path}"
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    from zwz_jax.train.loop import Trainer
+    trainer = Trainer(config, mesh)
+    ckpt = Checkpointer(os.path.join(path, "checkpoints"), keep=1)
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{path}/checkpoints holds no finished checkpoint")
+    state, _ = ckpt.restore(step, trainer.abstract_state)
+    ckpt.close()
+    return trainer.model(state["params"]), f"training checkpoint {path} step {step}"
+  make = lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))
+  return restore_params(path, make, mesh), f"parameter checkpoint {path}"

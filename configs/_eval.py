@@ -1,0 +1,15 @@
+"""The `eval` section shared by evaluation configs (added to a student config)."""
+import ml_collections
+
+
+def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
+  e = c.eval = ml_collections.ConfigDict()
+  # A ZoomBench-style parquet, a JSON/JSONL file in the original release format (images relative to
+  # image_root), or a directory of our records.
+  e.benchmark = benchmark
+  e.image_root = ""
+  e.batch_size = batch_size
+  e.max_new_tokens = max_new_tokens
+  e.coverage_layer = -1  # decoder layer whose answer-position attention gives coverage; -1 = off
+  e.max_items = 0  # 0 = all
+  return c

@@ -1,0 +1,16 @@
+"""Dual-view ZoomBench evaluation of a Qwen2.5-VL-7B student.
+
+  python launch/eval.py --config=configs/eval_zoombench.py --config.eval.benchmark=/data/zoombench.parquet \
+      --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct \
+      --checkpoint=/models/Qwen2.5-VL-7B-Instruct --checkpoint=/runs/zwz-7b --out=out/eval_zoombench
+"""
+import _eval
+import student_7b
+
+
+def get_config():
+  c = student_7b.get_config()
+  c.processor.max_pixels = 12845056  # evaluation sees full resolution (HF default), not the training cap
+  _eval.add_eval(c, batch_size=16, max_new_tokens=32)
+  c.eval.coverage_layer = 20
+  return c

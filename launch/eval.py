@@ -1,0 +1,61 @@
+"""Dual-view (global / regional) evaluation of one or more checkpoints, in one report.
+
+  python launch/eval.py --config=configs/eval_tiny.py --config.eval.benchmark=bench.parquet \
+      --checkpoint=out/train_tiny [--checkpoint=OTHER ...] --out=out/eval
+
+Per checkpoint, predictions go to <out>/<name>/predictions.jsonl as they are made: a killed job
+re-run with the same arguments continues where it stopped. <out>/report.{json,md,png} compare all.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from zwz_jax.config import load_config, parse_argv  # noqa: E402
+
+
+def checkpoint_name(path: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(path))) or "checkpoint"
+
+
+def main(argv):
+  config_path, overrides, rest = parse_argv(argv, default_config="configs/eval_tiny.py")
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", action="append", required=True,
+                      help="HF folder, training workdir or parameter checkpoint; repeat to compare")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--debug_kill_after_batches", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args(rest)
+  config = load_config(config_path, overrides)
+  if not config.eval.benchmark:
+    raise SystemExit("set --config.eval.benchmark to a benchmark parquet/JSON file or a record directory")
+
+  from zwz_jax.data import processor
+  from zwz_jax.eval import benchmarks, zoombench
+  from zwz_jax.sharding import make_mesh
+  from zwz_jax.train.checkpoint import load_model
+
+  items = benchmarks.load(config.eval.benchmark, image_root=config.eval.image_root)
+  if config.eval.max_items:
+    items = items[:config.eval.max_items]
+  print(f"{len(items)} items from {config.eval.benchmark}")
+  mesh = make_mesh(config.mesh)
+  tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
+  reports = {}
+  for path in args.checkpoint:
+    name = checkpoint_name(path)
+    model, what = load_model(config, path, mesh)
+    print(f"evaluating {what} as {name!r}")
+    evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, coverage_layer=config.eval.coverage_layer)
+    reports[name] = evaluator.run(items, os.path.join(args.out, name),
+                                  kill_after_batches=args.debug_kill_after_batches)
+  zoombench.write_reports(reports, args.out)
+  print(zoombench.markdown(reports))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

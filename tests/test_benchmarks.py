@@ -1,0 +1,191 @@
+"""Benchmark loaders: ZoomBench parquet round trip, the authors' JSON format, our records, bad items."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import record_fixtures
+from zwz_jax import records
+from zwz_jax.eval import benchmarks as B
+from zwz_jax.eval import judge as J
+
+
+def _png(w, h, colour=(200, 30, 30)):
+  return records.encode_image(Image.fromarray(np.full((h, w, 3), colour, np.uint8)))
+
+
+def _jpeg(w, h):
+  buf = io.BytesIO()
+  Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+def _items():
+  return [
+      B.EvalItem(id="q0", image=_png(64, 48), image_format="png", width=64, height=48, crop=_png(16, 12),
+                 crop_format="png", question="What colour is the cup?", options=("red", "blue", "green", "black"),
+                 answer="A", answer_type="mc", dimension="Color Attributes", bbox=(10.0, 8.0, 26.0, 20.0),
+                 source="gen:0"),
+      B.EvalItem(id="q1", image=_jpeg(80, 40), image_format="jpeg", width=80, height=40, crop=None,
+                 crop_format=None, question="How many birds sit on the wire?", options=(), answer="3",
+                 answer_type="number", dimension="Fine-Grained Counting", bbox=None, source="gen:1"),
+      B.EvalItem(id="q2", image=_png(32, 32), image_format="png", width=32, height=32, crop=_jpeg(8, 8),
+                 crop_format="jpeg", question="What word is on the sign?\nRead it exactly.", options=(),
+                 answer="STOP", answer_type="text", dimension=None, bbox=(1.0, 2.0, 3.0, 4.0), source="gen:2"),
+  ]
+
+
+def test_parquet_round_trip(tmp_path):
+  path = B.write_zoombench_parquet(_items(), str(tmp_path / "bench" / "zoombench.parquet"))
+  got = B.load_zoombench_parquet(path, verify=True)
+  assert len(got) == 3 and all(it.error is None for it in got)
+  for want, have in zip(_items(), got):
+    for field in ("id", "image", "image_format", "width", "height", "crop", "crop_format", "question",
+                  "options", "answer", "answer_type", "dimension", "bbox"):
+      assert getattr(have, field) == getattr(want, field), field
+    assert have.source.startswith("zoombench.parquet:")
+  assert got[0].answer_text == "red" and got[0].prompt.endswith(records.MC_INSTRUCTION)
+  assert got[0].raw_prompt == "What colour is the cup?\nA. red\nB. blue\nC. green\nD. black"
+  assert B.canonical_dimension(got[0].dimension) == "colour"
+  assert B.canonical_dimension(got[1].dimension) == "counting"
+
+
+def test_parquet_public_schema_and_bad_rows(tmp_path):
+  """Raw bytes or {"bytes": ...} cells, options in the prompt, category/index columns, bad rows kept."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  rows = {
+      "image": [_png(40, 30), _png(40, 30), b"not an image", None],
+      "crop_image": [None, _png(10, 10), None, None],
+      "prompt": ["How many lamps are there? Select from the following choices.\n(A) 0\n(B) 2\n(C) 1\n(D) 3",
+                 "What is written on the label?", "What colour?\nA. red\nB. blue", "Q?"],
+      "answer": ["(C)", "Exit 12", "B", "x"],
+      "category": ["counting", "ocr", "colour", None],
+      "index": [7, 8, 9, 10],
+      "bbox": [[1.0, 2.0, 5.0, 6.0], None, None, None],
+  }
+  path = tmp_path / "public.parquet"
+  pq.write_table(pa.table(rows), path)
+  got = B.load_zoombench_parquet(str(path))
+  assert [it.id for it in got] == ["7", "8", "9", "10"]
+  a, b, c, d = got
+  assert a.error is None and a.answer == "C" and a.options == ("0", "2", "1", "3")
+  assert a.question == "How many lamps are there? Select from the following choices."
+  assert a.answer_type == "mc" and a.bbox == (1.0, 2.0, 5.0, 6.0) and a.crop is None and a.dimension == "counting"
+  assert b.error is None and b.answer_type == "text" and b.crop_format == "png" and b.options == ()
+  assert "image does not decode" in c.error and c.answer == "B"
+  assert "image" in d.error and d.width == 0
+  assert J.judge("the label says exit 12", b.answer, answer_type=b.answer_type).correct
+
+
+def test_unreadable_files_raise_naming_the_file(tmp_path):
+  bad = tmp_path / "broken.parquet"
+  bad.write_bytes(b"PAR1 garbage")
+  with pytest.raises(ValueError, match="broken.parquet"):
+    B.load_zoombench_parquet(str(bad))
+  with pytest.raises(FileNotFoundError, match="nope.parquet"):
+    B.load_zoombench_parquet(str(tmp_path / "nope.parquet"))
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"image": [b"x"], "text": ["t"]}), tmp_path / "other.parquet")
+  with pytest.raises(ValueError, match=r"other.parquet.*no column for \['prompt', 'answer'\]"):
+    B.load_zoombench_parquet(str(tmp_path / "other.parquet"))
+  (tmp_path / "bad.json").write_text("[{oops")
+  with pytest.raises(ValueError, match="bad.json"):
+    B.load_json(str(tmp_path / "bad.json"))
+  with pytest.raises(FileNotFoundError, match="missing.json"):
+    B.load_json(str(tmp_path / "missing.json"))
+
+
+def test_json_loader_relative_paths_and_missing_image(tmp_path):
+  root = tmp_path / "data"
+  (root / "images").mkdir(parents=True)
+  (root / "images" / "a.png").write_bytes(_png(50, 40))
+  (root / "images" / "a_crop.png").write_bytes(_png(10, 10))
+  (root / "images" / "b.png").write_bytes(_png(20, 20))
+  entries = [
+      {"images": ["images/a.png"], "crop_images": ["images/a_crop.png"],
+       "query": "<image>How many table lamps are in the image? Select from the following choices.\n"
+                "(A) 0\n(B) 2\n(C) 1\n(D) 3", "response": "C", "dimension": "counting"},
+      {"images": ["images/b.png", "images/a_crop.png"], "query": "What is written on the sign?", "response": "OPEN"},
+      {"images": ["images/gone.png"], "query": "What colour?", "response": "red"},
+      {"query": "No image at all?", "response": "2"},
+  ]
+  listing = tmp_path / "bench.json"
+  listing.write_text(json.dumps(entries))
+  got = B.load_json(str(listing), str(root))
+  assert len(got) == 4
+  a, b, c, d = got
+  assert a.error is None and a.options == ("0", "2", "1", "3") and a.answer == "C" and a.crop_format == "png"
+  assert a.question == "How many table lamps are in the image? Select from the following choices."
+  assert (a.width, a.height, a.dimension) == (50, 40, "counting")
+  assert b.error is None and b.crop is not None and b.answer_type == "text"  # second image is the crop
+  assert c.error and "gone.png" in c.error and c.answer == "red"
+  assert d.error and "images" in d.error and d.answer_type == "number"
+  # JSON lines, paths relative to the file's own folder by default, one bad line kept as an item.
+  lines = tmp_path / "data" / "bench.jsonl"
+  lines.write_text(json.dumps(entries[1]) + "\n{broken\n" + json.dumps(entries[0]) + "\n")
+  got = B.load_json(str(lines))
+  assert [it.error is None for it in got] == [True, False, True]
+  assert "not valid JSON" in got[1].error and got[1].source == "bench.jsonl:1"
+
+
+@pytest.mark.parametrize("prompt, question, options", [
+    ("What colour is it?\nA. red\nB. blue\nC. green\nD. black", "What colour is it?",
+     ("red", "blue", "green", "black")),
+    ("Count them.\n(A) 0\n(B) 2\n(C) 1", "Count them.", ("0", "2", "1")),
+    ("Which?\nOptions:\nA) cat\nB) dog\n\nAnswer with the option's letter from the given choices directly.",
+     "Which?", ("cat", "dog")),
+    ("Which one?\n\nA: left\n\nB: right\n", "Which one?", ("left", "right")),
+    ("What is shown? (A) a cat (B) a dog (C) a bird", "What is shown?", ("a cat", "a dog", "a bird")),
+    ("A. Smith's shop: what colour is its sign?", "A. Smith's shop: what colour is its sign?", ()),
+    ("How many?", "How many?", ()),
+    ("Pick.\nA. one\nC. three", "Pick.\nA. one\nC. three", ()),  # not a lettered run
+])
+def test_split_options(prompt, question, options):
+  assert B.split_options(prompt) == (question, options)
+
+
+def test_answer_given_as_option_text_or_wrong_letter(tmp_path):
+  items = [
+      B._make_item(id=1, source="s", image=_png(8, 8), crop=None, prompt="Q?\nA. red\nB. blue", answer="blue"),
+      B._make_item(id=2, source="s", image=_png(8, 8), crop=None, prompt="Q?\nA. red\nB. blue", answer="D"),
+      B._make_item(id=3, source="s", image=_png(8, 8), crop=None, prompt="", answer=""),
+  ]
+  assert items[0].answer == "B" and items[0].error is None
+  assert "not one of the option letters AB" in items[1].error
+  assert "prompt" in items[2].error and "answer" in items[2].error
+
+
+def test_from_records_cuts_the_box_and_keeps_bad_records(tmp_path):
+  ids = record_fixtures.write_records(str(tmp_path), 4, bad=("missing_field", "bad_image"))
+  got = B.from_records(str(tmp_path))
+  assert [it.id for it in got] == ids
+  by_id = {it.id: it for it in got}
+  assert "missing field" in by_id[record_fixtures.bad_id("missing_field")].error
+  assert "image does not decode" in by_id[record_fixtures.bad_id("bad_image")].error
+  good = [it for it in got if it.error is None]
+  assert len(good) == 4
+  for it in good:
+    x0, y0, x1, y1 = it.bbox
+    crop = Image.open(io.BytesIO(it.crop))
+    assert crop.size == (int(x1 - x0), int(y1 - y0)) and it.crop_format == "png"
+    colour = np.asarray(crop.convert("RGB"))[crop.height // 2, crop.width // 2]
+    assert tuple(colour) == record_fixtures.COLOURS[it.answer_text]  # the crop is the square
+    assert it.answer_type == "mc" and it.dimension == "colour" and it.options
+  assert B.from_records(str(tmp_path), split="test") == []
+  # Export our records as a ZoomBench-schema benchmark and read them back.
+  path = B.write_zoombench_parquet(good, str(tmp_path / "export.parquet"))
+  back = B.load_zoombench_parquet(path)
+  assert [(b.id, b.question, b.options, b.answer, b.crop) for b in back] == [
+      (g.id, g.question, g.options, g.answer, g.crop) for g in good]
+  assert os.path.exists(path) and not os.path.exists(path + ".tmp")
+  # One entry point picks the loader by form.
+  assert [it.id for it in B.load(str(tmp_path))] == ids
+  assert [it.id for it in B.load(path)] == [g.id for g in good]
+  with pytest.raises(ValueError, match="unknown benchmark format"):
+    B.load(str(tmp_path / "x.csv"))

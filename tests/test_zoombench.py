@@ -1,0 +1,94 @@
+"""Dual-view evaluation: report figures equal hand computation, resume after kill -9, bad items."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import hf_reference as ref
+from tests import record_fixtures
+from zwz_jax.config import load_config
+from zwz_jax.eval import benchmarks, zoombench
+from zwz_jax.models.qwen2_5_vl import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+  """A small generated benchmark in the ZoomBench parquet schema, plus a tiny HF checkpoint."""
+  root = tmp_path_factory.mktemp("bench")
+  record_fixtures.write_records(str(root / "records"), 10, seed=5, sizes=(150, 300))
+  items = benchmarks.from_records(str(root / "records"))
+  items[1] = dataclasses.replace(items[1], crop=None)  # missing crop image
+  items[2] = dataclasses.replace(items[2], image=b"not an image")  # unreadable full image
+  benchmarks.write_zoombench_parquet(items, str(root / "bench.parquet"))
+  config = load_config("configs/eval_tiny.py")
+  ref.hf_model(ModelConfig.from_config(config.model), seed=2).save_pretrained(root / "ckpt")
+  return root
+
+
+def _eval(bench, out, *extra):
+  return subprocess.run([sys.executable, "launch/eval.py", "--config=configs/eval_tiny.py",
+                         f"--config.eval.benchmark={bench / 'bench.parquet'}", "--config.eval.coverage_layer=1",
+                         f"--checkpoint={bench / 'ckpt'}", f"--out={out}", *extra],
+                        capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+@pytest.fixture(scope="module")
+def reference(bench, tmp_path_factory):
+  out = tmp_path_factory.mktemp("eval")
+  proc = _eval(bench, out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out
+
+
+def test_report_equals_hand_computation(reference):
+  rows = [json.loads(l) for l in open(reference / "ckpt" / "predictions.jsonl")]
+  assert len(rows) == 20 and len({(r["id"], r["view"]) for r in rows}) == 20
+  ok = {v: [r for r in rows if r["view"] == v and not r["error"]] for v in zoombench.VIEWS}
+  acc = {v: sum(r["correct"] for r in ok[v]) / len(ok[v]) for v in ok}
+  by_id = {(r["id"], r["view"]): r for r in rows}
+  both = [i for i in {r["id"] for r in rows} if all(not by_id[(i, v)]["error"] for v in zoombench.VIEWS)]
+  crop_only = sum(by_id[(i, "regional")]["correct"] and not by_id[(i, "global")]["correct"] for i in both)
+  covs = [r["coverage"] for r in ok["global"] if r["coverage"] is not None]
+  report = json.load(open(reference / "report.json"))["ckpt"]
+  assert report["views"]["global"]["accuracy"] == pytest.approx(acc["global"])
+  assert report["views"]["regional"]["accuracy"] == pytest.approx(acc["regional"])
+  assert report["zooming_gap"] == pytest.approx(acc["regional"] - acc["global"])
+  assert report["right_on_crop_wrong_on_full"] == pytest.approx(crop_only / len(both))
+  assert report["coverage"]["n"] == len(covs) == len(ok["global"])
+  assert report["coverage"]["mean"] == pytest.approx(np.mean(covs)) and 0 <= np.mean(covs) <= 1
+  assert (reference / "report.md").read_text().startswith("| checkpoint | global | regional")
+  assert (reference / "report.png").exists()
+
+
+def test_bad_items_are_recorded_not_fatal(reference):
+  rows = {(r["id"], r["view"]): r for r in map(json.loads, open(reference / "ckpt" / "predictions.jsonl"))}
+  errors = {k: r["error"] for k, r in rows.items() if r["error"]}
+  # Item 1 lost its crop: only its regional view fails. Item 2's full image is unreadable: the
+  # loader marks the item bad, so both of its views are recorded as errors.
+  assert sorted(v for _, v in errors) == ["global", "regional", "regional"]
+  assert sum("no crop image" in e for e in errors.values()) == 1
+  assert sum("does not decode" in e for e in errors.values()) == 2
+  report = json.load(open(reference / "report.json"))["ckpt"]
+  assert report["views"]["global"]["n"] == 9 and report["views"]["regional"]["n"] == 8
+  assert len(report["errors"]["regional"]) == 2
+
+
+def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
+  killed = _eval(bench, tmp_path, "--debug_kill_after_batches=2")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  assert len(open(tmp_path / "ckpt" / "predictions.jsonl").readlines()) == 8
+  resumed = _eval(bench, tmp_path)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  strip = lambda rep: {k: v for k, v in rep["ckpt"].items() if k != "latency_s_per_item"}
+  assert strip(json.load(open(tmp_path / "report.json"))) == strip(json.load(open(reference / "report.json")))
+
+
+def test_empty_prediction_is_wrong_not_an_error():
+  from zwz_jax.eval import judge
+  v = judge.judge("", "B", options=("a", "b", "c", "d"))
+  assert v.correct is False and v.reason == "empty prediction"

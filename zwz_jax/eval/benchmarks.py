@@ -1,0 +1,476 @@
+"""Benchmarks as lists of EvalItem: the public ZoomBench parquet, the authors' JSON, our own records.
+
+Every loader reads local files only. One bad item (missing field, unreadable image) comes back with
+`error` set so the evaluator can count it per item; only a file that cannot be read at all raises,
+naming the file. Multiple-choice options written into a prompt ("A. red" lines, "(A) red") are
+parsed out, so `question` is the bare question and the prompt can be rebuilt in any style.
+
+Pure python: imports neither jax nor torch (pyarrow and array_record only where they are needed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+from PIL import Image
+
+from zwz_jax import records
+from zwz_jax.eval import judge as judge_lib
+
+OPTION_LETTERS = records.OPTION_LETTERS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+  id: str
+  image: bytes  # encoded full image (global view)
+  image_format: str
+  width: int
+  height: int
+  crop: bytes | None  # encoded region crop (regional view), None when the benchmark has none
+  crop_format: str | None
+  question: str  # without the options, when they could be parsed out of the prompt
+  options: tuple[str, ...]
+  answer: str  # option letter for "mc", else the reference text
+  answer_type: str  # "mc" | "number" | "text"
+  dimension: str | None
+  bbox: tuple[float, ...] | None  # x0, y0, x1, y1 as the benchmark stores it
+  source: str  # file:row the item came from
+  error: str | None = None  # why this item cannot be evaluated; None when it is fine
+  raw_prompt: str | None = None  # the prompt exactly as the benchmark wrote it
+
+  @property
+  def answer_text(self) -> str:
+    """The answer as words (the option's text for multiple choice)."""
+    if self.answer_type == "mc" and self.answer in OPTION_LETTERS[:len(self.options)]:
+      return self.options[OPTION_LETTERS.index(self.answer)]
+    return self.answer
+
+  @property
+  def prompt(self) -> str:
+    """Question plus lettered options and the letter instruction, as the student is trained on."""
+    return records.format_question(self.question, self.options)
+
+
+def canonical_dimension(name: str | None) -> str | None:
+  """One of records.DIMENSIONS for a benchmark's dimension label ("Fine-Grained Counting" -> counting)."""
+  if not name:
+    return None
+  low = str(name).lower()
+  # Material before OCR: "texture" contains "text".
+  for keys, dim in ((("count",), "counting"), (("material", "texture"), "material"),
+                    (("ocr", "text", "symbol"), "ocr"), (("colo",), "colour"), (("struct", "shape"), "structure"),
+                    (("identif", "object", "recogn"), "identification")):
+    if any(k in low for k in keys):
+      return dim
+  return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Options inside prompts
+# ----------------------------------------------------------------------------------------------
+
+_OPTION_LINE = re.compile(r"^\s*(?:[(\[]([A-J])[)\]]|([A-J])\s*[.:)：])\s*(\S.*?)\s*$")
+_HEADER_LINE = re.compile(r"(?i)^\s*(?:options|choices|candidates|select from)\b[^\n]*:?\s*$|^\s*(?:选项)[:：]?\s*$")
+
+
+def split_options(prompt: str) -> tuple[str, tuple[str, ...]]:
+  """(question, options) from a prompt with lettered options appended; ((prompt), ()) when none.
+
+  Options are the last run of lines "A. x", "(A) x", "A) x", "A: x" lettered A, B, C... (at least
+  two), or, on one line, "(A) x (B) y ...". Text after the options (an answer instruction) is
+  dropped; a bare "Options:" line before them too.
+  """
+  if not prompt:
+    return prompt or "", ()
+  lines = prompt.splitlines()
+  best = None
+  i = 0
+  while i < len(lines):
+    m = _OPTION_LINE.match(lines[i])
+    if m and (m.group(1) or m.group(2)) == "A":
+      opts, j, end = [m.group(3)], i + 1, i + 1
+      while j < len(lines):
+        if not lines[j].strip():
+          j += 1
+          continue
+        n = _OPTION_LINE.match(lines[j])
+        if not n or (n.group(1) or n.group(2)) != OPTION_LETTERS[len(opts)]:
+          break
+        opts.append(n.group(3))
+        j, end = j + 1, j + 1
+      if len(opts) >= 2:
+        best = (i, end, opts)
+      i = max(end, i + 1)
+    else:
+      i += 1
+  if best is not None:
+    head = lines[:best[0]]
+    while head and not head[-1].strip():
+      head.pop()
+    if head and _HEADER_LINE.match(head[-1]) and len(head) > 1:
+      head.pop()
+    return "\n".join(head).strip(), tuple(best[2])
+  return _split_inline(prompt)
+
+
+def _split_inline(prompt: str) -> tuple[str, tuple[str, ...]]:
+  """Options written on one line: "... (A) red (B) blue (C) green"."""
+  marks, pos = [], 0
+  for letter in OPTION_LETTERS:
+    m = re.compile(rf"(?:^|(?<=\s))\({letter}\)\s*").search(prompt, pos)
+    if not m or (marks and "\n" in prompt[marks[-1].end():m.start()]):
+      break
+    marks.append(m)
+    pos = m.end()
+  if len(marks) < 2:
+    return prompt.strip(), ()
+  opts = [prompt[a.end():b.start()].strip() for a, b in zip(marks, marks[1:])]
+  opts.append(prompt[marks[-1].end():].split("\n", 1)[0].strip())
+  if not all(opts):
+    return prompt.strip(), ()
+  return prompt[:marks[0].start()].strip(), tuple(opts)
+
+
+def _options_prompt(question: str, options: Sequence[str]) -> str:
+  if not options:
+    return question
+  return question + "\n" + "\n".join(f"{OPTION_LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+# ----------------------------------------------------------------------------------------------
+# Building items
+# ----------------------------------------------------------------------------------------------
+
+
+def _reason(e: Exception) -> str:
+  """Error text without object addresses (PIL names the BytesIO), so reports are reproducible."""
+  return f"{type(e).__name__}: {re.sub(r' <[^>]* at 0x[0-9a-f]+>', '', str(e))}"
+
+
+def _probe(data: bytes, verify: bool) -> tuple[str, int, int]:
+  """(format, width, height); reads the header only unless `verify` decodes all pixels."""
+  img = Image.open(io.BytesIO(data))
+  if verify:
+    img.load()
+  return (img.format or "png").lower(), int(img.width), int(img.height)
+
+
+def _as_bbox(value) -> tuple[float, ...] | None:
+  if value is None:
+    return None
+  if isinstance(value, str):
+    try:
+      value = json.loads(value)
+    except ValueError:
+      return None
+  try:
+    box = tuple(float(c) for c in value)
+  except (TypeError, ValueError):
+    return None
+  return box if len(box) == 4 and all(math.isfinite(c) for c in box) else None
+
+
+def _first(row: dict, *names):
+  for n in names:
+    if row.get(n) is not None:
+      return row[n]
+  return None
+
+
+def _error_item(id, source: str, error: str) -> EvalItem:
+  """An item that could not be parsed at all: only its id, where it came from and why."""
+  return EvalItem(id=str(id), image=b"", image_format="", width=0, height=0, crop=None, crop_format=None,
+                  question="", options=(), answer="", answer_type="text", dimension=None, bbox=None,
+                  source=source, error=error)
+
+
+def _make_item(*, id, source: str, image: bytes | None, crop: bytes | None, prompt, answer,
+               dimension=None, bbox=None, image_error: str | None = None, crop_error: str | None = None,
+               verify: bool = False) -> EvalItem:
+  """One EvalItem from raw fields; whatever is missing or unreadable goes into `error`."""
+  errors = [e for e in (image_error, crop_error) if e]
+  fmt, w, h = "", 0, 0
+  if not image:
+    if not image_error:
+      errors.append("field 'image' is missing or empty")
+  else:
+    try:
+      fmt, w, h = _probe(image, verify)
+    except Exception as e:  # PIL raises several types for garbage
+      errors.append(f"image does not decode ({_reason(e)})")
+  crop_fmt = None
+  if crop:
+    try:
+      crop_fmt = _probe(crop, verify)[0]
+    except Exception as e:
+      errors.append(f"crop image does not decode ({_reason(e)})")
+  prompt = "" if prompt is None else str(prompt).replace("<image>", "").strip()
+  if not prompt:
+    errors.append("field 'prompt' (question) is missing or empty")
+  answer = "" if answer is None else str(answer).strip()
+  question, options = split_options(prompt)
+  answer_type = judge_lib.infer_answer_type(answer, options)
+  if not answer:
+    errors.append("field 'answer' is missing or empty")
+  elif answer_type == "mc":
+    letter = judge_lib.answer_letter(answer, options)
+    if letter is None:
+      errors.append(f"answer {answer!r} is not one of the option letters {OPTION_LETTERS[:len(options)]}")
+    else:
+      answer = letter
+  return EvalItem(
+      id=str(id), image=bytes(image or b""), image_format=fmt, width=w, height=h,
+      crop=bytes(crop) if crop else None, crop_format=crop_fmt, question=question, options=tuple(options),
+      answer=answer, answer_type=answer_type, dimension=None if dimension is None else str(dimension),
+      bbox=_as_bbox(bbox), source=source, error="; ".join(errors) or None, raw_prompt=prompt or None)
+
+
+def _image_field(value, base_dir: str) -> tuple[bytes | None, str | None]:
+  """(bytes, error) of a parquet image cell: raw bytes, {"bytes": ...}, or {"path": ...} on disk."""
+  if value is None:
+    return None, None
+  if isinstance(value, (bytes, bytearray, memoryview)):
+    return bytes(value), None
+  if isinstance(value, dict):
+    if value.get("bytes"):
+      return bytes(value["bytes"]), None
+    value = value.get("path")
+    if not value:
+      return None, None
+  if isinstance(value, str):
+    return _read_file(value, base_dir)
+  return None, f"image cell of type {type(value).__name__} is neither bytes nor a path"
+
+
+def _read_file(path: str, root: str) -> tuple[bytes | None, str | None]:
+  full = path if os.path.isabs(path) else os.path.join(root, path)
+  try:
+    with open(full, "rb") as f:
+      return f.read(), None
+  except OSError as e:
+    return None, f"image {path!r} cannot be read under {root or '.'} ({type(e).__name__}: {e.strerror or e})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders
+# ----------------------------------------------------------------------------------------------
+
+
+def load_zoombench_parquet(path: str, *, verify: bool = False) -> list[EvalItem]:
+  """Items of a ZoomBench-schema parquet file.
+
+  Columns: image (bytes or {"bytes", "path"}), crop_image (same, may be null), prompt (question,
+  maybe with options appended), answer; optional dimension/category, id/index, bbox. verify=True
+  decodes every image fully (slower) instead of reading headers only.
+  """
+  try:
+    import pyarrow.parquet as pq
+  except ImportError:
+    raise ImportError("reading ZoomBench parquet needs pyarrow: pip install pyarrow") from None
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such benchmark file")
+  try:
+    pf = pq.ParquetFile(path)
+  except Exception as e:
+    raise ValueError(f"{path}: cannot be read as parquet ({type(e).__name__}: {e})") from None
+  cols = set(pf.schema_arrow.names)
+  needed = {"image": ("image",), "prompt": ("prompt", "question", "query"), "answer": ("answer", "response")}
+  missing = [k for k, names in needed.items() if not cols & set(names)]
+  if missing:
+    raise ValueError(f"{path}: not a ZoomBench parquet, no column for {missing} (columns: {sorted(cols)})")
+  base, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+  items, row_index = [], 0
+  try:
+    batches = pf.iter_batches(batch_size=32)
+    for batch in batches:
+      for row in batch.to_pylist():
+        image, err = _image_field(row.get("image"), base)
+        crop, crop_err = _image_field(row.get("crop_image"), base)
+        rid = _first(row, "id", "index", "question_id")
+        items.append(_make_item(
+            id=row_index if rid is None else rid, source=f"{name}:{row_index}", image=image, crop=crop,
+            prompt=_first(row, "prompt", "question", "query"), answer=_first(row, "answer", "response"),
+            dimension=_first(row, "dimension", "category"), bbox=row.get("bbox"),
+            image_error=err, crop_error=crop_err, verify=verify))
+        row_index += 1
+  except (OSError, ValueError) as e:  # pyarrow.ArrowException derives from these
+    raise ValueError(f"{path}: unreadable at row {row_index} ({type(e).__name__}: {e})") from None
+  return items
+
+
+def load_json(path: str, image_root: str | None = None, *, verify: bool = False) -> list[EvalItem]:
+  """Items of the authors' JSON (a list) or JSON-lines format.
+
+  Each item: images (paths relative to image_root, default the file's folder; the first is the full
+  image, a second one the crop), optional crop_images (the crop, as their converter writes it),
+  query (prompt), response (answer), optional dimension/category, id, bbox.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: no such benchmark file") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: cannot be read ({e})") from None
+  root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
+  name = os.path.basename(path)
+  rows: list[tuple[Any, str | None]] = []  # (item, parse error)
+  stripped = text.lstrip()
+  whole = None
+  if stripped.startswith("["):
+    try:
+      whole = json.loads(text)
+    except ValueError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  elif stripped.startswith("{"):
+    try:
+      whole = json.loads(text)
+    except ValueError:
+      whole = None  # JSON lines
+  if isinstance(whole, list):
+    rows = [(r, None) for r in whole]
+  elif isinstance(whole, dict):
+    rows = [(whole, None)]
+  else:
+    for line in text.splitlines():
+      if not line.strip():
+        continue
+      try:
+        rows.append((json.loads(line), None))
+      except ValueError as e:
+        rows.append((None, f"line is not valid JSON ({e})"))
+  if not rows and stripped:
+    raise ValueError(f"{path}: no items")
+  items = []
+  for i, (row, err) in enumerate(rows):
+    source = f"{name}:{i}"
+    if not isinstance(row, dict):
+      items.append(_error_item(i, source, err or f"item is a {type(row).__name__}, not an object"))
+      continue
+    imgs = row.get("images")
+    imgs = [imgs] if isinstance(imgs, str) else list(imgs or [])
+    crops = row.get("crop_images")
+    crops = [crops] if isinstance(crops, str) else list(crops or [])
+    image = crop = image_error = crop_error = None
+    if not imgs:
+      image_error = "field 'images' is missing or empty"
+    else:
+      image, image_error = _read_file(str(imgs[0]), root)
+    crop_path = crops[0] if crops else (imgs[1] if len(imgs) > 1 else None)
+    if crop_path:
+      crop, crop_error = _read_file(str(crop_path), root)
+    rid = _first(row, "id", "index", "question_id")
+    items.append(_make_item(
+        id=i if rid is None else rid, source=source, image=image, crop=crop,
+        prompt=_first(row, "query", "prompt", "question"), answer=_first(row, "response", "answer"),
+        dimension=_first(row, "dimension", "category"), bbox=row.get("bbox"),
+        image_error=image_error, crop_error=crop_error, verify=verify))
+  return items
+
+
+def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]:
+  """Our own ArrayRecord records as items; the crop is the record's box cut from the full image.
+
+  split: keep only records of that split (default all). A record that does not decode comes back
+  as an item with `error` set, its id (and split) taken from the raw entry when readable.
+  """
+  from array_record.python import array_record_module  # only this loader needs it
+  import msgpack
+
+  items = []
+  for path in records.shard_paths(record_dir):
+    name = os.path.basename(path)
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      raws = reader.read_all()
+      reader.close()
+    except Exception as e:
+      raise ValueError(f"{path}: cannot be read as an ArrayRecord shard ({type(e).__name__}: {e})") from None
+    for i, raw in enumerate(raws):
+      source = f"{name}:{i}"
+      try:
+        r = records.decode(raw, where=source)
+      except records.RecordError as e:
+        try:  # what the broken entry still tells: its id, and its split for the filter
+          d = msgpack.unpackb(raw, raw=False)
+          rid, rsplit = d.get("id") or source, d.get("split")
+        except Exception:
+          rid, rsplit = source, None
+        if split is None or rsplit in (split, None):
+          items.append(_error_item(rid, source, str(e)))
+        continue
+      if split is not None and r.split != split:
+        continue
+      items.append(_record_item(r, source))
+  return items
+
+
+def _record_item(r: records.Record, source: str) -> EvalItem:
+  crop, crop_fmt, error = None, None, None
+  try:
+    img = records.open_image(r)
+    x0, y0, x1, y1 = r.bbox
+    box = (int(math.floor(x0)), int(math.floor(y0)), int(math.ceil(x1)), int(math.ceil(y1)))
+    crop, crop_fmt = records.encode_image(img.crop(box), "png"), "png"
+  except records.RecordError as e:
+    error = str(e)
+  answer_type = judge_lib.infer_answer_type(r.answer, r.options)
+  return EvalItem(
+      id=r.id, image=r.image, image_format=r.image_format, width=r.width, height=r.height, crop=crop,
+      crop_format=crop_fmt, question=r.question, options=tuple(r.options), answer=r.answer,
+      answer_type=answer_type, dimension=r.dimension, bbox=tuple(float(c) for c in r.bbox),
+      source=f"{source} ({r.source.get('pool', '')}:{r.source.get('path', '')})", error=error,
+      raw_prompt=records.format_question(r.question, r.options))
+
+
+def load(path: str, *, image_root: str | None = None, verify: bool = False) -> list[EvalItem]:
+  """Any supported benchmark by its form: a record directory, a .parquet file, or .json/.jsonl."""
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, records.MANIFEST)):
+      raise ValueError(f"{path}: a directory without {records.MANIFEST} is not a record directory")
+    return from_records(path)
+  low = path.lower()
+  if low.endswith(".parquet"):
+    return load_zoombench_parquet(path, verify=verify)
+  if low.endswith((".json", ".jsonl")):
+    return load_json(path, image_root, verify=verify)
+  raise ValueError(f"{path}: unknown benchmark format (expected a record directory, .parquet, .json or .jsonl)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Writer
+# ----------------------------------------------------------------------------------------------
+
+
+def write_zoombench_parquet(items: Iterable[EvalItem], path: str) -> str:
+  """Writes items in the ZoomBench schema (image/crop_image as {"bytes", "path"} like HF datasets).
+
+  The prompt is the question with its options appended as "A. ..." lines, which the loader parses
+  back. Written to a temporary file first, so a crash never leaves a half file at `path`.
+  """
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+  schema = pa.schema([("id", pa.string()), ("image", img_t), ("crop_image", img_t), ("prompt", pa.string()),
+                      ("answer", pa.string()), ("dimension", pa.string()), ("bbox", pa.list_(pa.float64()))])
+  rows = []
+  for it in items:
+    rows.append({
+        "id": str(it.id),
+        "image": {"bytes": bytes(it.image), "path": f"{it.id}.{it.image_format or 'png'}"},
+        "crop_image": {"bytes": bytes(it.crop), "path": f"{it.id}_crop.{it.crop_format or 'png'}"} if it.crop else None,
+        "prompt": _options_prompt(it.question, it.options), "answer": it.answer, "dimension": it.dimension,
+        "bbox": [float(c) for c in it.bbox] if it.bbox is not None else None})
+  table = pa.Table.from_pylist(rows, schema=schema)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  pq.write_table(table, tmp)
+  os.replace(tmp, path)
+  return path

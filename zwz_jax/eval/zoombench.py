@@ -1,0 +1,248 @@
+"""Dual-view evaluation (ZoomBench protocol): every item on the full image and on the region crop.
+
+Accuracy per view, per dimension and per answer type; zooming gap = regional - global; the share of
+items right on the crop but wrong on the full image; optional attention coverage on the global view.
+Predictions are appended per batch to `predictions.jsonl` (fsync'd), so a killed job continues where
+it stopped; the report is computed from that file alone, so it can be recomputed and checked by hand.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import signal
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from zwz_jax import records
+from zwz_jax.data import batch as batching
+from zwz_jax.data import processor as processor_lib
+from zwz_jax.eval import judge as judge_lib
+from zwz_jax.eval.benchmarks import EvalItem
+
+VIEWS = ("global", "regional")
+PREDICTIONS = "predictions.jsonl"
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _open(data: bytes | None, what: str) -> Image.Image:
+  if not data:
+    raise ValueError(f"no {what} image")
+  try:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+  except Exception as e:  # PIL raises many types for bad bytes
+    raise ValueError(f"{what} image does not decode ({type(e).__name__})") from None
+
+
+def read_predictions(out_dir: str) -> dict[tuple[str, str], dict]:
+  """(item id, view) -> prediction row; a torn last line (killed mid-write) is ignored."""
+  rows = {}
+  path = os.path.join(out_dir, PREDICTIONS)
+  if not os.path.exists(path):
+    return rows
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      rows[(row["id"], row["view"])] = row
+  return rows
+
+
+class DualViewEvaluator:
+  """Runs a model over both views of a benchmark with the batched KV-cache sampler."""
+
+  def __init__(self, config, model, tokenizer, *, coverage_layer: int = -1):
+    from zwz_jax.eval import sampler  # jax side, imported here so reports need no jax
+    self.sampler = sampler
+    self.config = config
+    self.model = model
+    self.tokenizer = tokenizer
+    self.processor = processor_lib.Processor.from_config(config, tokenizer)
+    e = config.eval
+    im_end = tokenizer.token_to_id(processor_lib.IM_END)
+    self.sampling = sampler.SamplingConfig(max_new_tokens=e.max_new_tokens, stop_ids=(im_end,))
+    self.batch_size = e.batch_size
+    self.coverage_layer = coverage_layer
+
+  def _example(self, item: EvalItem, view: str):
+    img = _open(item.image if view == "global" else item.crop, "full" if view == "global" else "crop")
+    return img, self.processor([img], records.format_question(item.question, item.options))
+
+  def run(self, items: Sequence[EvalItem], out_dir: str, *, progress: bool = True,
+          kill_after_batches: int = 0) -> dict:
+    """Evaluates every (item, view) not yet in `out_dir`'s predictions; returns the report."""
+    import tqdm
+    os.makedirs(out_dir, exist_ok=True)
+    done = read_predictions(out_dir)
+    todo = [(it, v) for it in items for v in VIEWS if (it.id, v) not in done]
+    v = self.model.cfg.vision
+    window = v.window_patches
+    with open(os.path.join(out_dir, PREDICTIONS), "a") as log, \
+        tqdm.tqdm(total=len(todo), desc="dual-view eval", disable=not progress) as bar:
+      for start in range(0, len(todo), self.batch_size):
+        chunk = todo[start:start + self.batch_size]
+        rows, ready = [], []
+        for item, view in chunk:
+          error = item.error or (None if view == "global" or item.crop else "no crop image")
+          if error is None:
+            try:
+              ready.append((item, view) + self._example(item, view))
+            except ValueError as e:
+              error = str(e)
+          if error is not None:
+            rows.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
+                         "dimension": item.dimension, "answer_type": item.answer_type})
+        if ready:
+          rows += self._predict(ready, window)
+        for row in rows:
+          log.write(json.dumps(row) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+        bar.update(len(chunk))
+        if kill_after_batches and start // self.batch_size + 1 >= kill_after_batches:
+          os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
+    return report(read_predictions(out_dir), items)
+
+  def _predict(self, ready, window) -> list[dict]:
+    exs = [r[3] for r in ready]
+    lays = [batching.layout_vision(e["pixel_values"], e["grid_thw"], patch_size=self.model.cfg.vision.patch_size,
+                                   merge_size=self.model.cfg.vision.spatial_merge_size,
+                                   window_size=self.model.cfg.vision.window_size) for e in exs]
+    # Shapes rounded up so that only a few distinct programs are compiled.
+    max_tokens = _round_up(max(len(e["input_ids"]) for e in exs), 64)
+    max_patches = _round_up(max(len(l["patches"]) for l in lays), 4 * window)
+    n = len(exs)
+    pad = [exs[-1]] * (self.batch_size - n)  # fixed batch size: one program per shape bucket
+    batch = batching.build_batch(exs + pad, vision_cfg=self.model.cfg.vision,
+                                 image_token_id=self.model.cfg.image_token_id, max_tokens=max_tokens,
+                                 max_patches=max_patches, pad_side="left")
+    t0 = time.perf_counter()
+    tokens, lengths = self.sampler.generate(self.model, batch, self.sampling)
+    latency = (time.perf_counter() - t0) / n
+    texts = self.sampler.decode_texts(self.tokenizer, tokens, lengths, self.sampling.stop_ids)
+    cover = self._coverage(ready, batch) if self.coverage_layer >= 0 else [None] * n
+    rows = []
+    for (item, view, img, ex), text, cov in zip(ready, texts, cover):
+      verdict = judge_lib.judge(text, item.answer, options=item.options, answer_type=item.answer_type)
+      rows.append({"id": item.id, "view": view, "prediction": text, "parsed": verdict.parsed,
+                   "correct": bool(verdict.correct), "method": verdict.method, "error": None,
+                   "dimension": item.dimension, "answer_type": item.answer_type,
+                   "latency_s": latency, "coverage": cov})
+    return rows
+
+  def _coverage(self, ready, batch) -> list[float | None]:
+    """Answer-position attention mass inside the ground-truth box (global view with a bbox only)."""
+    import jax
+    import jax.numpy as jnp
+    from zwz_jax.eval import coverage as cov_lib
+    last = np.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[1] - 1, np.int32)
+    inputs = {k: jnp.asarray(batch[k]) for k in self.sampler.MODEL_INPUTS}
+    _, aux = jax.jit(lambda m, b, q: m(**b, attention_layer=self.coverage_layer, attention_query=q))(
+        self.model, inputs, jnp.asarray(last))
+    probs = np.asarray(aux["attention"])
+    out = []
+    for i, (item, view, img, ex) in enumerate(ready):
+      if view != "global" or item.bbox is None:
+        out.append(None)
+        continue
+      attn = cov_lib.answer_attention_to_images(probs[i], batch["input_ids"][i], self.model.cfg.image_token_id)
+      boxes = cov_lib.token_boxes(ex["grid_thw"][0], img.size, merge_size=self.model.cfg.vision.spatial_merge_size)
+      out.append(float(cov_lib.coverage(attn, boxes, item.bbox)))
+    return out
+
+
+def _acc(rows) -> dict:
+  n = len(rows)
+  right = sum(bool(r["correct"]) for r in rows)
+  return {"n": n, "correct": right, "accuracy": right / n if n else float("nan")}
+
+
+def report(predictions: dict[tuple[str, str], dict], items: Iterable[EvalItem] | None = None) -> dict:
+  """All figures from the saved predictions (rows with an error count as wrong and are listed)."""
+  ids = [it.id for it in items] if items is not None else sorted({k[0] for k in predictions})
+  rows = {v: [predictions[(i, v)] for i in ids if (i, v) in predictions] for v in VIEWS}
+  evaluated = {v: [r for r in rows[v] if not r.get("error")] for v in VIEWS}
+  out = {"items": len(ids), "views": {v: _acc(evaluated[v]) for v in VIEWS},
+         "errors": {v: sorted({r["id"]: r["error"] for r in rows[v] if r.get("error")}.items()) for v in VIEWS}}
+  for key in ("dimension", "answer_type"):
+    groups = collections.defaultdict(lambda: {v: [] for v in VIEWS})
+    for v in VIEWS:
+      for r in evaluated[v]:
+        groups[r.get(key) or "unknown"][v].append(r)
+    out[f"by_{key}"] = {g: {v: _acc(rs[v]) for v in VIEWS} for g, rs in sorted(groups.items())}
+  both = [i for i in ids if all((i, v) in predictions and not predictions[(i, v)].get("error") for v in VIEWS)]
+  crop_only = [i for i in both if predictions[(i, "regional")]["correct"] and not predictions[(i, "global")]["correct"]]
+  g, r = out["views"]["global"]["accuracy"], out["views"]["regional"]["accuracy"]
+  out["zooming_gap"] = r - g
+  out["both_views"] = len(both)
+  out["right_on_crop_wrong_on_full"] = len(crop_only) / len(both) if both else float("nan")
+  covs = [p["coverage"] for p in evaluated["global"] if p.get("coverage") is not None]
+  out["coverage"] = {"mean": float(np.mean(covs)) if covs else float("nan"), "n": len(covs)}
+  lat = [p["latency_s"] for v in VIEWS for p in evaluated[v] if p.get("latency_s") is not None]
+  out["latency_s_per_item"] = float(np.mean(lat)) if lat else float("nan")
+  return out
+
+
+def markdown(reports: dict[str, dict]) -> str:
+  """One table comparing checkpoints (name -> report), then per-dimension accuracies."""
+  pct = lambda x: "n/a" if x != x else f"{100 * x:.1f}"
+  lines = ["| checkpoint | global | regional | zooming gap | crop-only right | coverage | items |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name, rep in reports.items():
+    lines.append(f"| {name} | {pct(rep['views']['global']['accuracy'])} | {pct(rep['views']['regional']['accuracy'])}"
+                 f" | {pct(rep['zooming_gap'])} | {pct(rep['right_on_crop_wrong_on_full'])}"
+                 f" | {pct(rep['coverage']['mean'])} | {rep['items']} |")
+  dims = sorted({d for rep in reports.values() for d in rep["by_dimension"]})
+  if dims:
+    lines += ["", "| checkpoint | view | " + " | ".join(dims) + " |", "| --- | --- | " + " | ".join("---" for _ in dims) + " |"]
+    for name, rep in reports.items():
+      for v in VIEWS:
+        cells = [pct(rep["by_dimension"].get(d, {}).get(v, {"accuracy": float("nan")})["accuracy"]) for d in dims]
+        lines.append(f"| {name} | {v} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def bar_chart(reports: dict[str, dict], path: str, width: int = 640, height: int = 360) -> None:
+  """Global vs regional accuracy per checkpoint as a PNG (drawn with PIL: no plotting dependency)."""
+  img = Image.new("RGB", (width, height), "white")
+  d = ImageDraw.Draw(img)
+  base, top, left = height - 40, 20, 50
+  d.line((left, top, left, base), fill="black")
+  d.line((left, base, width - 10, base), fill="black")
+  for y in range(0, 101, 25):
+    yy = base - (base - top) * y / 100
+    d.text((5, yy - 6), f"{y}%", fill="black")
+  names = list(reports)
+  slot = (width - left - 20) / max(len(names), 1)
+  colours = {"global": (70, 110, 200), "regional": (230, 140, 40)}
+  for i, name in enumerate(names):
+    for j, v in enumerate(VIEWS):
+      acc = reports[name]["views"][v]["accuracy"]
+      acc = 0.0 if acc != acc else acc
+      x0 = left + 10 + i * slot + j * slot * 0.4
+      d.rectangle((x0, base - (base - top) * acc, x0 + slot * 0.35, base), fill=colours[v])
+    d.text((left + 10 + i * slot, base + 8), name[:24], fill="black")
+  for j, v in enumerate(VIEWS):
+    d.rectangle((width - 150, top + 16 * j, width - 140, top + 16 * j + 10), fill=colours[v])
+    d.text((width - 135, top + 16 * j - 2), v, fill="black")
+  img.save(path)
+
+
+def write_reports(reports: dict[str, dict], out_dir: str) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(reports, f, indent=2, sort_keys=True)
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(markdown(reports))
+  bar_chart(reports, os.path.join(out_dir, "report.png"))
