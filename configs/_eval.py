@@ -11,5 +11,6 @@ def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
   e.batch_size = batch_size
   e.max_new_tokens = max_new_tokens
   e.coverage_layer = -1  # decoder layer whose answer-position attention gives coverage; -1 = off
+  e.heatmaps = 8  # attention heat-map PNGs (image, attention, box) for this many items
   e.max_items = 0  # 0 = all
   return c

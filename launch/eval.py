@@ -50,7 +50,8 @@ def main(argv):
     name = checkpoint_name(path)
     model, what = load_model(config, path, mesh)
     print(f"evaluating {what} as {name!r}")
-    evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, coverage_layer=config.eval.coverage_layer)
+    evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, coverage_layer=config.eval.coverage_layer,
+                                            heatmaps=config.eval.heatmaps)
     reports[name] = evaluator.run(items, os.path.join(args.out, name),
                                   kill_after_batches=args.debug_kill_after_batches)
   zoombench.write_reports(reports, args.out)

@@ -63,6 +63,7 @@ def test_report_equals_hand_computation(reference):
   assert report["coverage"]["mean"] == pytest.approx(np.mean(covs)) and 0 <= np.mean(covs) <= 1
   assert (reference / "report.md").read_text().startswith("| checkpoint | global | regional")
   assert (reference / "report.png").exists()
+  assert len(list((reference / "ckpt" / "heatmaps").glob("*.png"))) == 8
 
 
 def test_bad_items_are_recorded_not_fatal(reference):

@@ -62,7 +62,7 @@ def read_predictions(out_dir: str) -> dict[tuple[str, str], dict]:
 class DualViewEvaluator:
   """Runs a model over both views of a benchmark with the batched KV-cache sampler."""
 
-  def __init__(self, config, model, tokenizer, *, coverage_layer: int = -1):
+  def __init__(self, config, model, tokenizer, *, coverage_layer: int = -1, heatmaps: int = 0):
     from zwz_jax.eval import sampler  # jax side, imported here so reports need no jax
     self.sampler = sampler
     self.config = config
@@ -74,6 +74,8 @@ class DualViewEvaluator:
     self.sampling = sampler.SamplingConfig(max_new_tokens=e.max_new_tokens, stop_ids=(im_end,))
     self.batch_size = e.batch_size
     self.coverage_layer = coverage_layer
+    self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items
+    self.out_dir = ""
 
   def _example(self, item: EvalItem, view: str):
     img = _open(item.image if view == "global" else item.crop, "full" if view == "global" else "crop")
@@ -84,6 +86,7 @@ class DualViewEvaluator:
     """Evaluates every (item, view) not yet in `out_dir`'s predictions; returns the report."""
     import tqdm
     os.makedirs(out_dir, exist_ok=True)
+    self.out_dir = out_dir
     done = read_predictions(out_dir)
     todo = [(it, v) for it in items for v in VIEWS if (it.id, v) not in done]
     v = self.model.cfg.vision
@@ -157,8 +160,14 @@ class DualViewEvaluator:
         out.append(None)
         continue
       attn = cov_lib.answer_attention_to_images(probs[i], batch["input_ids"][i], self.model.cfg.image_token_id)
-      boxes = cov_lib.token_boxes(ex["grid_thw"][0], img.size, merge_size=self.model.cfg.vision.spatial_merge_size)
+      merge = self.model.cfg.vision.spatial_merge_size
+      boxes = cov_lib.token_boxes(ex["grid_thw"][0], img.size, merge_size=merge)
       out.append(float(cov_lib.coverage(attn, boxes, item.bbox)))
+      if self.heatmaps > 0:
+        self.heatmaps -= 1
+        os.makedirs(os.path.join(self.out_dir, "heatmaps"), exist_ok=True)
+        cov_lib.heatmap_png(img, attn, ex["grid_thw"][0], bbox=item.bbox, merge_size=merge,
+                            path=os.path.join(self.out_dir, "heatmaps", f"{item.id}.png"))
     return out
 
 
