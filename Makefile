@@ -25,10 +25,13 @@ test: $(STAMP)
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # The main job on the CPU default: distilled records from procedural scenes, then training the
-# tiny student on them (re-running resumes / skips what is done), then one forward pass.
+# tiny student on them (re-running resumes / skips what is done), a dual-view evaluation, and one
+# forward pass on a new scene.
 demo: $(STAMP)
 	$(PY) launch/gen_data.py --config=configs/datagen_tiny.py --config.out_dir=out/datagen_tiny
 	$(PY) launch/train.py --config=configs/tiny.py --workdir=out/train_tiny
+	$(PY) launch/eval.py --config=configs/eval_tiny.py --config.eval.benchmark=out/datagen_tiny \
+	  --config.eval.max_items=16 --config.eval.coverage_layer=1 --checkpoint=out/train_tiny --out=out/eval_tiny
 	$(PY) launch/demo.py --config=configs/tiny.py --workdir=out/train_tiny
 
 bench: $(STAMP)
