@@ -35,4 +35,4 @@ demo: $(STAMP)
 	$(PY) launch/demo.py --config=configs/tiny.py --workdir=out/train_tiny
 
 bench: $(STAMP)
-	$(PY) bench/forward.py && $(PY) bench/train_step.py
+	$(PY) bench/forward.py && $(PY) bench/train_step.py && $(PY) bench/generate.py && $(PY) bench/single_vs_agentic.py
