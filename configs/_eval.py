@@ -13,4 +13,10 @@ def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
   e.coverage_layer = -1  # decoder layer whose answer-position attention gives coverage; -1 = off
   e.heatmaps = 8  # attention heat-map PNGs (image, attention, box) for this many items
   e.max_items = 0  # 0 = all
+  # The thinking-with-images baseline on the global view, same model and sampler, beside the single
+  # pass: the model may call the zoom tool up to agentic_max_turns times (batch of 1 per item).
+  e.agentic = False
+  e.agentic_max_turns = 3
+  e.agentic_max_new_tokens = 64  # per turn: room to reason and emit a tool call
+  e.agentic_upscale = 2.0
   return c

@@ -5,6 +5,9 @@
 
 Per checkpoint, predictions go to <out>/<name>/predictions.jsonl as they are made: a killed job
 re-run with the same arguments continues where it stopped. <out>/report.{json,md,png} compare all.
+With --config.eval.agentic=true the same model also runs as a thinking-with-images agent (zoom tool,
+<out>/<name>/agentic.jsonl, resumable too) and the report puts its accuracy, turns and time per item
+beside the single pass.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def main(argv):
     raise SystemExit("set --config.eval.benchmark to a benchmark parquet/JSON file or a record directory")
 
   from zwz_jax.data import processor
-  from zwz_jax.eval import benchmarks, zoombench
+  from zwz_jax.eval import agentic, benchmarks, sampler, zoombench
   from zwz_jax.sharding import make_mesh
   from zwz_jax.train.checkpoint import load_model
 
@@ -54,6 +57,13 @@ def main(argv):
                                             heatmaps=config.eval.heatmaps)
     reports[name] = evaluator.run(items, os.path.join(args.out, name),
                                   kill_after_batches=args.debug_kill_after_batches)
+    if config.eval.agentic:
+      e = config.eval
+      fn = agentic.model_generate_fn(model, tokenizer, config,
+                                     sampler.SamplingConfig(max_new_tokens=e.agentic_max_new_tokens))
+      harness = agentic.AgenticHarness(fn, max_turns=e.agentic_max_turns, upscale=e.agentic_upscale)
+      summary = agentic.evaluate(harness, items, out_dir=os.path.join(args.out, name), progress=True)
+      reports[name]["agentic"] = {k: v for k, v in summary.items() if k != "results"}
   zoombench.write_reports(reports, args.out)
   print(zoombench.markdown(reports))
 

@@ -151,3 +151,20 @@ def test_model_generate_fn_runs(arr, tiny_config):
     return _call([28, 28, 84, 70]) if c.num_tool_turns == 0 else text
   res = agentic.AgenticHarness(forced, view_size=fn.view_size, max_turns=1).run(_item(arr))
   assert res.turns == 2 and res.tool_calls == [(30, 25, 90, 63)] and isinstance(res.prediction, str)
+
+
+def test_evaluate_resumes_from_its_log(arr, tiny_config, tmp_path):
+  fn = Scripted("<answer>B</answer>")
+  harness = _harness(fn, tiny_config)
+  first = agentic.evaluate(harness, [_item(arr, "a", "B"), _item(arr, "b", "C")], out_dir=str(tmp_path))
+  with open(tmp_path / agentic.AGENTIC, "a") as f:
+    f.write('{"id": "torn')  # a write cut by a kill
+  # A re-run runs only the item not in the log, and the summary covers all three.
+  items = [_item(arr, "a", "B"), _item(arr, "b", "C"), _item(arr, "c", "B")]
+  again = agentic.evaluate(harness, items, out_dir=str(tmp_path))
+  assert len(fn.seen) == 3
+  assert first["accuracy"] == 0.5 and again["n"] == 3 and again["accuracy"] == pytest.approx(2 / 3)
+  assert [r["id"] for r in again["results"]] == ["a", "b", "c"]
+  saved = agentic.read_results(str(tmp_path))
+  assert sorted(saved) == ["a", "b", "c"] and agentic.summarize(saved.values()) == {
+      k: v for k, v in again.items() if k != "results"}

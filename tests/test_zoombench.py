@@ -89,6 +89,21 @@ def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
   assert strip(json.load(open(tmp_path / "report.json"))) == strip(json.load(open(reference / "report.json")))
 
 
+def test_agentic_baseline_beside_the_single_pass(bench, tmp_path):
+  from zwz_jax.eval import agentic
+  proc = _eval(bench, tmp_path, "--config.eval.agentic=true", "--config.eval.max_items=3",
+               "--config.eval.agentic_max_new_tokens=8")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = agentic.read_results(str(tmp_path / "ckpt"))
+  assert sorted(rows) == sorted({json.loads(l)["id"] for l in open(tmp_path / "ckpt" / "predictions.jsonl")})
+  report = json.load(open(tmp_path / "report.json"))["ckpt"]
+  a = report["agentic"]
+  # Item 2's image does not decode: skipped, not counted; the other two ran at least one turn each.
+  assert a["n"] == 2 and a["skipped"] == 1 and a["mean_turns"] >= 1
+  assert a["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rows.values() if not r["skipped"]]))
+  assert "| agentic turns |" in (tmp_path / "report.md").read_text()
+
+
 def test_empty_prediction_is_wrong_not_an_error():
   from zwz_jax.eval import judge
   v = judge.judge("", "B", options=("a", "b", "c", "d"))

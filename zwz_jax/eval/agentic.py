@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import time
 from typing import Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from PIL import Image
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
 from zwz_jax.eval import judge as judge_lib
+from zwz_jax.eval import jsonl_log
 from zwz_jax.eval.benchmarks import EvalItem
 
 TOOL_NAME = "image_zoom_in_tool"
@@ -347,22 +349,51 @@ def _before_call(text: str) -> str:
   return text[:min(starts)] if starts else text
 
 
-def evaluate(harness: AgenticHarness, items: Iterable[EvalItem], *, progress: bool = False) -> dict:
-  """Runs every item; accuracy over the items that could run (agent errors count as wrong)."""
-  import tqdm
-  results = [harness.run(it) for it in tqdm.tqdm(list(items), desc="agentic eval", disable=not progress)]
-  ran = [r for r in results if not r.skipped]
+AGENTIC = "agentic.jsonl"
+
+
+def read_results(out_dir: str) -> dict[str, dict]:
+  """item id -> saved result row."""
+  return jsonl_log.read(os.path.join(out_dir, AGENTIC), key=lambda r: r["id"])
+
+
+def summarize(rows: Iterable[dict]) -> dict:
+  """Accuracy, turns, tool calls and wall time over the items that could run (agent errors count as wrong)."""
+  rows = list(rows)
+  ran = [r for r in rows if not r["skipped"]]
   mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
   return {
-      "accuracy": mean([r.correct for r in ran]),
-      "mean_turns": mean([r.turns for r in ran]),
-      "mean_tool_calls": mean([len(r.tool_calls) for r in ran]),
-      "mean_wall_time_s": mean([r.wall_time_s for r in ran]),
+      "accuracy": mean([r["correct"] for r in ran]),
+      "mean_turns": mean([r["turns"] for r in ran]),
+      "mean_tool_calls": mean([len(r["tool_calls"]) for r in ran]),
+      "mean_wall_time_s": mean([r["wall_time_s"] for r in ran]),
       "n": len(ran),
-      "skipped": len(results) - len(ran),
-      "errors": [(r.id, r.error) for r in results if r.error],
-      "results": results,
+      "skipped": len(rows) - len(ran),
+      "errors": sorted((r["id"], r["error"]) for r in rows if r["error"]),
   }
+
+
+def evaluate(harness: AgenticHarness, items: Iterable[EvalItem], *, out_dir: str = "",
+             progress: bool = False) -> dict:
+  """Runs every item and summarises; with `out_dir`, results are appended to agentic.jsonl as they
+  finish (fsync'd) and items already there are not run again, so a killed job continues."""
+  import tqdm
+  items = list(items)
+  done = read_results(out_dir) if out_dir else {}
+  todo = [it for it in items if it.id not in done]
+  log = jsonl_log.Appender(os.path.join(out_dir, AGENTIC)) if out_dir else None
+  try:
+    for it in tqdm.tqdm(todo, desc="agentic eval", disable=not progress):
+      row = dataclasses.asdict(harness.run(it))
+      row["tool_calls"] = [list(b) for b in row["tool_calls"]]
+      done[it.id] = row
+      if log is not None:
+        log.write(row)
+  finally:
+    if log is not None:
+      log.close()
+  rows = [done[it.id] for it in items]
+  return {**summarize(rows), "results": rows}
 
 
 # ----------------------------------------------------------------------------------------------

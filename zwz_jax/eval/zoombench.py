@@ -22,6 +22,7 @@ from zwz_jax import records
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
 from zwz_jax.eval import judge as judge_lib
+from zwz_jax.eval import jsonl_log
 from zwz_jax.eval.benchmarks import EvalItem
 
 VIEWS = ("global", "regional")
@@ -44,19 +45,8 @@ def _open(data: bytes | None, what: str) -> Image.Image:
 
 
 def read_predictions(out_dir: str) -> dict[tuple[str, str], dict]:
-  """(item id, view) -> prediction row; a torn last line (killed mid-write) is ignored."""
-  rows = {}
-  path = os.path.join(out_dir, PREDICTIONS)
-  if not os.path.exists(path):
-    return rows
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      rows[(row["id"], row["view"])] = row
-  return rows
+  """(item id, view) -> prediction row."""
+  return jsonl_log.read(os.path.join(out_dir, PREDICTIONS), key=lambda r: (r["id"], r["view"]))
 
 
 class DualViewEvaluator:
@@ -76,6 +66,10 @@ class DualViewEvaluator:
     self.coverage_layer = coverage_layer
     self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items
     self.out_dir = ""
+    if coverage_layer >= 0:
+      import jax
+      # One jitted function for every batch (a lambda built per batch would re-trace each time).
+      self._attention = jax.jit(lambda m, b, q: m(**b, attention_layer=coverage_layer, attention_query=q)[1])
 
   def _example(self, item: EvalItem, view: str):
     img = _open(item.image if view == "global" else item.crop, "full" if view == "global" else "crop")
@@ -91,7 +85,7 @@ class DualViewEvaluator:
     todo = [(it, v) for it in items for v in VIEWS if (it.id, v) not in done]
     v = self.model.cfg.vision
     window = v.window_patches
-    with open(os.path.join(out_dir, PREDICTIONS), "a") as log, \
+    with jsonl_log.Appender(os.path.join(out_dir, PREDICTIONS)) as log, \
         tqdm.tqdm(total=len(todo), desc="dual-view eval", disable=not progress) as bar:
       for start in range(0, len(todo), self.batch_size):
         chunk = todo[start:start + self.batch_size]
@@ -108,10 +102,7 @@ class DualViewEvaluator:
                          "dimension": item.dimension, "answer_type": item.answer_type})
         if ready:
           rows += self._predict(ready, window)
-        for row in rows:
-          log.write(json.dumps(row) + "\n")
-        log.flush()
-        os.fsync(log.fileno())
+        log.write(*rows)
         bar.update(len(chunk))
         if kill_after_batches and start // self.batch_size + 1 >= kill_after_batches:
           os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
@@ -146,14 +137,11 @@ class DualViewEvaluator:
 
   def _coverage(self, ready, batch) -> list[float | None]:
     """Answer-position attention mass inside the ground-truth box (global view with a bbox only)."""
-    import jax
     import jax.numpy as jnp
     from zwz_jax.eval import coverage as cov_lib
     last = np.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[1] - 1, np.int32)
     inputs = {k: jnp.asarray(batch[k]) for k in self.sampler.MODEL_INPUTS}
-    _, aux = jax.jit(lambda m, b, q: m(**b, attention_layer=self.coverage_layer, attention_query=q))(
-        self.model, inputs, jnp.asarray(last))
-    probs = np.asarray(aux["attention"])
+    probs = np.asarray(self._attention(self.model, inputs, jnp.asarray(last))["attention"])
     out = []
     for i, (item, view, img, ex) in enumerate(ready):
       if view != "global" or item.bbox is None:
@@ -219,6 +207,16 @@ def markdown(reports: dict[str, dict]) -> str:
       for v in VIEWS:
         cells = [pct(rep["by_dimension"].get(d, {}).get(v, {"accuracy": float("nan")})["accuracy"]) for d in dims]
         lines.append(f"| {name} | {v} | " + " | ".join(cells) + " |")
+  agents = {name: rep for name, rep in reports.items() if "agentic" in rep}
+  if agents:
+    sec = lambda x: "n/a" if x != x else f"{x:.3f}"
+    lines += ["", "| checkpoint | single-pass global | agentic | agentic turns | zoom calls | single-pass s/item"
+              " | agentic s/item | agentic / single-pass time |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rep in agents.items():
+      a = rep["agentic"]
+      lines.append(f"| {name} | {pct(rep['views']['global']['accuracy'])} | {pct(a['accuracy'])}"
+                   f" | {a['mean_turns']:.2f} | {a['mean_tool_calls']:.2f} | {sec(rep['latency_s_per_item'])}"
+                   f" | {sec(a['mean_wall_time_s'])} | {a['mean_wall_time_s'] / rep['latency_s_per_item']:.1f}x |")
   return "\n".join(lines) + "\n"
 
 
