@@ -108,11 +108,35 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   tr.z_loss = 0.0
   # Learning-rate multiplier per module; 0 freezes it (no update, no optimizer state).
   tr.lr_scale = ml_collections.ConfigDict(dict(vision=1.0, merger=1.0, text=1.0))
-  # "" = random init; a HF safetensors folder; or a parameter checkpoint from launch/convert.py.
+  # "" = random init; a HF safetensors folder; a training workdir (its latest parameters, e.g. SFT
+  # before RL); or a parameter checkpoint from launch/convert.py.
   tr.init_from = ""
   tr.log_every = 10
   tr.eval_every = 0  # 0 disables; needs data.eval
   tr.checkpoint_every = 200
   tr.keep_checkpoints = 3
   tr.async_checkpoint = True
+
+  c.trainer = "sft"  # launch/train.py runs "sft" (zwz_jax/train/loop.py) or "grpo" (zwz_jax/train/grpo.py)
+  # The paper's RL recipe (trainer = "grpo"): data.global_batch_size prompts per step, each sampled
+  # num_generations times; binary accuracy reward; group-normalised advantages; token-level clipped
+  # policy gradient with asymmetric clipping (DAPO); no KL term. train.steps counts RL steps.
+  g = c.grpo = ml_collections.ConfigDict()
+  g.num_generations = 8
+  g.temperature = 1.0
+  g.top_p = 1.0
+  g.max_new_tokens = 256
+  g.reward_accuracy = 1.0  # weight of the judge's 0/1 verdict
+  g.reward_format = 0.0  # weight of a 0/1 reward for an <answer>...</answer> response
+  g.overlong_buffer = 0  # DAPO soft overlong penalty over the last this many tokens; 0 = off
+  g.overlong_penalty = 1.0  # the penalty at max_new_tokens
+  g.advantage_std = True  # (r - mean) / std per group (GRPO); False: r - mean (Dr. GRPO)
+  g.clip_low = 0.2
+  g.clip_high = 0.28  # DAPO's clip-higher
+  g.loss_aggregation = "token"  # "token": mean over all response tokens (DAPO); "sequence": GRPO's
+  g.dynamic_sampling = True  # drop groups whose rewards are all equal and sample more prompts
+  g.max_sampling_rounds = 3  # rollout rounds per step at most; short batches are padded, masked out
+  g.kl_coef = 0.0  # > 0: k3 KL to the frozen initial policy (train.init_from)
+  g.ppo_epochs = 1
+  g.num_minibatches = 1  # optimizer updates per epoch over the rollout batch
   return c

@@ -1,6 +1,8 @@
-"""Train the student (supervised distillation on the region-grounded records).
+"""Train the student: supervised distillation on the region-grounded records, or GRPO/DAPO RL.
 
   python launch/train.py --config=configs/tiny.py --workdir=out/train_tiny [--config.a.b=v ...]
+  python launch/train.py --config=configs/tiny_grpo.py --workdir=out/grpo_tiny \
+      --config.train.init_from=out/train_tiny
   python launch/train.py --config=configs/student_7b.py --workdir=gs://bucket/run \
       --config.data.train="('/data/zwz_records',)" --config.train.init_from=/ckpts/qwen2_5_vl_7b
 
@@ -46,11 +48,19 @@ def main(argv):
   parser.add_argument("--debug_kill_after_step", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(rest)
   config = load_config(config_path, overrides)  # fails on unknown keys before any device work
+  if config.trainer not in ("sft", "grpo"):
+    raise SystemExit(f"config key trainer={config.trainer!r} is not one of ('sft', 'grpo')")
   init_distributed(args)
-  from zwz_jax.train import loop
-  out = loop.train(config, args.workdir, debug_kill_after_step=args.debug_kill_after_step)
-  if jax.process_index() == 0 and out["metrics"]:
-    print(f"done: step {int(out['state']['step'])} loss {out['metrics']['loss']:.4f}", flush=True)
+  if config.trainer == "grpo":
+    from zwz_jax.train import grpo
+    out = grpo.train(config, args.workdir, debug_kill_after_step=args.debug_kill_after_step)
+    summary = f"mean reward {out['metrics']['reward_mean']:.4f}" if out["metrics"] else ""
+  else:
+    from zwz_jax.train import loop
+    out = loop.train(config, args.workdir, debug_kill_after_step=args.debug_kill_after_step)
+    summary = f"loss {out['metrics']['loss']:.4f}" if out["metrics"] else ""
+  if jax.process_index() == 0 and summary:
+    print(f"done: step {int(out['state']['step'])} {summary}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ def bad_id(kind: str) -> str:
 
 
 def make_record(rng: np.random.Generator, index: int, sizes: tuple[int, int] = (200, 500),
-                question: str = QUESTION, rid: str | None = None) -> records.Record:
-  """A plain-background image with one coloured square; the question asks for its colour."""
+                question: str = QUESTION, rid: str | None = None, letter: str | None = None) -> records.Record:
+  """A plain-background image with one coloured square; the question asks for its colour.
+
+  letter: put the right option at this letter (default: a random position)."""
   w, h = (int(x) for x in rng.integers(sizes[0], sizes[1] + 1, size=2))
   background = tuple(int(x) for x in rng.integers(170, 256, size=3))
   names = list(COLOURS)
@@ -36,6 +38,9 @@ def make_record(rng: np.random.Generator, index: int, sizes: tuple[int, int] = (
   others = [n for n in names if n != colour]
   options = [colour] + [others[i] for i in rng.choice(len(others), size=3, replace=False)]
   options = [options[i] for i in rng.permutation(4)]
+  if letter is not None:
+    options.remove(colour)
+    options.insert(records.OPTION_LETTERS.index(letter), colour)
   answer = records.OPTION_LETTERS[options.index(colour)]
   source = {"pool": "synthetic", "path": f"img{index}.png"}
   bbox = (float(x0), float(y0), float(x0 + side), float(y0 + side))
@@ -63,16 +68,19 @@ def _bad(kind: str, rng: np.random.Generator, index: int, sizes) -> bytes:
 
 
 def write_records(directory: str, n: int, *, seed: int = 0, sizes: tuple[int, int] = (200, 500),
-                  bad: Sequence[str] = (), num_shards: int | None = None) -> list[str]:
+                  bad: Sequence[str] = (), num_shards: int | None = None,
+                  letters: Sequence[str | None] = ()) -> list[str]:
   """Writes n valid records plus one bad record per entry of `bad` (kinds in BAD_KINDS).
 
   Records go to 1 shard (n < 2) or 2 (default) ArrayRecord shards with group_size:1, plus the
-  manifest. Bad records get ids `bad_id(kind)` and sit spread among the valid ones. Returns the
-  ids of all records in storage order.
+  manifest. Bad records get ids `bad_id(kind)` and sit spread among the valid ones. letters[i]
+  (cycled) places record i's right option at that letter. Returns the ids of all records in
+  storage order.
   """
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(seed)
-  blobs = [(r.id, records.encode(r)) for r in (make_record(rng, i, sizes) for i in range(n))]
+  letter = lambda i: letters[i % len(letters)] if letters else None
+  blobs = [(r.id, records.encode(r)) for r in (make_record(rng, i, sizes, letter=letter(i)) for i in range(n))]
   for j, kind in enumerate(bad):
     at = (j + 1) * len(blobs) // (len(bad) + 1)
     blobs.insert(at, (bad_id(kind), _bad(kind, rng, n + j, sizes)))

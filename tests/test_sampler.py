@@ -64,7 +64,7 @@ def test_cached_decode_equals_uncached_recompute(setup):
   start = np.max(np.where(batch["attention_mask"][None] > 0, batch["positions"], -1), axis=(0, 2)) + 1
   gen_pos = np.broadcast_to((start[:, None] + np.arange(n))[None], (3, b, n))
   full["positions"] = np.concatenate([full["positions"], gen_pos], axis=2)
-  full["image_token_index"] = np.concatenate([full["image_token_index"], np.zeros((b, n), np.int32)], axis=1)
+  full["image_token_index"] = np.concatenate([full["image_token_index"], np.full((b, n), -1, np.int32)], axis=1)
   logits = ours(**{k: jnp.asarray(full[k]) for k in sampler.MODEL_INPUTS})
   # Each generated token is the argmax of the uncached forward at the position before it.
   np.testing.assert_array_equal(np.argmax(np.asarray(logits)[:, l - 1:l + n - 1], -1), tokens)

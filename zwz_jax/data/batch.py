@@ -2,9 +2,9 @@
 
 Each example's patches are laid out in window order with every attention window padded to
 `window_patches` (see `zwz_jax.models.qwen2_5_vl`), so window attention is a reshape on device.
-`image_token_index` maps every `<|image_pad|>` token to its merged vision token in that layout,
-which undoes the window permutation without any device-side gather of indices from HF's
-`reverse_indices`.
+`image_token_index` maps every `<|image_pad|>` token of the prompt to its merged vision token in that
+layout, which undoes the window permutation without any device-side gather of indices from HF's
+`reverse_indices`; it is -1 everywhere else, so an `<|image_pad|>` the model generates stays text.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, ma
       "pixel_values": np.zeros((b, max_patches, dim), np.float32),
       "vision_positions": np.zeros((b, max_patches, 2), np.int32),
       "vision_segment_ids": np.zeros((b, max_patches), np.int32),
-      "image_token_index": np.zeros((b, max_tokens), np.int32),
+      "image_token_index": np.full((b, max_tokens), -1, np.int32),
   }
   with_labels = all("labels_mask" in ex for ex in examples)
   if with_labels:

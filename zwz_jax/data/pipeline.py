@@ -118,7 +118,7 @@ class Preprocessor:
   Picklable (grain ships it to spawned workers); holds plain values, not the config.
   """
 
-  def __init__(self, config, tokenizer):
+  def __init__(self, config, tokenizer, *, prompts_only: bool = False):
     d = config.data
     if d.grounding not in records.GROUNDING_MODES:
       raise ValueError(f"data.grounding={d.grounding!r} is not one of {records.GROUNDING_MODES}")
@@ -126,6 +126,8 @@ class Preprocessor:
       raise ValueError(f"data.target={d.target!r} is not one of {TARGETS}")
     self.grounding = d.grounding
     self.target = d.target
+    # RL rollouts: the prompt alone (the policy writes the answer), plus what the reward needs.
+    self.prompts_only = prompts_only
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
     self.vision = _VisionDims.from_config(config.model.vision)
     self.max_tokens, self.max_patches = check_buckets(d.buckets, config.model.vision)[-1]
@@ -154,7 +156,7 @@ class Preprocessor:
     try:
       image, text = records.ground(record, self.grounding, image=image,
                                    coord_size=self.resized_size(image.width, image.height))
-      example = self.processor([image], text, self.target_text(record))
+      example = self.processor([image], text, None if self.prompts_only else self.target_text(record))
     except ValueError as e:  # extreme aspect ratio, answer merging with the prompt, ...
       return Skipped(record.id, "unprocessable", f"{e}{at}")
     tokens = len(example["input_ids"])
@@ -163,6 +165,8 @@ class Preprocessor:
       return Skipped(record.id, "too_long", f"{tokens} tokens / {patches} window-padded patches > "
                      f"largest bucket {(self.max_tokens, self.max_patches)} in data.buckets{at}")
     example["id"] = record.id
+    if self.prompts_only:
+      example["answer"], example["options"] = record.answer, tuple(record.options)
     return example
 
 
@@ -249,11 +253,12 @@ def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:
 class _Batcher:
   """Examples -> build_batch output in the smallest bucket fitting all of them, plus "ids"."""
 
-  def __init__(self, config, buckets, bucket_sync):
+  def __init__(self, config, buckets, bucket_sync, pad_side: str = "right"):
     self.vision = config.model.vision
     self.image_token_id = int(config.model.image_token_id)
     self.buckets = buckets
     self.bucket_sync = bucket_sync
+    self.pad_side = pad_side
 
   def bucket(self, examples) -> int:
     tokens = max((len(ex["input_ids"]) for ex in examples), default=0)
@@ -268,7 +273,7 @@ class _Batcher:
     index = self.bucket(examples) if bucket is None else bucket
     max_tokens, max_patches = self.buckets[index]
     out = batch_lib.build_batch(examples, vision_cfg=self.vision, image_token_id=self.image_token_id,
-                                max_tokens=max_tokens, max_patches=max_patches)
+                                max_tokens=max_tokens, max_patches=max_patches, pad_side=self.pad_side)
     ids = [ex["id"] for ex in examples]
     pad = (size or len(examples)) - len(examples)
     if pad:
@@ -276,9 +281,12 @@ class _Batcher:
         axis = 1 if k == "positions" else 0
         widths = [(0, 0)] * v.ndim
         widths[axis] = (0, pad)
-        out[k] = np.pad(v, widths)
+        out[k] = np.pad(v, widths, constant_values=-1 if k == "image_token_index" else 0)
       ids += [""] * pad
     out["ids"] = np.asarray(ids, dtype=str)
+    if examples and "answer" in examples[0]:  # prompts for rollouts: the references, per row
+      out["answers"] = [ex["answer"] for ex in examples] + [""] * pad
+      out["options"] = [ex["options"] for ex in examples] + [()] * pad
     return out
 
 
@@ -377,12 +385,16 @@ class TrainIterator(grain.DatasetIterator):
 
 
 def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_count: int = 1,
-                        bucket_sync: Callable[[int], int] | None = None) -> TrainIterator:
+                        bucket_sync: Callable[[int], int] | None = None,
+                        prompts_only: bool = False) -> TrainIterator:
   """The process-local training batches of `config.data.train` (see the module docstring).
 
   Each batch is `batch.build_batch` output (input_ids, positions, attention_mask, pixel_values,
   vision_positions, vision_segment_ids, image_token_index, labels_mask) plus "ids" (record ids),
   with global_batch_size // process_count rows.
+
+  prompts_only (RL rollouts): no target in the tokens, left padding (the sampler continues every
+  row at the end), and per-row "answers" and "options" for the reward.
 
   bucket_sync: index -> index, called with this process's smallest fitting bucket each step; must
   return the same value on every process (`jax_bucket_sync()` takes the max). Required when
@@ -401,7 +413,7 @@ def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_co
   if not 0 <= int(d.shuffle_seed) < 2**32:
     raise ValueError(f"data.shuffle_seed={d.shuffle_seed} must be in [0, 2**32)")
   dirs = _dirs(d.train, "data.train")
-  ds = _source(dirs, "data.train", Preprocessor(config, tokenizer))
+  ds = _source(dirs, "data.train", Preprocessor(config, tokenizer, prompts_only=prompts_only))
   num_records = len(ds)
   # shuffle before repeat: ShuffleMapDataset reseeds per epoch from the index it is given
   # (index // len), and repeat passes indices through, so every epoch gets its own permutation.
@@ -412,10 +424,13 @@ def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_co
   fingerprint = {"num_records": num_records, "shuffle_seed": int(d.shuffle_seed),
                  "process_index": process_index, "process_count": process_count,
                  "num_workers": int(d.num_workers)}
+  if prompts_only:
+    fingerprint["prompts_only"] = True
   # A full pass of this process's share skipped means no record can be used: fail loudly.
   skips = _SkipCounter("data.train", patience=max(1, math.ceil(num_records / process_count)) + 1)
   return TrainIterator(iter(_to_iter(ds, config)), batch_size=size,
-                       batcher=_Batcher(config, buckets, bucket_sync), skips=skips, fingerprint=fingerprint)
+                       batcher=_Batcher(config, buckets, bucket_sync, "left" if prompts_only else "right"),
+                       skips=skips, fingerprint=fingerprint)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Prompts are left-padded (`batch.build_batch(..., pad_side="left")`) so every row writes its next
 token into the same cache slot. Greedy or temperature / top-p sampling, stop tokens per row, and
 one compiled program per (batch shape, max_new_tokens): the same sampler serves evaluation and RL
-rollouts. Runs sharded when called under `jax.set_mesh` with sharded parameters and inputs.
+rollouts. For rollouts, `num_samples` > 1 prefills each prompt (images included) once and copies its
+KV cache to the samples, and the log-probability of every sampled token under the sampling
+distribution is returned. Runs sharded when called under `jax.set_mesh` with sharded parameters
+and inputs.
 """
 from __future__ import annotations
 
@@ -28,6 +31,17 @@ class SamplingConfig:
   pad_id: int = 0
 
 
+def token_logprobs(logits, tokens, temperature: float):
+  """log p(token) under softmax(logits / temperature) (temperature 0: the unscaled logits), float32.
+
+  The sampler and the RL trainer both use this, so their log-probs are the same function."""
+  logits = logits.astype(jnp.float32)
+  if temperature > 0:
+    logits = logits / temperature
+  picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
 def _sample(logits, rng, temperature: float, top_p: float):
   """Next token from (B, V) logits."""
   if temperature <= 0:
@@ -43,8 +57,8 @@ def _sample(logits, rng, temperature: float, top_p: float):
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _generate(graphdef, state, batch, rng, cfg: SamplingConfig):
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "num_samples"))
+def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int = 1):
   model = nnx.merge(graphdef, state)
   b, l = batch["input_ids"].shape
   steps = cfg.max_new_tokens
@@ -56,39 +70,54 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig):
   # Generated tokens continue the text positions after the prompt's largest M-RoPE id.
   valid = batch["attention_mask"].astype(bool)[None]
   next_pos = jnp.max(jnp.where(valid, batch["positions"], -1), axis=(0, 2)) + 1  # (B,)
+  logits = logits[:, -1]
+  if num_samples > 1:  # samples of one prompt share its prefill: rows i*n .. i*n+n-1 are prompt i
+    rep = lambda x: jnp.repeat(x, num_samples, axis=0)
+    cache = jax.tree.map(rep, cache)
+    logits, key_mask, next_pos = rep(logits), rep(key_mask), rep(next_pos)
+    b *= num_samples
   stop = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
   rng, first = jax.random.split(rng)
-  tok = _sample(logits[:, -1], first, cfg.temperature, cfg.top_p)
+  tok = _sample(logits, first, cfg.temperature, cfg.top_p)
+  logp = token_logprobs(logits, tok, cfg.temperature)
 
   def step(carry, t):
-    tok, done, cache, rng = carry
+    tok, logp, done, cache, rng = carry
     emitted = jnp.where(done, cfg.pad_id, tok)
+    emitted_logp = jnp.where(done, 0.0, logp)
     done = done | jnp.isin(tok, stop)
     pos = jnp.broadcast_to((next_pos + t)[None, :, None], (3, b, 1))
     logits, cache = model.forward_cached(tok[:, None], pos, key_mask, cache, l + t)
     rng, sub = jax.random.split(rng)
-    return (_sample(logits[:, 0], sub, cfg.temperature, cfg.top_p), done, cache, rng), emitted
+    nxt = _sample(logits[:, 0], sub, cfg.temperature, cfg.top_p)
+    return (nxt, token_logprobs(logits[:, 0], nxt, cfg.temperature), done, cache, rng), (emitted, emitted_logp)
 
-  init = (tok, jnp.zeros((b,), bool), cache, rng)
-  _, tokens = jax.lax.scan(step, init, jnp.arange(steps))
-  tokens = tokens.T  # (B, steps)
+  init = (tok, logp, jnp.zeros((b,), bool), cache, rng)
+  _, (tokens, logps) = jax.lax.scan(step, init, jnp.arange(steps))
+  tokens, logps = tokens.T, logps.T  # (B, steps)
   is_stop = jnp.isin(tokens, stop)
   # Length up to and including the first stop token.
   first_stop = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, steps)
-  return tokens, first_stop
+  return tokens, first_stop, logps
 
 
-def generate(model: nnx.Module, batch: dict, cfg: SamplingConfig, rng: jax.Array | None = None):
-  """Generates for a left-padded batch. Returns (tokens (B, max_new_tokens) np.int32, lengths (B,)).
+def generate(model: nnx.Module, batch: dict, cfg: SamplingConfig, rng: jax.Array | None = None, *,
+             num_samples: int = 1, return_logprobs: bool = False, to_host: bool = True):
+  """Generates for a left-padded batch. Returns (tokens (B * num_samples, max_new_tokens) int32,
+  lengths (B * num_samples,)) and with `return_logprobs` the sampled tokens' log-probs (float32,
+  0 past the stop), as numpy (or as device arrays with to_host=False, e.g. for multi-host).
 
-  tokens after a row's stop token are `cfg.pad_id`; lengths count up to and including the stop.
+  Rows i * num_samples ... (i + 1) * num_samples - 1 are the samples of prompt i. tokens after a
+  row's stop token are `cfg.pad_id`; lengths count up to and including the stop.
   """
   graphdef, state = nnx.split(model)
-  inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS}
+  inputs = {k: batch[k] if isinstance(batch[k], jax.Array) else jnp.asarray(batch[k]) for k in MODEL_INPUTS}
   if rng is None:
     rng = jax.random.key(0)
-  tokens, lengths = _generate(graphdef, state, inputs, rng, cfg)
-  return np.asarray(tokens), np.asarray(lengths)
+  out = _generate(graphdef, state, inputs, rng, cfg, num_samples)
+  if to_host:
+    out = tuple(np.asarray(x) for x in out)
+  return out if return_logprobs else out[:2]
 
 
 def decode_texts(tokenizer, tokens: np.ndarray, lengths: np.ndarray, stop_ids: Sequence[int] = ()) -> list[str]:

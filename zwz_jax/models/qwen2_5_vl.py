@@ -434,7 +434,8 @@ class Qwen2_5_VL(nnx.Module):
     """Token embeddings with the merged image features written into the `<|image_pad|>` slots.
 
     image_token_index (B, L): for each image-pad position, the index of its merged vision token
-    (in the window-ordered vision output of the same example); ignored elsewhere.
+    (in the window-ordered vision output of the same example); -1 elsewhere. An `<|image_pad|>` id
+    with index -1 (one the model generated) keeps its text embedding, as in cached decoding.
     """
     # Gather from a table split only over vocab (all-gathered over fsdp, as FSDP does for any
     # weight); gathering from a table also split over fsdp forces XLA to replicate it.
@@ -445,7 +446,7 @@ class Qwen2_5_VL(nnx.Module):
       return x, None
     feats = self.visual(pixel_values, vision_positions, vision_segment_ids)
     gathered = jnp.take_along_axis(feats, jnp.maximum(image_token_index, 0)[..., None], axis=1)
-    is_image = (input_ids == self.cfg.image_token_id)[..., None]
+    is_image = ((input_ids == self.cfg.image_token_id) & (image_token_index >= 0))[..., None]
     return jnp.where(is_image, gathered.astype(x.dtype), x), feats
 
   def logits(self, hidden):

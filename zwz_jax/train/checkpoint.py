@@ -32,6 +32,20 @@ def restore_params(path: str, make_model: Callable[[], nnx.Module], mesh: jax.sh
   return space.model(flat)
 
 
+def restore_trained_params(workdir: str, space: ParamSpace) -> tuple[dict, int]:
+  """The parameters of a training workdir's latest checkpoint (not its optimizer state, so any
+  trainer's checkpoint serves: SFT into RL, or evaluation), in `space`'s shardings; and the step."""
+  directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
+  with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), space.abstract)
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": space.abstract}, restore_args={"params": restore_args}, partial_restore=True)))
+  return dict(out["state"]["params"]), step
+
+
 class Checkpointer:
   """Keep-N, async trainer checkpoints under `directory`."""
 
@@ -82,15 +96,10 @@ def load_model(config, path: str, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, 
   model_cfg = ModelConfig.from_config(config.model)
   if os.path.exists(os.path.join(path, "config.json")):
     return convert.load_hf_state(model_cfg, path, mesh), f"HF checkpoint {path}"
+  make = lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))
   if os.path.isdir(os.path.join(path, "checkpoints")):
-    from zwz_jax.train.loop import Trainer
-    trainer = Trainer(config, mesh)
-    ckpt = Checkpointer(os.path.join(path, "checkpoints"), keep=1)
-    step = ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{path}/checkpoints holds no finished checkpoint")
-    state, _ = ckpt.restore(step, trainer.abstract_state)
-    ckpt.close()
-    return trainer.model(state["params"]), f"training checkpoint {path} step {step}"
+    space = ParamSpace(make, mesh)
+    params, step = restore_trained_params(path, space)
+    return space.model(params), f"training checkpoint {path} step {step}"
   make = lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))
   return restore_params(path, make, mesh), f"parameter checkpoint {path}"

@@ -45,13 +45,14 @@ def batch_spec(key: str, ndim: int) -> PartitionSpec:
 class Trainer:
   config: Any
   mesh: jax.sharding.Mesh
+  updates_per_step = 1  # optimizer updates per training step (GRPO: PPO epochs x mini-batches)
 
   def __post_init__(self):
     cfg = self.config
     self.model_cfg = ModelConfig.from_config(cfg.model)
     self.space = ParamSpace(lambda: Qwen2_5_VL(self.model_cfg, rngs=nnx.Rngs(cfg.seed)), self.mesh)
-    self.tx = optim.make_optimizer(cfg.train, self.space.abstract)
-    self.lr = optim.schedule(cfg.train)
+    self.tx = optim.make_optimizer(cfg.train, self.space.abstract, self.updates_per_step)
+    self.lr = optim.schedule(cfg.train, self.updates_per_step)
     self._check_batch_divides()
     replicated = NamedSharding(self.mesh, PartitionSpec())
     abs_opt = jax.eval_shape(self.tx.init, self.space.abstract)
@@ -79,8 +80,9 @@ class Trainer:
 
   # -- state -------------------------------------------------------------------------------------
 
-  def init_state(self) -> dict:
-    """Fresh state from `train.init_from` (HF safetensors dir, parameter checkpoint) or random."""
+  def init_params(self) -> dict:
+    """Parameters from `train.init_from` (HF safetensors dir, training workdir, parameter
+    checkpoint) or random."""
     src = self.config.train.init_from
     make = lambda: Qwen2_5_VL(self.model_cfg, rngs=nnx.Rngs(self.config.seed))
     if not src:
@@ -88,9 +90,15 @@ class Trainer:
       params = flatten(create_sharded_model(make, self.mesh))
     elif os.path.exists(os.path.join(src, "config.json")):
       params = flatten(convert.load_hf_state(self.model_cfg, src, self.mesh))
+    elif os.path.isdir(os.path.join(src, "checkpoints")):  # a training workdir, e.g. SFT before RL
+      params, _ = ckpt_lib.restore_trained_params(src, self.space)
     else:
       params = flatten(ckpt_lib.restore_params(src, make, self.mesh))
-    params = {k: params[k] for k in self.space.abstract}
+    return {k: params[k] for k in self.space.abstract}
+
+  def init_state(self) -> dict:
+    """Fresh state: `init_params`, a new optimizer state, step 0."""
+    params = self.init_params()
     opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
     return {"step": step, "params": params, "opt_state": opt_state}
@@ -101,9 +109,15 @@ class Trainer:
   # -- steps -------------------------------------------------------------------------------------
 
   def _loss_sums(self, params, batch):
+    """(loss sum, denominator, other sums) of a (micro-)batch: sums, so that micro-batches and
+    hosts combine into one mean over the global batch."""
     model = self.space.model(params)
     logits = model(**{k: batch[k] for k in MODEL_INPUTS})
-    return answer_loss_sums(logits, batch["input_ids"], batch["labels_mask"], self.config.train.z_loss)
+    loss, n, correct = answer_loss_sums(logits, batch["input_ids"], batch["labels_mask"], self.config.train.z_loss)
+    return loss, n, {"correct": correct}
+
+  def _metrics(self, loss, denom, sums) -> dict:
+    return {"loss": loss / denom, "accuracy": sums["correct"] / denom, "answer_tokens": denom}
 
   def _step(self, state, batch):
     k = self.config.train.grad_accum_steps
@@ -111,13 +125,13 @@ class Trainer:
 
     def sums_and_grads(mb):
       def f(p):
-        loss, n, correct = self._loss_sums(p, mb)
-        return loss, (n, correct)
-      (loss, (n, correct)), grads = jax.value_and_grad(f, has_aux=True)(params)
-      return grads, loss, n, correct
+        loss, n, sums = self._loss_sums(p, mb)
+        return loss, (n, sums)
+      (loss, (n, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)
+      return grads, loss, n, sums
 
     if k == 1:
-      grads, loss, n, correct = sums_and_grads(batch)
+      grads, loss, n, sums = sums_and_grads(batch)
     else:  # micro-batches in sequence: activations of one at a time
       def split(key, x):
         if key == "positions":
@@ -127,28 +141,28 @@ class Trainer:
       micro = {key: split(key, x) for key, x in batch.items()}
 
       def body(carry, mb):
-        g, loss, n, c = sums_and_grads(mb)
-        return jax.tree.map(jnp.add, carry, (g, loss, n, c)), None
+        return jax.tree.map(jnp.add, carry, sums_and_grads(mb)), None
 
-      zero = jnp.zeros((), jnp.float32)
-      zeros = (jax.tree.map(jnp.zeros_like, params), zero, zero, zero)
-      (grads, loss, n, correct), _ = jax.lax.scan(body, zeros, micro)
+      shapes = jax.eval_shape(sums_and_grads, jax.tree.map(lambda x: x[0], micro))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      (grads, loss, n, sums), _ = jax.lax.scan(body, zeros, micro)
     denom = jnp.maximum(n, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)  # token-level mean over the global batch
+    grads = jax.tree.map(lambda g: g / denom, grads)  # mean over the global batch
     updates, opt_state = self.tx.update(grads, state["opt_state"], params)
     new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
-    metrics = {"loss": loss / denom, "accuracy": correct / denom, "answer_tokens": n,
-               "grad_norm": optax.tree.norm(grads), "lr": self.lr(state["step"])}
+    metrics = {**self._metrics(loss, denom, sums), "grad_norm": optax.tree.norm(grads), "lr": self.lr(state["step"])}
     return new, metrics
 
   def _eval_sums(self, params, batch):
-    loss, n, correct = self._loss_sums(params, batch)
-    return {"loss_sum": loss, "tokens": n, "correct": correct}
+    loss, n, sums = self._loss_sums(params, batch)
+    return {"loss_sum": loss, "tokens": n, "correct": sums["correct"]}
 
-  def device_batch(self, local_batch: dict) -> dict:
+  batch_keys = BATCH_KEYS
+
+  def device_batch(self, local_batch: dict, keys=None) -> dict:
     """Process-local numpy batch -> global arrays sharded over the batch axes."""
     out = {}
-    for key in BATCH_KEYS:
+    for key in keys or self.batch_keys:
       x = np.asarray(local_batch[key])
       sharding = NamedSharding(self.mesh, batch_spec(key, x.ndim))
       out[key] = jax.make_array_from_process_local_data(sharding, x)

@@ -22,20 +22,25 @@ def module_of(path: str) -> str:
   return "text"
 
 
-def schedule(train_cfg) -> optax.Schedule:
-  """Linear warmup to the peak learning rate, then cosine decay to end_lr_frac * peak."""
+def schedule(train_cfg, updates_per_step: int = 1) -> optax.Schedule:
+  """Linear warmup to the peak learning rate, then cosine decay to end_lr_frac * peak.
+
+  train.steps and train.warmup_steps count training steps; the schedule counts optimizer updates,
+  `updates_per_step` of them per step (several PPO updates per RL step)."""
   peak = train_cfg.learning_rate
-  warmup = max(0, min(train_cfg.warmup_steps, train_cfg.steps))
-  decay = max(1, train_cfg.steps - warmup)
+  k = int(updates_per_step)
+  warmup = max(0, min(train_cfg.warmup_steps, train_cfg.steps)) * k
+  decay = max(1, train_cfg.steps * k - warmup)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
       decay_steps=warmup + decay, end_value=peak * train_cfg.end_lr_frac)
 
 
-def make_optimizer(train_cfg, params: Mapping[str, jax.Array]) -> optax.GradientTransformation:
+def make_optimizer(train_cfg, params: Mapping[str, jax.Array],
+                   updates_per_step: int = 1) -> optax.GradientTransformation:
   """`params` is the flat {path: array} dict the trainer optimizes."""
   scales = {m: float(train_cfg.lr_scale[m]) for m in MODULES}
-  lr = schedule(train_cfg)
+  lr = schedule(train_cfg, updates_per_step)
 
   def adamw(scale):
     return optax.adamw(lambda step: lr(step) * scale, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
