@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Tests run on CPU with 8 fake devices so sharding code sees a real mesh.
 TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
-PYTEST_ARGS ?= -q -n 2
+PYTEST_ARGS ?= -q -n 2 --durations=15
 TESTS ?= tests
 
 .PHONY: venv test demo bench
@@ -34,5 +34,6 @@ demo: $(STAMP)
 	  --config.eval.max_items=16 --config.eval.coverage_layer=1 --checkpoint=out/train_tiny --out=out/eval_tiny
 	$(PY) launch/demo.py --config=configs/tiny.py --workdir=out/train_tiny
 
+# Every script in bench/, then one markdown table of side-by-side ratios in out/bench/report.md.
 bench: $(STAMP)
-	$(PY) bench/forward.py && $(PY) bench/train_step.py && $(PY) bench/generate.py && $(PY) bench/single_vs_agentic.py
+	$(PY) bench/report.py --out=out/bench

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,6 +22,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench import timing  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
 from zwz_jax.data import batch as batching  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
@@ -44,37 +43,7 @@ CASES = {
 }
 
 
-def matmul_peak(n=2048, repeats=10) -> float:
-  """FLOP/s of a large fp32 matmul on this machine (the best of JAX and PyTorch)."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  jax_t = _best(lambda: f(a).block_until_ready(), repeats)
-  t = torch.ones(n, n)
-  torch_t = _best(lambda: t @ t, repeats)
-  return 2 * n**3 / min(jax_t, torch_t)
-
-
-def _best(fn, repeats) -> float:
-  """Fastest run: a peak is what the machine can do, not what it did while busy."""
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
-
-
-def _median(fn, repeats) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def run_case(name, overrides, sizes, n_text, repeats, peak):
+def run_case(name, overrides, sizes, n_text, repeats, peak, json_path=""):
   config = load_config("configs/tiny.py", overrides)
   cfg = ModelConfig.from_config(config.model)
   torch.manual_seed(0)
@@ -115,7 +84,7 @@ def run_case(name, overrides, sizes, n_text, repeats, peak):
   inputs = {k: jnp.asarray(batch[k]) for k in keys}
   fwd = jax.jit(lambda m, b: m(**b))
   ours_logits = np.asarray(fwd(ours, inputs))
-  ours_t = _median(lambda: fwd(ours, inputs).block_until_ready(), repeats)
+  ours_t = timing.median(lambda: fwd(ours, inputs).block_until_ready(), repeats)
 
   hf_in = dict(input_ids=torch.as_tensor(ids).long()[None], pixel_values=torch.as_tensor(ex["pixel_values"]),
                image_grid_thw=torch.as_tensor(ex["grid_thw"]),
@@ -123,7 +92,7 @@ def run_case(name, overrides, sizes, n_text, repeats, peak):
   with torch.inference_mode():
     hf_logits = hf(**hf_in).logits.numpy()
     hf(**hf_in)
-    hf_t = _median(lambda: hf(**hf_in), repeats)
+    hf_t = timing.median(lambda: hf(**hf_in), repeats)
   err = np.abs(ours_logits - hf_logits).max() / np.abs(hf_logits).max()
   flops = forward_flops(cfg, [tuple(g) for g in grids], len(ids))
   n_params = sum(p.numel() for p in hf.parameters())
@@ -131,21 +100,26 @@ def run_case(name, overrides, sizes, n_text, repeats, peak):
         f"ours {ours_t * 1e3:8.2f} ms  torch {hf_t * 1e3:8.2f} ms  torch/ours {hf_t / ours_t:5.2f}x | "
         f"{flops / 1e9:7.3f} GFLOP  ours {flops / ours_t / peak:6.1%}  torch {flops / hf_t / peak:6.1%} of peak | "
         f"rel err {err:.1e}")
+  timing.emit(json_path, bench="forward", case=name, what=f"forward, {len(ids)} tokens + image",
+              ours=f"{ours_t * 1e3:.1f} ms ({flops / ours_t / peak:.0%} of peak)",
+              reference=f"{hf_t * 1e3:.1f} ms ({flops / hf_t / peak:.0%} of peak)", ratio=hf_t / ours_t,
+              meaning="torch / ours time", check=f"logits rel err {err:.0e}")
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--repeats", type=int, default=10)
+  timing.add_json_flag(parser)
   args = parser.parse_args()
   jax.config.update("jax_default_matmul_precision", "highest")
   transformers.logging.set_verbosity_error()
   transformers.utils.logging.disable_progress_bar()
   torch.set_num_threads(os.cpu_count() or 1)
-  peak = matmul_peak()
+  peak = timing.matmul_peak()
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
   for name, (overrides, sizes, n_text) in CASES.items():
-    run_case(name, overrides, sizes, n_text, args.repeats, peak)
+    run_case(name, overrides, sizes, n_text, args.repeats, peak, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench import timing  # noqa: E402
 from bench.forward import CASES  # noqa: E402
 from tests import hf_reference as ref  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
@@ -39,20 +39,11 @@ BATCH = 4
 SCALES = (1.0, 0.75, 0.5, 0.9)  # per-prompt image size (of the case's) and text length: rows differ
 
 
-def _median_time(fn, repeats) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-def run_case(name, overrides, sizes, n_text, new_tokens, repeats):
+def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
   w, h = sizes[0]
   # Keep the case's image resolution (the tiny processor would shrink a 448x448 image).
   config = load_config("configs/tiny.py", overrides + [f"processor.max_pixels={w * h}"])
@@ -87,11 +78,11 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats):
     t0 = time.perf_counter()
     ours_tokens, _ = sampler.generate(ours, batch, scfg)
     first = time.perf_counter() - t0
-    ours_t[n] = _median_time(lambda: sampler.generate(ours, batch, scfg), repeats)
+    ours_t[n] = timing.median(lambda: sampler.generate(ours, batch, scfg), repeats)
     compile_s += first - ours_t[n]
     with torch.inference_mode():
       hf_tokens = hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n)[:, ids.shape[1]:].numpy()
-      hf_t[n] = _median_time(lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n), repeats)
+      hf_t[n] = timing.median(lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n), repeats)
 
   differ = int((ours_tokens != hf_tokens).any(axis=1).sum())
   n_params = sum(p.numel() for p in hf.parameters())
@@ -108,12 +99,21 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats):
         f"  ours/torch {t / o:5.2f}x | prefill: ours {ours_t[1] * 1e3:6.0f} ms  torch {hf_t[1] * 1e3:6.0f} ms | "
         f"{decode} | "
         f"our compile {compile_s:4.1f} s | same tokens: {'yes' if not differ else f'NO ({differ} rows differ)'}")
+  same = "same tokens" if not differ else f"{differ} rows differ"
+  timing.emit(json_path, bench="generate", case=name, what=f"greedy generation, {BATCH} x {new_tokens} tokens",
+              ours=f"{gen / o:.0f} tok/s", reference=f"{gen / t:.0f} tok/s", ratio=t / o,
+              meaning="ours / torch tokens/s", check=same)
+  if od > 0 and td > 0:
+    timing.emit(json_path, bench="generate", case=name, what="decode only (prefill subtracted)",
+                ours=f"{dec / od:.0f} tok/s", reference=f"{dec / td:.0f} tok/s", ratio=td / od,
+                meaning="ours / torch tokens/s", check=same)
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--new_tokens", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=3)
+  timing.add_json_flag(parser)
   args = parser.parse_args()
   jax.config.update("jax_default_matmul_precision", "highest")
   transformers.logging.set_verbosity_error()
@@ -122,7 +122,7 @@ def main():
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); greedy, times are medians of --repeats runs")
   for name, (overrides, sizes, n_text) in CASES.items():
-    run_case(name, overrides, sizes, n_text, args.new_tokens, args.repeats)
+    run_case(name, overrides, sizes, n_text, args.new_tokens, args.repeats, args.json)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from bench import timing  # noqa: E402
 from bench.forward import CASES  # noqa: E402
 from tests.record_fixtures import write_records  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
@@ -86,7 +87,7 @@ def agent_latency(fn, items, k) -> list[float]:
   return out
 
 
-def run_case(name, overrides, items, answer_tokens, turn_tokens):
+def run_case(name, overrides, items, answer_tokens, turn_tokens, json_path=""):
   config = load_config("configs/tiny.py", overrides)
   model = qwen2_5_vl.from_config(config, seed=0)
   tok = processor.load_tokenizer("", config)
@@ -110,6 +111,10 @@ def run_case(name, overrides, items, answer_tokens, turn_tokens):
       lat = statistics.mean(agent_latency(fn, items, k))
       print(f"       agent K={k} zoom(s), {k + 1} turn(s) x {n:3d} tokens: {lat * 1e3:8.1f} ms/item  "
             f"agentic/single {lat / base:5.2f}x")
+      timing.emit(json_path, bench="single_vs_agentic", case=name,
+                  what=f"latency per item: agent with {k} zoom(s), {n} tokens/turn",
+                  ours=f"single pass {base * 1e3:.0f} ms", reference=f"agent {lat * 1e3:.0f} ms", ratio=lat / base,
+                  meaning="agent / single-pass latency (paper: 7-25x)")
 
 
 def main():
@@ -117,6 +122,7 @@ def main():
   parser.add_argument("--items", type=int, default=3)
   parser.add_argument("--answer_tokens", type=int, default=16)
   parser.add_argument("--turn_tokens", default="16,128", help="comma-separated per-turn budgets of the agent")
+  timing.add_json_flag(parser)
   args = parser.parse_args()
   turn_tokens = [int(x) for x in args.turn_tokens.split(",") if x]
   with tempfile.TemporaryDirectory() as d:
@@ -125,7 +131,7 @@ def main():
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}; greedy, mean latency per item after warm-up "
         f"(paper: single pass ~7-25x faster than thinking-with-images agents)")
   for name, (overrides, _, _) in CASES.items():
-    run_case(name, overrides, items, args.answer_tokens, turn_tokens)
+    run_case(name, overrides, items, args.answer_tokens, turn_tokens, args.json)
 
 
 if __name__ == "__main__":

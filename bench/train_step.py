@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench import timing  # noqa: E402
 from bench.forward import CASES as FORWARD_CASES  # noqa: E402
-from bench.forward import matmul_peak  # noqa: E402
 from tests.record_fixtures import write_records  # noqa: E402
 from zwz_jax import records  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
@@ -47,17 +45,6 @@ CASES = {
     "tiny": COMMON,
     "small": COMMON + FORWARD_CASES["small"][0] + ["data.global_batch_size=2"],
 }
-
-
-def _median_step(step, warmup, repeats) -> float:
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def examples_by_id(config, tokenizer, record_dir) -> dict:
@@ -138,8 +125,8 @@ def run_case(name, overrides, record_dir, args, peak) -> dict:
   ours_losses = [our_step(), our_step()]
   torch_losses = [torch_step(), torch_step()]
   rel = [abs(a - b) / abs(b) for a, b in zip(ours_losses, torch_losses)]
-  ours_t = _median_step(our_step, args.warmup, args.steps)
-  torch_t = _median_step(torch_step, args.warmup, args.steps)
+  ours_t = timing.median(our_step, args.steps, args.warmup)
+  torch_t = timing.median(torch_step, args.steps, args.warmup)
 
   flops = 3 * sum(forward_flops(cfg, [tuple(g) for g in ex["grid_thw"]], batch["input_ids"].shape[1])
                   for ex in examples)
@@ -151,6 +138,10 @@ def run_case(name, overrides, record_dir, args, peak) -> dict:
         f"{flops / 1e9:7.2f} GFLOP  ours {flops / ours_t / peak:6.1%}  torch {flops / torch_t / peak:6.1%} "
         f"of peak | loss {ours_losses[0]:.4f} rel diff {rel[0]:.1e}, after 1 update {rel[1]:.1e}",
         flush=True)
+  timing.emit(args.json, bench="train_step", case=name, what=f"SFT train step, batch {b}x{seq}",
+              ours=f"{ours_t * 1e3:.0f} ms ({flops / ours_t / peak:.0%} of peak)",
+              reference=f"{torch_t * 1e3:.0f} ms ({flops / torch_t / peak:.0%} of peak)", ratio=torch_t / ours_t,
+              meaning="torch / ours time", check=f"loss rel diff {rel[0]:.0e}, after 1 update {rel[1]:.0e}")
   return {"config": config, "tokenizer": tokenizer, "step_s": ours_t}
 
 
@@ -170,12 +161,13 @@ def main():
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the two checked ones")
   parser.add_argument("--records", type=int, default=48)
   parser.add_argument("--pipeline_batches", type=int, default=8)
+  timing.add_json_flag(parser)
   args = parser.parse_args()
   jax.config.update("jax_default_matmul_precision", "highest")
   transformers.logging.set_verbosity_error()
   transformers.utils.logging.disable_progress_bar()
   torch.set_num_threads(os.cpu_count() or 1)
-  peak = matmul_peak()
+  peak = timing.matmul_peak()
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads); measured fp32 matmul peak "
         f"{peak / 1e9:.1f} GFLOP/s", flush=True)
@@ -189,6 +181,9 @@ def main():
         rate = pipeline_rate(r["config"], r["tokenizer"], workers, args.pipeline_batches)
         print(f"{name:6s} batch {r['config'].data.global_batch_size}, num_workers={workers}: "
               f"{rate:7.2f} batches/s vs {steps:6.2f} steps/s -> ratio {rate / steps:6.2f}", flush=True)
+        timing.emit(args.json, bench="train_step", case=name, what=f"input pipeline, num_workers={workers}",
+                    ours=f"{rate:.1f} batches/s", reference=f"{steps:.2f} train steps/s", ratio=rate / steps,
+                    meaning="batches / steps per second (>1: data never waits)")
 
 
 if __name__ == "__main__":

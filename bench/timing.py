@@ -1,0 +1,66 @@
+"""Timers shared by the benches: one way to time, so every ratio is measured the same way."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def times(fn: Callable[[], object], repeats: int, warmup: int = 0) -> list[float]:
+  """Wall seconds of `repeats` calls of fn after `warmup` untimed ones. fn must block until its
+  work is done (jax.block_until_ready / .item())."""
+  for _ in range(warmup):
+    fn()
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def median(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+  """Typical time of a call: what a step costs."""
+  return statistics.median(times(fn, repeats, warmup))
+
+
+def best(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+  """Fastest call: a peak is what the machine can do, not what it did while busy."""
+  return min(times(fn, repeats, warmup))
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of a large fp32 matmul on this machine: the best of JAX and, when installed, PyTorch
+  (MFU figures divide by this, so neither side is flattered by the other's slower BLAS)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  fastest = best(lambda: f(a).block_until_ready(), repeats, warmup=1)
+  try:
+    import torch
+  except ImportError:
+    return 2 * n**3 / fastest
+  t = torch.ones(n, n)
+  return 2 * n**3 / min(fastest, best(lambda: t @ t, repeats))
+
+
+def add_json_flag(parser) -> None:
+  parser.add_argument("--json", default="", help="also append each result row to this JSON-lines file "
+                      "(bench/report.py gathers them into one markdown table)")
+
+
+def emit(path: str, *, bench: str, case: str, what: str, ours: str, reference: str, ratio: float,
+         meaning: str, check: str = "") -> None:
+  """One result row: `ratio` is a side-by-side figure from this run (`meaning` says which way is
+  better); `check` says whether both sides did the same work (same tokens, matching outputs)."""
+  if not path:
+    return
+  import json
+  import os
+  row = {"bench": bench, "case": case, "what": what, "ours": ours, "reference": reference,
+         "ratio": float(ratio), "meaning": meaning, "check": check,
+         "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "cores": os.cpu_count()}
+  with open(path, "a") as f:
+    f.write(json.dumps(row) + "\n")
