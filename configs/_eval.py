@@ -13,6 +13,9 @@ def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
   e.coverage_layer = -1  # decoder layer whose answer-position attention gives coverage; -1 = off
   e.heatmaps = 8  # attention heat-map PNGs (image, attention, box) for this many items
   e.max_items = 0  # 0 = all
+  # Global view: "none" (ZoomBench: the question names the region), or "overlay" / "coords" to mark
+  # the item's box as in training (for benchmarks whose questions say "in the red box").
+  e.grounding = "none"
   # The thinking-with-images baseline on the global view, same model and sampler, beside the single
   # pass: the model may call the zoom tool up to agentic_max_turns times (batch of 1 per item).
   e.agentic = False

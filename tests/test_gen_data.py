@@ -1,10 +1,12 @@
 """data_gen end to end: scene teacher, resume after kill -9, sharded workers + merge, bad input."""
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from tests.shared import shared_dir
 from zwz_jax import records
 
 SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.scenes.height=672",
@@ -32,9 +34,7 @@ def read_all(out_dir):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("ref")
-  gen(out)
-  return out
+  return pathlib.Path(shared_dir(tmp_path_factory, "gen_data_reference", gen))
 
 
 def test_scene_run_writes_valid_records(reference_run):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests import record_fixtures
+from tests.shared import shared_dir
 from zwz_jax.config import ConfigError, load_config
 from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
@@ -108,9 +109,8 @@ def test_bad_grpo_config_names_the_key():
 
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("records")
-  record_fixtures.write_records(str(d), 16, seed=3, sizes=(150, 300))
-  return str(d)
+  return shared_dir(tmp_path_factory, "grpo_records",
+                    lambda d: record_fixtures.write_records(d, 16, seed=3, sizes=(150, 300)))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,6 @@ def rollout(records_dir):
   return trainer, params, it, prompts, tokens, lengths, logp
 
 
-@pytest.mark.xdist_group("grpo_rollout")  # one worker builds the rollout fixture once
 def test_trainer_logprobs_equal_the_samplers(rollout):
   trainer, params, _, prompts, tokens, lengths, sampler_logp = rollout
   n = trainer.config.grpo.num_generations
@@ -170,7 +169,6 @@ def _cached_logprobs(trainer, params, prompts, tokens):
     return np.asarray(run(params, batch, jnp.asarray(tokens), pos))
 
 
-@pytest.mark.xdist_group("grpo_rollout")
 def test_generated_special_tokens_stay_text(rollout):
   """A response may contain <|image_pad|> or <|vision_start|> ids (a random policy samples them):
   the training forward must embed them as text, as the cached decode did, not as image slots."""
@@ -184,7 +182,6 @@ def test_generated_special_tokens_stay_text(rollout):
                              atol=2e-5)
 
 
-@pytest.mark.xdist_group("grpo_rollout")
 def test_rollout_positions_continue_the_prompt(rollout):
   """Each row's M-RoPE ids equal those the processor gives the prompt + response text as one."""
   trainer, _, _, prompts, tokens, lengths, _ = rollout
@@ -211,7 +208,6 @@ class _Scripted(grpo.GRPOTrainer):
     return r, {"accuracy": r, "format": np.zeros_like(r), "stopped": np.ones_like(r)}
 
 
-@pytest.mark.xdist_group("grpo_rollout")
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_dynamic_sampling_drops_flat_groups_and_refills(rollout, dynamic):
   trainer, params, it, *_ = rollout
@@ -250,44 +246,44 @@ def _launch(workdir, *args, config="configs/tiny.py"):
 @pytest.fixture(scope="module")
 def sft(records_dir, tmp_path_factory):
   """A short SFT run: the student learns the answer format (a letter), the letters stay at chance."""
-  workdir = tmp_path_factory.mktemp("sft")
-  out = _launch(workdir, f"--config.data.train={records_dir}", "--config.train.steps=30", "--config.train.warmup_steps=1",
-                "--config.train.log_every=10")
-  assert out.returncode == 0, out.stderr[-3000:]
-  return str(workdir)
+  def build(workdir):
+    out = _launch(workdir, f"--config.data.train={records_dir}", "--config.train.steps=30",
+                  "--config.train.warmup_steps=1", "--config.train.log_every=10")
+    assert out.returncode == 0, out.stderr[-3000:]
+  return shared_dir(tmp_path_factory, "grpo_sft", build)
 
 
 @pytest.fixture(scope="module")
 def skewed_dir(tmp_path_factory):
   """8 prompts whose right option is A for 6 of them: a policy can gain by learning that prior."""
-  d = tmp_path_factory.mktemp("skewed")
-  record_fixtures.write_records(str(d), 8, seed=11, sizes=(150, 300), letters=["A"] * 6 + [None, None])
-  return str(d)
+  return shared_dir(tmp_path_factory, "grpo_skewed", lambda d: record_fixtures.write_records(
+      d, 8, seed=11, sizes=(150, 300), letters=["A"] * 6 + [None, None]))
 
 
 def _grpo(workdir, sft, skewed_dir, *extra):
   return _launch(workdir, f"--config.data.train={skewed_dir}", f"--config.train.init_from={sft}",
                  "--config.train.steps=10", "--config.train.checkpoint_every=2", "--config.train.end_lr_frac=1.0",
+                 f"--config.data.eval={skewed_dir}", "--config.train.eval_every=5",
                  *extra, config="configs/tiny_grpo.py")
 
 
-def _metrics(workdir):
+def _metrics(workdir, prefix="train/"):
   rows = {}
   for line in open(os.path.join(workdir, "metrics.jsonl")):
     row = json.loads(line)
-    rows[row["step"]] = row  # a resumed run's rows replace the interrupted run's
+    if any(k.startswith(prefix) for k in row):
+      rows[row["step"]] = row  # a resumed run's rows replace the interrupted run's
   return [rows[s] for s in sorted(rows)]
 
 
 @pytest.fixture(scope="module")
 def reference(sft, skewed_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("grpo")
-  out = _grpo(workdir, sft, skewed_dir)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return str(workdir)
+  def build(workdir):
+    out = _grpo(workdir, sft, skewed_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+  return shared_dir(tmp_path_factory, "grpo_reference", build)
 
 
-@pytest.mark.xdist_group("grpo_runs")  # one worker runs SFT and the reference GRPO run once
 def test_mean_reward_rises(reference):
   """From the SFT student on 8 fake devices (fsdp=8): mean reward 0.32 over steps 1-2 and 0.70
   over steps 9-10 when this test was written; asserted: a gain of 0.2 or more."""
@@ -297,9 +293,10 @@ def test_mean_reward_rises(reference):
   assert np.mean(reward[-2:]) >= np.mean(reward[:2]) + 0.2, reward
   assert all(r["train/logp_gap_max"] < 1e-4 for r in rows)  # sampler and trainer agree throughout
   assert rows[-1]["train/entropy"] < rows[0]["train/entropy"]
+  # Periodic eval (teacher-forced answer loss and accuracy on the records) runs beside RL.
+  assert [r["step"] for r in _metrics(reference, "eval/")] == [5, 10]
 
 
-@pytest.mark.xdist_group("grpo_runs")
 def test_resume_after_kill_continues_identically(sft, skewed_dir, reference, tmp_path):
   killed = _grpo(tmp_path, sft, skewed_dir, "--debug_kill_after_step=5")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests import record_fixtures
+from tests.shared import shared_dir
 from zwz_jax.config import load_config
 from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
@@ -23,9 +24,8 @@ from zwz_jax.train.loop import Trainer
 
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("records")
-  record_fixtures.write_records(str(d), 48, seed=3, sizes=(150, 300))
-  return str(d)
+  return shared_dir(tmp_path_factory, "train_records",
+                    lambda d: record_fixtures.write_records(d, 48, seed=3, sizes=(150, 300)))
 
 
 def _config(records_dir, *overrides):
@@ -147,10 +147,10 @@ def _data_order(workdir):
 
 @pytest.fixture(scope="module")
 def reference_run(records_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ref"))
-  out = _launch(workdir, records_dir, f"--config.data.eval={records_dir}", "--config.train.eval_every=3")
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir
+  def build(workdir):
+    out = _launch(workdir, records_dir, f"--config.data.eval={records_dir}", "--config.train.eval_every=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+  return shared_dir(tmp_path_factory, "train_reference", build)
 
 
 def test_periodic_eval_writes_metrics(reference_run):

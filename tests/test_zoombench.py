@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from tests import hf_reference as ref
 from tests import record_fixtures
+from tests.shared import shared_dir
 from zwz_jax.config import load_config
 from zwz_jax.eval import benchmarks, zoombench
 from zwz_jax.models.qwen2_5_vl import ModelConfig
@@ -19,15 +21,16 @@ from zwz_jax.models.qwen2_5_vl import ModelConfig
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
   """A small generated benchmark in the ZoomBench parquet schema, plus a tiny HF checkpoint."""
-  root = tmp_path_factory.mktemp("bench")
-  record_fixtures.write_records(str(root / "records"), 10, seed=5, sizes=(150, 300))
-  items = benchmarks.from_records(str(root / "records"))
-  items[1] = dataclasses.replace(items[1], crop=None)  # missing crop image
-  items[2] = dataclasses.replace(items[2], image=b"not an image")  # unreadable full image
-  benchmarks.write_zoombench_parquet(items, str(root / "bench.parquet"))
-  config = load_config("configs/eval_tiny.py")
-  ref.hf_model(ModelConfig.from_config(config.model), seed=2).save_pretrained(root / "ckpt")
-  return root
+  def build(root):
+    root = pathlib.Path(root)
+    record_fixtures.write_records(str(root / "records"), 10, seed=5, sizes=(150, 300))
+    items = benchmarks.from_records(str(root / "records"))
+    items[1] = dataclasses.replace(items[1], crop=None)  # missing crop image
+    items[2] = dataclasses.replace(items[2], image=b"not an image")  # unreadable full image
+    benchmarks.write_zoombench_parquet(items, str(root / "bench.parquet"))
+    config = load_config("configs/eval_tiny.py")
+    ref.hf_model(ModelConfig.from_config(config.model), seed=2).save_pretrained(root / "ckpt")
+  return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_bench", build))
 
 
 def _eval(bench, out, *extra):
@@ -39,10 +42,10 @@ def _eval(bench, out, *extra):
 
 @pytest.fixture(scope="module")
 def reference(bench, tmp_path_factory):
-  out = tmp_path_factory.mktemp("eval")
-  proc = _eval(bench, out)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out
+  def build(out):
+    proc = _eval(bench, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_reference", build))
 
 
 def test_report_equals_hand_computation(reference):
@@ -108,3 +111,36 @@ def test_empty_prediction_is_wrong_not_an_error():
   from zwz_jax.eval import judge
   v = judge.judge("", "B", options=("a", "b", "c", "d"))
   assert v.correct is False and v.reason == "empty prediction"
+
+
+@pytest.mark.parametrize("mode", ["overlay", "coords"])
+def test_global_view_grounded_as_in_training(tmp_path, mode):
+  """eval.grounding marks the box on the global view exactly as the training pipeline does for the
+  same record; the regional view (the crop) stays the bare question."""
+  from array_record.python import array_record_module
+  from zwz_jax import records
+  from zwz_jax.data import pipeline, processor
+  record_fixtures.write_records(str(tmp_path), 3, seed=7, sizes=(150, 300))
+  items = {it.id: it for it in benchmarks.from_records(str(tmp_path))}
+  config = load_config("configs/eval_tiny.py", [f"eval.grounding={mode}", f"data.grounding={mode}"])
+  tok = processor.load_tokenizer("", config)
+  evaluator = zoombench.DualViewEvaluator(config, None, tok)
+  pre = pipeline.Preprocessor(config, tok, prompts_only=True)
+  for path in records.shard_paths(str(tmp_path)):
+    for raw in array_record_module.ArrayRecordReader(path).read_all():
+      want = pre(raw)  # what training feeds the student for this record (prompt only)
+      item = items[want["id"]]
+      _, got = evaluator._example(item, "global")
+      np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+      np.testing.assert_array_equal(got["pixel_values"], want["pixel_values"])
+      _, regional = evaluator._example(item, "regional")
+      text = tok.decode(regional["input_ids"].tolist(), skip_special_tokens=False)
+      assert records.FOCUS_OVERLAY not in text and "bounding box" not in text
+
+
+def test_unknown_eval_grounding_names_the_key():
+  from zwz_jax.config import ConfigError
+  from zwz_jax.data import processor
+  config = load_config("configs/eval_tiny.py", ["eval.grounding=box"])
+  with pytest.raises(ConfigError, match="eval.grounding"):
+    zoombench.DualViewEvaluator(config, None, processor.load_tokenizer("", config))

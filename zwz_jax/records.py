@@ -198,13 +198,23 @@ def ground(record: Record, mode: str, image: Image.Image | None = None,
   if mode not in GROUNDING_MODES:
     raise ValueError(f"grounding mode {mode!r} is not one of {GROUNDING_MODES}")
   image = open_image(record) if image is None else image
-  text = format_question(record.question, record.options)
+  return ground_view(image, format_question(record.question, record.options), record.bbox, mode,
+                     coord_size=coord_size, size=(record.width, record.height))
+
+
+def ground_view(image: Image.Image, text: str, bbox: Sequence[float], mode: str,
+                coord_size: tuple[int, int] | None = None,
+                size: tuple[int, int] | None = None) -> tuple[Image.Image, str]:
+  """`ground` for any full image and prompt: bbox in pixels of `size` (default the image's)."""
+  if mode not in GROUNDING_MODES:
+    raise ValueError(f"grounding mode {mode!r} is not one of {GROUNDING_MODES}")
   if mode == "overlay":
-    return draw_box(image, record.bbox), f"{text}\n\n{FOCUS_OVERLAY}"
+    return draw_box(image, bbox), f"{text}\n\n{FOCUS_OVERLAY}"
   if mode == "coords":
-    w, h = coord_size or (record.width, record.height)
-    sx, sy = w / record.width, h / record.height
-    x0, y0, x1, y1 = record.bbox
+    size = size or image.size
+    w, h = coord_size or size
+    sx, sy = w / size[0], h / size[1]
+    x0, y0, x1, y1 = bbox
     box = [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)]
     return image, f"{text}\n\n{FOCUS_COORDS.format(box=box)}"
   return image, text

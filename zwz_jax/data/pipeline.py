@@ -137,12 +137,6 @@ class Preprocessor:
       return f"{record.answer}. {record.answer_text}"
     return record.answer
 
-  def resized_size(self, width: int, height: int) -> tuple[int, int]:
-    """(width, height) of the image the student sees: `coords` boxes are given in it."""
-    p = self.processor
-    h, w = processor_lib.smart_resize(height, width, p.patch_size * p.merge_size, p.min_pixels, p.max_pixels)
-    return w, h
-
   def __call__(self, raw: bytes, where: str = "") -> dict[str, Any] | Skipped:
     try:
       record = records.decode(raw, where=where)
@@ -155,7 +149,7 @@ class Preprocessor:
       return Skipped(record.id, "bad_image", f"{e}{at}")
     try:
       image, text = records.ground(record, self.grounding, image=image,
-                                   coord_size=self.resized_size(image.width, image.height))
+                                   coord_size=self.processor.resized_size(image.width, image.height))
       example = self.processor([image], text, None if self.prompts_only else self.target_text(record))
     except ValueError as e:  # extreme aspect ratio, answer merging with the prompt, ...
       return Skipped(record.id, "unprocessable", f"{e}{at}")

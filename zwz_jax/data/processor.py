@@ -345,6 +345,11 @@ class Processor:
         system_prompt=p.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
     )
 
+  def resized_size(self, width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the image the model sees: `coords` boxes are given in it."""
+    h, w = smart_resize(height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels)
+    return w, h
+
   @property
   def patch_dim(self):
     return 3 * self.temporal_patch_size * self.patch_size**2

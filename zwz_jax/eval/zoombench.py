@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from zwz_jax import records
+from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
 from zwz_jax.eval import judge as judge_lib
@@ -63,6 +64,12 @@ class DualViewEvaluator:
     im_end = tokenizer.token_to_id(processor_lib.IM_END)
     self.sampling = sampler.SamplingConfig(max_new_tokens=e.max_new_tokens, stop_ids=(im_end,))
     self.batch_size = e.batch_size
+    # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
+    # question alone names the region); "overlay" / "coords" mark the item's box as in training, for
+    # benchmarks whose questions refer to the box (our records' held-out split).
+    self.grounding = e.grounding
+    if self.grounding not in records.GROUNDING_MODES:
+      raise ConfigError(f"config key eval.grounding={self.grounding!r} is not one of {records.GROUNDING_MODES}")
     self.coverage_layer = coverage_layer
     self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items
     self.out_dir = ""
@@ -73,7 +80,13 @@ class DualViewEvaluator:
 
   def _example(self, item: EvalItem, view: str):
     img = _open(item.image if view == "global" else item.crop, "full" if view == "global" else "crop")
-    return img, self.processor([img], records.format_question(item.question, item.options))
+    text = records.format_question(item.question, item.options)
+    if view == "global" and self.grounding != "none":
+      if item.bbox is None:
+        raise ValueError(f"eval.grounding={self.grounding!r} needs a box and the item has none")
+      img, text = records.ground_view(img, text, item.bbox, self.grounding,
+                                      coord_size=self.processor.resized_size(*img.size))
+    return img, self.processor([img], text)
 
   def run(self, items: Sequence[EvalItem], out_dir: str, *, progress: bool = True,
           kill_after_batches: int = 0) -> dict:

@@ -20,9 +20,7 @@ same samples as an uninterrupted one.
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 
 import jax
@@ -33,9 +31,7 @@ from zwz_jax.config import ConfigError
 from zwz_jax.eval import judge as judge_lib
 from zwz_jax.eval import sampler as sampler_lib
 from zwz_jax.sharding import ShardingError, make_mesh
-from zwz_jax.train import checkpoint as ckpt_lib
 from zwz_jax.train import loop
-from zwz_jax.train import metrics as metrics_lib
 from zwz_jax.train.sft import MODEL_INPUTS
 
 ROLLOUT_KEYS = ("response", "response_mask", "old_logp", "advantages")
@@ -196,6 +192,8 @@ class GRPOTrainer(loop.Trainer):
   """The SFT trainer's state, shardings and optimizer with the RL objective and a rollout phase."""
 
   batch_keys = MODEL_INPUTS + ROLLOUT_KEYS
+  step_name = "RL step"
+  prompts_only = True
 
   def __post_init__(self):
     _check(self.config)
@@ -206,6 +204,7 @@ class GRPOTrainer(loop.Trainer):
       self.batch_keys = self.batch_keys + ("ref_logp",)
     super().__post_init__()
     self.sampling = None  # set by `set_tokenizer` (stop ids)
+    self._ref_params = None  # the frozen initial policy, loaded at the first step when kl_coef > 0
     self._logprobs = jax.jit(self._logprobs_fn)
 
   def _check_batch_divides(self):
@@ -224,7 +223,7 @@ class GRPOTrainer(loop.Trainer):
 
   def set_tokenizer(self, tokenizer) -> None:
     from zwz_jax.data import processor
-    self.tokenizer = tokenizer
+    super().set_tokenizer(tokenizer)
     g = self.config.grpo
     self.sampling = sampler_lib.SamplingConfig(
         max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p),
@@ -348,6 +347,12 @@ class GRPOTrainer(loop.Trainer):
 
   # -- one RL step -------------------------------------------------------------------------------
 
+  def loop_step(self, state: dict, data_iter, step: int) -> tuple[dict, dict, dict]:
+    if self.use_ref and self._ref_params is None:
+      self._ref_params = self.init_params()
+    state, metrics = self.rl_step(state, data_iter, step, self._ref_params)
+    return state, metrics, {}
+
   def rl_step(self, state: dict, data_iter, step: int, ref_params: dict | None = None) -> tuple[dict, dict]:
     """Rollout (`collect`), old (and reference) log-probs once, then ppo_epochs x num_minibatches
     updates. Returns the new state and the step's metrics, rollout and update times included."""
@@ -402,49 +407,5 @@ def _minibatches(rows: dict, num: int):
 
 def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
   """Runs (or resumes) GRPO in `workdir`; returns the last step's metrics."""
-  from zwz_jax.data import pipeline as data_pipeline
-  from zwz_jax.data import processor
-
-  mesh = make_mesh(config.mesh)
-  trainer = GRPOTrainer(config, mesh)
-  tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
-  trainer.set_tokenizer(tokenizer)
-  pi, pc = jax.process_index(), jax.process_count()
-  sync = data_pipeline.jax_bucket_sync() if pc > 1 else None
-  data_iter = data_pipeline.make_train_iterator(config, tokenizer, process_index=pi, process_count=pc,
-                                                bucket_sync=sync, prompts_only=True)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                               async_save=config.train.async_checkpoint)
-  writer = metrics_lib.MetricsWriter(workdir, enabled=pi == 0)
-  latest = ckpt.latest_step()
-  if latest is None:
-    state = trainer.init_state()
-  else:
-    state, _ = ckpt.restore(latest, trainer.abstract_state, data_iter)
-    print(f"resumed from RL step {latest} in {workdir}", flush=True)
-  ref_params = trainer.init_params() if trainer.use_ref else None  # the frozen initial policy
-  stop = loop._StopFlag()
-  meta = {"config": config.to_dict(), "mesh": dict(mesh.shape)}
-  last: dict = {}
-  try:
-    step = int(state["step"]) // trainer.updates_per_step
-    while step < config.train.steps:
-      state, last = trainer.rl_step(state, data_iter, step, ref_params)
-      step += 1
-      if step % config.train.log_every == 0 or step == config.train.steps:
-        writer.write(step, last)
-      preempted = stop.set or ckpt.reached_preemption(step)
-      if step % config.train.checkpoint_every == 0 or step == config.train.steps or preempted:
-        ckpt.save(step, state, data_iter, {**meta, "metrics": last}, force=True)
-      if debug_kill_after_step and step >= debug_kill_after_step:
-        ckpt.wait()
-        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
-      if preempted:
-        print(f"preempted: checkpoint at RL step {step} written, exiting", flush=True)
-        break
-    ckpt.wait()
-  finally:
-    stop.restore()
-    ckpt.close()
-    writer.close()
-  return {"state": state, "metrics": last, "trainer": trainer}
+  return loop.run(config, workdir, GRPOTrainer(config, make_mesh(config.mesh)),
+                  debug_kill_after_step=debug_kill_after_step)

@@ -1,4 +1,4 @@
-"""The SFT trainer: sharded state, the jitted train step, and the resumable training loop.
+"""The SFT trainer (sharded state, the jitted train step) and the resumable loop every trainer runs in.
 
 State is {"step", "params", "opt_state"} with params a flat {path: array} dict; every leaf has a
 NamedSharding derived from the one logical-axis rules table, the step is `jax.jit` with in/out
@@ -46,6 +46,8 @@ class Trainer:
   config: Any
   mesh: jax.sharding.Mesh
   updates_per_step = 1  # optimizer updates per training step (GRPO: PPO epochs x mini-batches)
+  step_name = "step"  # in logs
+  prompts_only = False  # the input pipeline's batches: prompt + answer (SFT) or prompts (RL)
 
   def __post_init__(self):
     cfg = self.config
@@ -154,7 +156,8 @@ class Trainer:
     return new, metrics
 
   def _eval_sums(self, params, batch):
-    loss, n, sums = self._loss_sums(params, batch)
+    # The answer loss whatever the trainer's objective: periodic eval reads the records' answers.
+    loss, n, sums = Trainer._loss_sums(self, params, batch)
     return {"loss_sum": loss, "tokens": n, "correct": sums["correct"]}
 
   batch_keys = BATCH_KEYS
@@ -168,6 +171,25 @@ class Trainer:
       out[key] = jax.make_array_from_process_local_data(sharding, x)
     return out
 
+  def set_tokenizer(self, tokenizer) -> None:
+    self.tokenizer = tokenizer
+
+  def loop_step(self, state: dict, data_iter, step: int) -> tuple[dict, dict, dict]:
+    """One step of the training loop: (new state, metrics, extra log fields)."""
+    pc = jax.process_count()
+    t0 = time.perf_counter()
+    local = next(data_iter)
+    state, m = self.train_step(state, local)
+    m = jax.device_get(m)
+    dt = time.perf_counter() - t0
+    text_tokens = float(np.sum(local["attention_mask"])) * pc
+    vision_tokens = float(np.sum(np.asarray(local["vision_segment_ids"]) > 0)) * pc
+    flops = metrics_lib.batch_train_flops(self.model_cfg, local) * pc
+    peak = metrics_lib.peak_flops() * jax.device_count()
+    metrics = {**{k: float(v) for k, v in m.items()}, "step_time_s": dt, "text_tokens_per_s": text_tokens / dt,
+               "vision_tokens_per_s": vision_tokens / dt, "tflops_per_s": flops / dt / 1e12, "mfu": flops / dt / peak}
+    return state, metrics, {"batch": batch_digest(local)}
+
   def train_step(self, state, local_batch):
     with jax.set_mesh(self.mesh):
       return self._train_step(state, self.device_batch(local_batch))
@@ -176,7 +198,7 @@ class Trainer:
     tot = {"loss_sum": 0.0, "tokens": 0.0, "correct": 0.0}
     with jax.set_mesh(self.mesh):
       for b in batches:
-        out = self._eval_step(params, self.device_batch(b))
+        out = self._eval_step(params, self.device_batch(b, BATCH_KEYS))
         tot = {k: tot[k] + float(out[k]) for k in tot}
     n = max(tot["tokens"], 1.0)
     return {"loss": tot["loss_sum"] / n, "accuracy": tot["correct"] / n}
@@ -203,19 +225,20 @@ class _StopFlag:
     signal.signal(signal.SIGTERM, self._prev)
 
 
-def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
-  """Runs (or resumes) training in `workdir`; returns the last step's metrics."""
+def run(config, workdir: str, trainer: Trainer, *, debug_kill_after_step: int = 0) -> dict:
+  """The loop every trainer shares: (re)start from `workdir`, take `trainer.loop_step` until
+  train.steps, log, evaluate, checkpoint (periodically, at the end, on SIGTERM) state and data
+  iterator together. Returns the final state, the last step's metrics and the trainer."""
   from zwz_jax.data import pipeline as data_pipeline
   from zwz_jax.data import processor
 
-  mesh = make_mesh(config.mesh)
-  trainer = Trainer(config, mesh)
   tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
+  trainer.set_tokenizer(tokenizer)
   pi, pc = jax.process_index(), jax.process_count()
   # Hosts agree on each step's bucket shape (a tiny collective, run on this thread).
   sync = data_pipeline.jax_bucket_sync() if pc > 1 else None
   data_iter = data_pipeline.make_train_iterator(config, tokenizer, process_index=pi, process_count=pc,
-                                                bucket_sync=sync)
+                                                bucket_sync=sync, prompts_only=trainer.prompts_only)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                                async_save=config.train.async_checkpoint)
   writer = metrics_lib.MetricsWriter(workdir, enabled=pi == 0)
@@ -224,29 +247,18 @@ def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
     state = trainer.init_state()
   else:
     state, _ = ckpt.restore(latest, trainer.abstract_state, data_iter)
-    print(f"resumed from step {latest} in {workdir}", flush=True)
+    print(f"resumed from {trainer.step_name} {latest} in {workdir}", flush=True)
   eval_batches = None
-  peak = metrics_lib.peak_flops() * jax.device_count()
   stop = _StopFlag()
-  meta = {"config": config.to_dict(), "mesh": dict(mesh.shape)}
+  meta = {"config": config.to_dict(), "mesh": dict(trainer.mesh.shape)}
   last: dict = {}
   try:
-    step = int(state["step"])
+    step = int(state["step"]) // trainer.updates_per_step
     while step < config.train.steps:
-      t0 = time.perf_counter()
-      local = next(data_iter)
-      state, m = trainer.train_step(state, local)
-      m = jax.device_get(m)
+      state, last, extra = trainer.loop_step(state, data_iter, step)
       step += 1
-      dt = time.perf_counter() - t0
-      text_tokens = float(np.sum(local["attention_mask"])) * pc
-      vision_tokens = float(np.sum(np.asarray(local["vision_segment_ids"]) > 0)) * pc
-      flops = metrics_lib.batch_train_flops(trainer.model_cfg, local) * pc
-      last = {**{k: float(v) for k, v in m.items()}, "step_time_s": dt, "text_tokens_per_s": text_tokens / dt,
-              "vision_tokens_per_s": vision_tokens / dt, "tflops_per_s": flops / dt / 1e12,
-              "mfu": flops / dt / peak}
       if step % config.train.log_every == 0 or step == config.train.steps:
-        writer.write(step, last, extra={"batch": batch_digest(local)})
+        writer.write(step, last, extra=extra)
       if config.train.eval_every and step % config.train.eval_every == 0 and config.data.eval:
         if eval_batches is None:
           eval_batches = data_pipeline.make_eval_batches(config, tokenizer, config.data.eval,
@@ -256,9 +268,10 @@ def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
       if step % config.train.checkpoint_every == 0 or step == config.train.steps or preempted:
         ckpt.save(step, state, data_iter, {**meta, "metrics": last}, force=True)
       if debug_kill_after_step and step >= debug_kill_after_step:
-        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
+        ckpt.wait()
+        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests: a real kill -9
       if preempted:
-        print(f"preempted: checkpoint at step {step} written, exiting", flush=True)
+        print(f"preempted: checkpoint at {trainer.step_name} {step} written, exiting", flush=True)
         break
     ckpt.wait()
   finally:
@@ -266,3 +279,8 @@ def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
     ckpt.close()
     writer.close()
   return {"state": state, "metrics": last, "trainer": trainer}
+
+
+def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
+  """Runs (or resumes) supervised training in `workdir`; returns the last step's metrics."""
+  return run(config, workdir, Trainer(config, make_mesh(config.mesh)), debug_kill_after_step=debug_kill_after_step)

@@ -1,0 +1,29 @@
+"""Expensive test artefacts (reference training runs, generated benchmarks) built once per test run.
+
+Under pytest-xdist every worker would otherwise build its own copy of a module fixture, and the
+suite's slowest runs would happen twice. `shared_dir` builds into a directory of this run's base
+temp that all workers see, under a file lock: the first worker to ask builds, the others wait and
+reuse the result.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from typing import Callable
+
+
+def shared_dir(tmp_path_factory, name: str, build: Callable[[str], None]) -> str:
+  """The path of directory `name`, filled by `build(path)` exactly once in this test run."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # pytest-N/popen-gwK -> pytest-N: this run's, common to its workers
+  path, done = base / f"shared-{name}", base / f"shared-{name}.complete"  # the marker stays outside
+  with open(base / f"shared-{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():  # a build that failed midway is redone, not reused
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      build(str(path))
+      done.touch()
+  return str(path)
