@@ -195,8 +195,6 @@ def ground(record: Record, mode: str, image: Image.Image | None = None,
   coord_size: for `coords`, the (width, height) the box coordinates are expressed in (Qwen2.5-VL
   reads absolute coordinates of its resized input); default the original image size.
   """
-  if mode not in GROUNDING_MODES:
-    raise ValueError(f"grounding mode {mode!r} is not one of {GROUNDING_MODES}")
   image = open_image(record) if image is None else image
   return ground_view(image, format_question(record.question, record.options), record.bbox, mode,
                      coord_size=coord_size, size=(record.width, record.height))

@@ -101,5 +101,4 @@ def load_model(config, path: str, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, 
     space = ParamSpace(make, mesh)
     params, step = restore_trained_params(path, space)
     return space.model(params), f"training checkpoint {path} step {step}"
-  make = lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))
   return restore_params(path, make, mesh), f"parameter checkpoint {path}"

@@ -233,7 +233,7 @@ class GRPOTrainer(loop.Trainer):
 
   def _response_logits(self, params, batch):
     """Logits at the positions that predict the response tokens: (B, T, V). Only the response slice
-    goes through the head (the prompt's logits would be dead weight at a real vocabulary)."""
+    goes through the head: the forward's full-sequence logits are unused, so XLA drops them."""
     model = self.space.model(params)
     _, aux = model(**{k: batch[k] for k in MODEL_INPUTS}, return_hidden=True)
     steps = batch["response"].shape[1]
@@ -284,9 +284,8 @@ class GRPOTrainer(loop.Trainer):
 
   def rewards(self, prompts: dict, tokens, lengths) -> tuple[np.ndarray, dict]:
     """Reward per response, and its parts (accuracy, format, stopped) for the metrics."""
-    from zwz_jax.eval.sampler import decode_texts
     g, n = self.config.grpo, int(self.config.grpo.num_generations)
-    texts = decode_texts(self.tokenizer, tokens, lengths, self.sampling.stop_ids)
+    texts = sampler_lib.decode_texts(self.tokenizer, tokens, lengths, self.sampling.stop_ids)
     acc = np.array([bool(judge_lib.judge(t, prompts["answers"][i // n], options=prompts["options"][i // n]).correct)
                     for i, t in enumerate(texts)], np.float32)
     fmt = np.array([has_answer_tags(t) for t in texts], np.float32)
@@ -318,9 +317,7 @@ class GRPOTrainer(loop.Trainer):
       keep = informative_groups(rewards, n) if g.dynamic_sampling else np.ones(len(rewards) // n, bool)
       shapes.append((rows["input_ids"].shape[1] - tokens.shape[1], rows["pixel_values"].shape[1]))
       for i, informative in enumerate(keep):
-        sl = slice(i * n, (i + 1) * n)
-        group = {k: v[:, sl] if k == "positions" else v[sl] for k, v in rows.items()}
-        (kept if informative else dropped).append(group)
+        (kept if informative else dropped).append(_take_rows(rows, slice(i * n, (i + 1) * n)))
       # Every process runs the same number of rounds (sampling is a collective over the mesh).
       if _min_over_processes(len(kept)) >= want or rounds >= int(g.max_sampling_rounds):
         break
@@ -398,11 +395,15 @@ def _min_over_processes(value: int) -> int:
   return int(np.min(multihost_utils.process_allgather(np.int32(value))))
 
 
+def _take_rows(rows: dict, sl: slice) -> dict:
+  """Rows `sl` of every array (M-RoPE positions hold the batch on axis 1)."""
+  return {k: v[:, sl] if k == "positions" else v[sl] for k, v in rows.items()}
+
+
 def _minibatches(rows: dict, num: int):
   size = rows["input_ids"].shape[0] // num
   for i in range(num):
-    sl = slice(i * size, (i + 1) * size)
-    yield {k: v[:, sl] if k == "positions" else v[sl] for k, v in rows.items()}
+    yield _take_rows(rows, slice(i * size, (i + 1) * size))
 
 
 def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
