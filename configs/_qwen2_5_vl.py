@@ -75,6 +75,9 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   d.train = ()
   d.eval = ()
   d.grounding = "overlay"  # overlay (red box, the paper's best) | coords (box in the text) | none
+  # global: the full image, grounded as above (distillation); regional: the record's region cut out
+  # (the teacher's zoomed-in view), e.g. to give a from-scratch student basic perception first.
+  d.view = "global"
   d.target = "letter"  # multiple choice: "letter" -> "B", "letter_text" -> "B. blue"
   d.global_batch_size = 64
   # (max_tokens, max_patches), small to large; a batch takes the smallest bucket that fits all of

@@ -19,7 +19,10 @@ def get_config():
   c.pool = ml_collections.ConfigDict(dict(
       kind="folder", path="", name="scenes", image_column="image", key_column="id",
       min_side=224, min_pixels=224 * 224))
-  c.scenes = ml_collections.ConfigDict(dict(num_images=12, width=1344, height=1008, seed=0))
+  # kinds, num_objects (min, max) and size_fraction (min, max of the image area): data_gen/scenes.py.
+  c.scenes = ml_collections.ConfigDict(dict(
+      num_images=12, width=1344, height=1008, seed=0, kinds=("shape", "texture", "text", "group", "icon"),
+      num_objects=(6, 12), size_fraction=(0.001, 0.02)))
 
   # Teachers by name; stages refer to them. Backends: scene | hf | openai.
   c.teachers = ml_collections.ConfigDict()
@@ -37,6 +40,7 @@ def get_config():
   c.check = ml_collections.ConfigDict(dict(enabled=True, teacher="scene"))
   c.answers = ml_collections.ConfigDict(dict(teachers=("scene",), samples=8, temperature=1.0, min_agreement=6,
                                                    max_new_tokens=64))
+  # num_options=0: open answers (the consensus answer text) instead of multiple choice.
   c.mc = ml_collections.ConfigDict(dict(num_options=4, teacher="scene", temperature=0.7))
   c.difficulty = ml_collections.ConfigDict(dict(
       enabled=False, student="scene", k=4, drop_if_correct=2, temperature=1.0))

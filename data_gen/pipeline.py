@@ -189,10 +189,10 @@ class Pipeline:
       mc = self._multiple_choice(item, crops[i], q, d, cons, rid, counts)
       if mc is None:
         continue
-      options, letter = mc
+      options, answer = mc
       rec = records.Record(
           id=rid, image=data, image_format=fmt, width=image.width, height=image.height, bbox=tuple(bbox),
-          question=q, options=options, answer=letter, dimension=d, source=source,
+          question=q, options=options, answer=answer, dimension=d, source=source,
           teacher={"names": names, "votes": cons.votes, "agreement": cons.agreement,
                    "answer": cons.answer, "region_label": regions[i].label, "region_score": regions[i].score},
           split=c.split)
@@ -210,7 +210,10 @@ class Pipeline:
     return out_records
 
   def _multiple_choice(self, item, crop, q, d, cons, rid, counts):
+    """(options, answer letter), or ((), answer text) when mc.num_options is 0 (open answers)."""
     c = self.cfg
+    if c.mc.num_options == 0:
+      return (), " ".join(str(cons.answer).split())
     distractors = list(cons.minority)
     if len({consensus_lib.normalise_answer(x) for x in distractors}) < c.mc.num_options - 1:
       k = c.mc.num_options - 1
@@ -239,7 +242,10 @@ class Pipeline:
                                    "options": list(r.options), "dimension": r.dimension}))
     kept = []
     for r, outs in zip(recs, self._teacher(c.student).generate(reqs)):
-      right = sum(_option_letter(o) == r.answer for o in outs)
+      if r.options:
+        right = sum(_option_letter(o) == r.answer for o in outs)
+      else:
+        right = sum(consensus_lib.normalise_answer(o) == consensus_lib.normalise_answer(r.answer) for o in outs)
       if right >= c.drop_if_correct:
         counts["questions_dropped/too_easy"] += 1
       else:

@@ -1,101 +1,161 @@
-"""End-to-end demo on the CPU default: build the student, process a generated image, run it.
+"""The whole method on one CPU: zoom in, distill, train on full images, watch the zooming gap close.
 
-  python launch/demo.py --config=configs/tiny.py [--hf_dir=/path/to/hf/checkpoint]
+  python launch/demo.py [--config=configs/demo.py] [--config.grpo.steps=20] [--config.out_dir=DIR]
 
-Draws a high-resolution scene with one tiny object, builds the chat prompt, and runs the sharded
-student forward on the config's mesh.
+Stages, each one of our launchers in its own process (re-running the demo resumes every stage):
+  1. data      procedural high-resolution scenes; the scene teacher zooms into each object's region,
+               writes questions and verified answers (launch/gen_data.py), for training and for a
+               held-out dual-view benchmark on other scenes;
+  2. perception  the from-scratch student learns to read objects on the cut-out regions: it now
+               answers the zoomed-in view, not the full image (the base a real run starts from);
+  3. distill   region-to-image distillation: the same records on the full image, red box drawn;
+  4. control   the same distillation without the box;
+  5. grpo      (optional) GRPO from the distilled student;
+  6. eval      the dual-view protocol on the held-out items for the untrained student and every stage
+               (launch/eval.py: global and regional accuracy, zooming gap, per dimension, PNG chart).
+Then <out_dir>/demo.md (and the console) compares them, beside the answer prior: the accuracy of
+always giving a dimension's most frequent training answer, what a student blind to the image gets.
 """
 from __future__ import annotations
 
-import argparse
+import collections
+import json
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
 from zwz_jax.config import load_config, parse_argv  # noqa: E402
-from zwz_jax.data import batch as batching  # noqa: E402
-from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.models import convert  # noqa: E402
-from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL  # noqa: E402
-from zwz_jax.sharding import create_sharded_model, make_mesh  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INIT = "init"  # launch/eval.py's name for the untrained student (zwz_jax.train.checkpoint.INIT)
+LABELS = {  # eval checkpoint name -> what the demo calls it
+    INIT: "untrained student",
+    "perception": "before distillation (perception on crops only)",
+    "distill_box": "region-to-image distillation (red box)",
+    "distill_no_box": "control: same distillation, no box",
+    "grpo_box": "distillation + GRPO",
+}
 
 
-def scene(width=1344, height=896, seed=0) -> tuple[Image.Image, tuple[int, int, int, int]]:
-  """A busy background with one small blue square; returns the image and the square's box."""
-  rng = np.random.default_rng(seed)
-  img = Image.fromarray(rng.integers(90, 160, (height, width, 3), dtype=np.uint8))
-  draw = ImageDraw.Draw(img)
-  x0, y0 = int(width * 0.71), int(height * 0.23)
-  box = (x0, y0, x0 + 24, y0 + 24)
-  draw.rectangle(box, fill=(30, 60, 220))
-  return img, box
+class Stage:
+  """Runs one launcher as a child process and times it; a failure stops the demo naming the stage."""
+
+  def __init__(self, total: int):
+    self.total, self.done, self.times = total, 0, {}
+
+  def __call__(self, name: str, script: str, args: list[str]) -> None:
+    self.done += 1
+    print(f"\n=== [{self.done}/{self.total}] {name} ===", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call([sys.executable, os.path.join(ROOT, "launch", script), *args], cwd=ROOT)
+    if rc:
+      raise SystemExit(f"demo stage {name!r} failed (launch/{script} exited {rc}); fix and re-run to resume")
+    self.times[name] = time.perf_counter() - t0
+
+
+def answer_prior(train_dir: str, items) -> float:
+  """Accuracy of answering each item with its dimension's most frequent training answer."""
+  from array_record.python import array_record_module
+  from zwz_jax import records
+  from zwz_jax.eval import judge
+  counts = collections.defaultdict(collections.Counter)
+  for path in records.shard_paths(train_dir):
+    reader = array_record_module.ArrayRecordReader(path)
+    for raw in reader.read_all():
+      r = records.decode(raw, where=path)
+      counts[r.dimension][judge.normalise_text(r.answer_text)] += 1
+    reader.close()
+  right = [judge.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
+                       options=it.options, answer_type=it.answer_type).correct for it in items if not it.error]
+  return sum(right) / max(len(right), 1)
+
+
+def summary(cfg, reports: dict, prior: float, times: dict) -> str:
+  from zwz_jax.eval import zoombench
+  pct = lambda x: f"{100 * x:.1f}%"
+  g = {name: rep["views"]["global"]["accuracy"] for name, rep in reports.items()}
+  lines = ["# zwz-jax demo: region-to-image distillation on one CPU", "",
+           f"Held-out: {next(iter(reports.values()))['items']} items from {cfg.test_images} unseen scenes "
+           f"(scene seed {cfg.test_seed}); training: {cfg.train_images} scenes.", "",
+           "| student | global | regional | zooming gap |", "| --- | --- | --- | --- |"]
+  for name, rep in reports.items():
+    lines.append(f"| {LABELS.get(name, name)} | {pct(g[name])} | {pct(rep['views']['regional']['accuracy'])}"
+                 f" | {100 * rep['zooming_gap']:+.1f} |")
+  lines += ["", f"Answer prior (each dimension's most frequent training answer, blind to the image): "
+            f"{pct(prior)}.", ""]
+  if "perception" in g and "distill_box" in g:
+    lines.append(f"Global view: {pct(g['perception'])} before distillation -> {pct(g['distill_box'])} after "
+                 f"(untrained {pct(g.get(INIT, float('nan')))}, answer prior {pct(prior)})."
+                 + (f" Without the box: {pct(g['distill_no_box'])}." if "distill_no_box" in g else ""))
+  lines += ["", "Per checkpoint and dimension (launch/eval.py's report, chart in eval/report.png):", "",
+            zoombench.markdown(reports),
+            "Stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()), ""]
+  return "\n".join(lines)
 
 
 def main(argv):
-  config_path, overrides, rest = parse_argv(argv, default_config="configs/tiny.py")
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--hf_dir", default="", help="load weights from a HF checkpoint instead of random init")
-  parser.add_argument("--workdir", default="", help="load the latest trained weights of launch/train.py")
-  args = parser.parse_args(rest)
-  config = load_config(config_path, overrides)
-  model_cfg = ModelConfig.from_config(config.model)
-  mesh = make_mesh(config.mesh)
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {dict(mesh.shape)}")
-
+  config_path, overrides, rest = parse_argv(argv, default_config="configs/demo.py")
+  if rest:
+    raise SystemExit(f"unknown arguments {rest}; the demo takes --config and --config.KEY=VALUE")
+  cfg = load_config(config_path, overrides)
+  out = cfg.out_dir
+  train_dir, test_dir = os.path.join(out, "data", "train"), os.path.join(out, "data", "test")
+  run_dir = lambda name: os.path.join(out, "runs", name)
+  stage = Stage(total=5 + bool(cfg.control) + (cfg.grpo.steps > 0))
   t0 = time.perf_counter()
-  if args.hf_dir:
-    model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
-  elif args.workdir:
-    from zwz_jax.train.checkpoint import load_model
-    model, what = load_model(config, args.workdir, mesh)
-    print(f"weights: {what}")
-  else:
-    model = create_sharded_model(lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(config.seed)), mesh)
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  print(f"student: {n_params:,} parameters ({time.perf_counter() - t0:.1f}s)")
 
-  tok = processor.load_tokenizer(config.processor.tokenizer, config)
-  proc = processor.Processor.from_config(config, tok)
-  image, box = scene()
-  question = "What colour is the small square?"
-  ex = proc([image], question)
-  v = model_cfg.vision
-  win = (v.window_size // v.patch_size // v.spatial_merge_size * v.spatial_merge_size) ** 2
-  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
-                               merge_size=v.spatial_merge_size, window_size=v.window_size)
-  batch = batching.build_batch([ex], vision_cfg=v, image_token_id=model_cfg.image_token_id,
-                               max_tokens=-(-len(ex["input_ids"]) // 64) * 64,
-                               max_patches=-(-len(lay["patches"]) // win) * win)
-  print(f"image {image.size[0]}x{image.size[1]}, box {box} -> grid_thw {ex['grid_thw'].tolist()}, "
-        f"{len(ex['pixel_values'])} patches, {len(ex['input_ids'])} tokens")
+  gen = [f"--config={cfg.datagen}"]
+  stage("data: training scenes", "gen_data.py",
+        gen + [f"--config.out_dir={train_dir}", f"--config.scenes.num_images={cfg.train_images}"])
+  stage("data: held-out scenes", "gen_data.py",
+        gen + [f"--config.out_dir={test_dir}", f"--config.scenes.num_images={cfg.test_images}",
+               f"--config.scenes.seed={cfg.test_seed}", "--config.split=test"])
 
-  keys = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
-          "vision_segment_ids", "image_token_index")
-  replicated = NamedSharding(mesh, PartitionSpec())
-  inputs = {k: jax.device_put(jnp.asarray(batch[k]), replicated) for k in keys}
-  forward = jax.jit(lambda m, b: m(**b))
-  with jax.set_mesh(mesh):
-    t0 = time.perf_counter()
-    logits = forward(model, inputs).block_until_ready()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    logits = forward(model, inputs).block_until_ready()
-    step_s = time.perf_counter() - t0
-  last = np.asarray(logits[0, len(ex["input_ids"]) - 1])
-  top = np.argsort(-last)[:5]
-  print(f"forward: logits {tuple(logits.shape)}, first call {compile_s:.2f}s, then {step_s * 1e3:.1f} ms")
-  print("next-token top-5:", ", ".join(f"{tok.id_to_token(int(i))!r} {last[i]:.3f}" for i in top))
-  if not np.isfinite(last).all():
-    raise SystemExit("non-finite logits")
+  def train(name, steps, lr, *extra):
+    stage(name, "train.py", [f"--config={cfg.student}", f"--workdir={run_dir(name)}",
+                             f"--config.data.train=('{train_dir}',)", f"--config.train.steps={steps}",
+                             f"--config.train.learning_rate={lr}", f"--config.train.log_every={max(1, steps // 6)}",
+                             f"--config.train.checkpoint_every={max(1, steps // 3)}", *extra])
+
+  train("perception", cfg.perception.steps, cfg.perception.learning_rate, "--config.data.view=regional")
+  train("distill_box", cfg.distill.steps, cfg.distill.learning_rate, "--config.data.grounding=overlay",
+        f"--config.train.init_from={run_dir('perception')}")
+  checkpoints = [INIT, run_dir("perception"), run_dir("distill_box")]
+  if cfg.control:
+    train("distill_no_box", cfg.distill.steps, cfg.distill.learning_rate, "--config.data.grounding=none",
+          f"--config.train.init_from={run_dir('perception')}")
+    checkpoints.append(run_dir("distill_no_box"))
+  if cfg.grpo.steps > 0:
+    train("grpo_box", cfg.grpo.steps, cfg.grpo.learning_rate, "--config.trainer=grpo",
+          "--config.data.grounding=overlay", f"--config.train.init_from={run_dir('distill_box')}",
+          f"--config.grpo.num_generations={cfg.grpo.num_generations}", "--config.grpo.num_minibatches=2",
+          "--config.train.warmup_steps=0")
+    checkpoints.append(run_dir("grpo_box"))
+
+  eval_dir = os.path.join(out, "eval")
+  stage("dual-view evaluation", "eval.py",
+        [f"--config={cfg.student}", f"--config.eval.benchmark={test_dir}", f"--config.eval.max_items={cfg.eval_items}",
+         *[f"--checkpoint={c}" for c in checkpoints], f"--out={eval_dir}"])
+
+  from zwz_jax.eval import benchmarks
+  with open(os.path.join(eval_dir, "report.json")) as f:
+    reports = json.load(f)
+  reports = {name: reports[name] for name in [os.path.basename(c) for c in checkpoints]}
+  items = benchmarks.load(test_dir)[:cfg.eval_items]
+  prior = answer_prior(train_dir, items)
+  text = summary(cfg, reports, prior, stage.times)
+  with open(os.path.join(out, "demo.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(out, "demo.json"), "w") as f:
+    json.dump({"answer_prior": prior, "stage_seconds": stage.times,
+               "global": {n: r["views"]["global"]["accuracy"] for n, r in reports.items()},
+               "regional": {n: r["views"]["regional"]["accuracy"] for n, r in reports.items()},
+               "zooming_gap": {n: r["zooming_gap"] for n, r in reports.items()}}, f, indent=2, sort_keys=True)
+  print("\n" + text)
+  print(f"demo done in {(time.perf_counter() - t0) / 60:.1f} min: {out}/demo.md, {eval_dir}/report.png")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def main(argv):
   config_path, overrides, rest = parse_argv(argv, default_config="configs/eval_tiny.py")
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--checkpoint", action="append", required=True,
-                      help="HF folder, training workdir or parameter checkpoint; repeat to compare")
+                      help="HF folder, training workdir, parameter checkpoint, or 'init' (the untrained "
+                           "student); repeat to compare")
   parser.add_argument("--out", required=True)
   parser.add_argument("--debug_kill_after_batches", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(rest)

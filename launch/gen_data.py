@@ -30,8 +30,10 @@ def ensure_scene_pool(cfg) -> str:
     return root
   os.makedirs(cfg.out_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".scene_pool-", dir=cfg.out_dir)
-  scenes.write_scene_pool(tmp, cfg.scenes.num_images, seed=cfg.scenes.seed, width=cfg.scenes.width,
-                          height=cfg.scenes.height)
+  s = cfg.scenes
+  scenes.write_scene_pool(tmp, s.num_images, seed=s.seed, width=s.width, height=s.height, progress=True,
+                          kinds=tuple(s.kinds), num_objects=tuple(s.num_objects),
+                          size_fraction=tuple(s.size_fraction))
   try:
     os.rename(tmp, root)
   except OSError:  # another worker got there first; its pool is identical

@@ -210,3 +210,33 @@ def test_images_in_flight_do_not_change_the_output(scene_pool, tmp_path):
   many = _run(_config(tmp_path / "b", scene_pool, "write.images_in_flight=3"), {"scene": SceneTeacher(str(scene_pool))})
   assert [r.id for r in one[1]] == [r.id for r in many[1]]
   assert one[0]["stages"] == many[0]["stages"]
+
+
+def test_open_answers_are_the_multiple_choice_answers_without_options(scene_pool, tmp_path):
+  """mc.num_options=0 writes the same verified questions with the consensus answer as text; the
+  difficulty filter then judges the student's open answers by normalised text."""
+  mc = _run(_config(tmp_path / "mc", scene_pool), {"scene": SceneTeacher.from_config(_config(
+      tmp_path / "mc", scene_pool).teachers.scene)})[1]
+  cfg = _config(tmp_path / "open", scene_pool, "mc.num_options=0")
+  open_recs = _run(cfg, {"scene": SceneTeacher.from_config(cfg.teachers.scene)})[1]
+  assert open_recs and all(r.options == () and r.answer == r.answer_text for r in open_recs)
+  assert {(r.id, r.answer_text) for r in open_recs} == {(r.id, r.answer_text) for r in mc}
+  for acc, kept in ((0.0, len(open_recs)), (1.0, 0)):
+    cfg = _config(tmp_path / f"d{acc}", scene_pool, "mc.num_options=0", "difficulty.enabled=True",
+                  "difficulty.student=student")
+    student = SceneTeacher(str(scene_pool), student_accuracy=acc, name="student")
+    assert len(_run(cfg, {"scene": SceneTeacher.from_config(cfg.teachers.scene), "student": student})[1]) == kept
+
+
+def test_scene_options_reach_the_generated_pool(tmp_path):
+  """scenes.kinds / num_objects / size_fraction shape the pool launch/gen_data.py draws."""
+  import subprocess
+  import sys
+  out = tmp_path / "run"
+  r = subprocess.run([sys.executable, "launch/gen_data.py", f"--config.out_dir={out}", "--config.scenes.num_images=3",
+                      "--config.scenes.width=448", "--config.scenes.height=336", "--config.scenes.kinds=('icon',)",
+                      "--config.scenes.num_objects=(2,2)"], capture_output=True, text=True, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  metas = [scenes.load_metadata(str(p)) for p in sorted((out / "scene_pool").glob("*.png"))]
+  assert len(metas) == 3
+  assert all(m["width"] == 448 and [o["kind"] for o in m["objects"]] == ["icon", "icon"] for m in metas)

@@ -144,3 +144,35 @@ def test_unknown_eval_grounding_names_the_key():
   config = load_config("configs/eval_tiny.py", ["eval.grounding=box"])
   with pytest.raises(ConfigError, match="eval.grounding"):
     zoombench.DualViewEvaluator(config, None, processor.load_tokenizer("", config))
+
+
+def test_regional_training_view_is_the_eval_crop(tmp_path):
+  """data.view=regional trains on exactly what the regional eval view shows: the same crop pixels and
+  the bare question, token for token."""
+  from array_record.python import array_record_module
+  from zwz_jax import records
+  from zwz_jax.data import pipeline, processor
+  record_fixtures.write_records(str(tmp_path), 3, seed=3, sizes=(150, 300))
+  items = {it.id: it for it in benchmarks.from_records(str(tmp_path))}
+  config = load_config("configs/eval_tiny.py", ["data.view=regional"])
+  tok = processor.load_tokenizer("", config)
+  evaluator = zoombench.DualViewEvaluator(config, None, tok)
+  pre = pipeline.Preprocessor(config, tok, prompts_only=True)
+  n = 0
+  for path in records.shard_paths(str(tmp_path)):
+    for raw in array_record_module.ArrayRecordReader(path).read_all():
+      want = pre(raw)
+      _, got = evaluator._example(items[want["id"]], "regional")
+      np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+      np.testing.assert_array_equal(got["pixel_values"], want["pixel_values"])
+      _, full = evaluator._example(items[want["id"]], "global")
+      assert len(full["pixel_values"]) > len(want["pixel_values"])  # the crop, not the full image
+      n += 1
+  assert n >= 3
+
+
+def test_unknown_data_view_names_the_key():
+  from zwz_jax.data import pipeline, processor
+  config = load_config("configs/tiny.py", ["data.view=crop"])
+  with pytest.raises(ValueError, match="data.view='crop'"):
+    pipeline.Preprocessor(config, processor.load_tokenizer("", config))

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -179,6 +180,12 @@ def draw_box(image: Image.Image, bbox: Sequence[float], *, expand: float = BOX_E
   box = expand_box(bbox, out.width, out.height, expand)
   ImageDraw.Draw(out).rectangle(box, outline=color, width=width)
   return out
+
+
+def crop_region(image: Image.Image, bbox: Sequence[float]) -> Image.Image:
+  """The record's region cut from its full image (outward-rounded pixels): the zoomed-in view."""
+  x0, y0, x1, y1 = bbox
+  return image.crop((math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)))
 
 
 def format_question(question: str, options: Sequence[str] = ()) -> str:

@@ -36,6 +36,7 @@ from zwz_jax.data import processor as processor_lib
 log = logging.getLogger(__name__)
 
 TARGETS = ("letter", "letter_text")
+VIEWS = ("global", "regional")  # data.view
 _STATE_VERSION = 1
 
 
@@ -124,7 +125,10 @@ class Preprocessor:
       raise ValueError(f"data.grounding={d.grounding!r} is not one of {records.GROUNDING_MODES}")
     if d.target not in TARGETS:
       raise ValueError(f"data.target={d.target!r} is not one of {TARGETS}")
+    if d.view not in VIEWS:
+      raise ValueError(f"data.view={d.view!r} is not one of {VIEWS}")
     self.grounding = d.grounding
+    self.view = d.view
     self.target = d.target
     # RL rollouts: the prompt alone (the policy writes the answer), plus what the reward needs.
     self.prompts_only = prompts_only
@@ -148,8 +152,11 @@ class Preprocessor:
     except records.RecordError as e:
       return Skipped(record.id, "bad_image", f"{e}{at}")
     try:
-      image, text = records.ground(record, self.grounding, image=image,
-                                   coord_size=self.processor.resized_size(image.width, image.height))
+      if self.view == "regional":
+        image, text = records.crop_region(image, record.bbox), records.format_question(record.question, record.options)
+      else:
+        image, text = records.ground(record, self.grounding, image=image,
+                                     coord_size=self.processor.resized_size(image.width, image.height))
       example = self.processor([image], text, None if self.prompts_only else self.target_text(record))
     except ValueError as e:  # extreme aspect ratio, answer merging with the prompt, ...
       return Skipped(record.id, "unprocessable", f"{e}{at}")

@@ -414,10 +414,7 @@ def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]
 def _record_item(r: records.Record, source: str) -> EvalItem:
   crop, crop_fmt, error = None, None, None
   try:
-    img = records.open_image(r)
-    x0, y0, x1, y1 = r.bbox
-    box = (int(math.floor(x0)), int(math.floor(y0)), int(math.ceil(x1)), int(math.ceil(y1)))
-    crop, crop_fmt = records.encode_image(img.crop(box), "png"), "png"
+    crop, crop_fmt = records.encode_image(records.crop_region(records.open_image(r), r.bbox), "png"), "png"
   except records.RecordError as e:
     error = str(e)
   answer_type = judge_lib.infer_answer_type(r.answer, r.options)

@@ -85,15 +85,23 @@ class Checkpointer:
     self.manager.close()
 
 
+INIT = "init"  # load_model's name for the untrained student
+
+
 def load_model(config, path: str, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, str]:
   """The student from any checkpoint we write or read, and a description of what was loaded.
 
-  `path`: a HF safetensors folder (config.json), a training workdir (its latest checkpoint) or a
-  parameter checkpoint (launch/convert.py). `config.model` must describe it.
+  `path`: a HF safetensors folder (config.json), a training workdir (its latest checkpoint), a
+  parameter checkpoint (launch/convert.py), or INIT: the student as training starts it (random
+  init from `config.seed`), the before-training baseline. `config.model` must describe it.
   """
   from zwz_jax.models import convert
   from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
   model_cfg = ModelConfig.from_config(config.model)
+  if path == INIT:
+    from zwz_jax.sharding import create_sharded_model
+    return create_sharded_model(lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(config.seed)), mesh), \
+        f"initial student (random init, seed {config.seed})"
   if os.path.exists(os.path.join(path, "config.json")):
     return convert.load_hf_state(model_cfg, path, mesh), f"HF checkpoint {path}"
   make = lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -252,11 +253,14 @@ def run(config, workdir: str, trainer: Trainer, *, debug_kill_after_step: int = 
   stop = _StopFlag()
   meta = {"config": config.to_dict(), "mesh": dict(trainer.mesh.shape)}
   last: dict = {}
+  step = int(state["step"]) // trainer.updates_per_step
+  bar = tqdm.tqdm(total=config.train.steps, initial=step, desc=f"{trainer.step_name}s", unit=trainer.step_name,
+                  **({} if pi == 0 else {"disable": True}))  # TQDM_DISABLE still applies on process 0
   try:
-    step = int(state["step"]) // trainer.updates_per_step
     while step < config.train.steps:
       state, last, extra = trainer.loop_step(state, data_iter, step)
       step += 1
+      bar.update(1)
       if step % config.train.log_every == 0 or step == config.train.steps:
         writer.write(step, last, extra=extra)
       if config.train.eval_every and step % config.train.eval_every == 0 and config.data.eval:
@@ -275,6 +279,7 @@ def run(config, workdir: str, trainer: Trainer, *, debug_kill_after_step: int = 
         break
     ckpt.wait()
   finally:
+    bar.close()
     stop.restore()
     ckpt.close()
     writer.close()

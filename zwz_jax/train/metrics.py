@@ -8,6 +8,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from zwz_jax.models.qwen2_5_vl import ModelConfig
 
@@ -119,7 +120,7 @@ class MetricsWriter:
       for k, v in scalars.items():
         self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
     shown = " ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
-    print(f"[{prefix}] step {step}: {shown}", flush=True)
+    tqdm.tqdm.write(f"[{prefix}] step {step}: {shown}")  # above the loop's progress bar, if any
 
   def close(self):
     if self._jsonl:
