@@ -34,7 +34,7 @@ from tests.record_fixtures import write_records  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
 from zwz_jax.eval import agentic, benchmarks, sampler  # noqa: E402
-from zwz_jax.models import qwen2_5_vl  # noqa: E402
+from zwz_jax.models import registry  # noqa: E402
 
 KS = (0, 1, 2)  # K=0: the agent's prompt and budget without zooming, to separate the two costs
 
@@ -89,7 +89,7 @@ def agent_latency(fn, items, k) -> list[float]:
 
 def run_case(name, overrides, items, answer_tokens, turn_tokens, json_path=""):
   config = load_config("configs/tiny.py", overrides)
-  model = qwen2_5_vl.from_config(config, seed=0)
+  model = registry.from_config(config, seed=0)
   tok = processor.load_tokenizer("", config)
   make = lambda n: agentic.model_generate_fn(model, tok, config, sampler.SamplingConfig(max_new_tokens=n))
   single = make(answer_tokens)

@@ -67,7 +67,8 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   # --config.processor.tokenizer=/path/to/Qwen2.5-VL-7B-Instruct. Anything that tokenizes
   # refuses to run while it is empty.
   p.tokenizer = ""
-  p.system_prompt = "You are a helpful assistant."
+  p.system_prompt = "You are a helpful assistant."  # "" writes no system turn (Qwen3-VL's default)
+  p.box_coordinates = "absolute"  # `coords` grounding: pixels of the resized image (Qwen2.5-VL's convention)
 
   # Input pipeline (zwz_jax/data/pipeline.py). Record dirs hold a manifest.json and ArrayRecord
   # shards from launch/gen_data.py; set them per run, e.g. --config.data.train="('out/run1',)".

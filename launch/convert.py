@@ -1,4 +1,4 @@
-"""Convert between Hugging Face Qwen2.5-VL safetensors and our orbax parameter checkpoints.
+"""Convert between Hugging Face Qwen2.5-VL / Qwen3-VL safetensors and our orbax parameter checkpoints.
 
   # HF -> orbax, streamed straight into the config's mesh:
   python launch/convert.py --config=configs/student_7b.py --hf_dir=/models/Qwen2.5-VL-7B-Instruct \
@@ -17,19 +17,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flax import nnx  # noqa: E402
-
 from zwz_jax.config import load_config, parse_argv  # noqa: E402
-from zwz_jax.models import convert  # noqa: E402
-from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL  # noqa: E402
+from zwz_jax.models import convert, registry  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
 from zwz_jax.train import checkpoint  # noqa: E402
 
 
-def check_matches_checkpoint(model_cfg: ModelConfig, hf_dir: str) -> None:
+def check_matches_checkpoint(model_cfg, hf_dir: str) -> None:
   hf = convert.model_config_from_hf(hf_dir)
   hf.dtype, hf.param_dtype = "float32", "float32"
-  theirs = ModelConfig.from_config(hf)
+  ours_name = registry.name_of(model_cfg)
+  if hf.name != ours_name:
+    raise SystemExit(f"--config does not describe the checkpoint in {hf_dir}:\n  "
+                     f"model.name: config {ours_name!r}, checkpoint {hf.name!r}")
+  theirs = registry.model_config(hf)
   diffs = [f"model.{part}.{f.name}: config {getattr(getattr(model_cfg, part), f.name)!r}, "
            f"checkpoint {getattr(getattr(theirs, part), f.name)!r}"
            for part in ("vision", "text") for f in dataclasses.fields(getattr(model_cfg, part))
@@ -51,7 +52,7 @@ def main(argv):
   parser.add_argument("--dtype", default=None, help="dtype of exported tensors (default: param dtype)")
   args = parser.parse_args(rest)
   config = load_config(config_path, overrides)
-  model_cfg = ModelConfig.from_config(config.model)
+  model_cfg = registry.model_config(config.model)
   mesh = make_mesh(config.mesh)
   if args.hf_dir and args.out:
     check_matches_checkpoint(model_cfg, args.hf_dir)
@@ -59,7 +60,7 @@ def main(argv):
     checkpoint.save_params(args.out, model)
     print(f"wrote {args.out} from {args.hf_dir} on mesh {dict(mesh.shape)}")
   elif args.orbax and args.to_hf:
-    model = checkpoint.restore_params(args.orbax, lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0)), mesh)
+    model = checkpoint.restore_params(args.orbax, registry.factory(model_cfg), mesh)
     convert.save_hf(model, args.to_hf, dtype=args.dtype)
     print(f"wrote {args.to_hf} from {args.orbax}")
   else:

@@ -1,24 +1,35 @@
 """Shared helpers for tests against the `transformers` PyTorch reference (test-only: imports torch)."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from zwz_jax.data import processor
-from zwz_jax.models import convert
-from zwz_jax.models.qwen2_5_vl import ModelConfig
+from zwz_jax.models import convert, qwen3_vl
+from zwz_jax.sharding import logical_to_spec
+
+MODEL_INPUTS = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
+                "vision_segment_ids", "image_token_index")
 
 
-def hf_model(model_cfg: ModelConfig, seed: int = 0) -> transformers.Qwen2_5_VLForConditionalGeneration:
-  """A tiny random HF model whose every weight (norms and biases too) is non-trivial."""
+def hf_model(model_cfg, seed: int = 0) -> transformers.PreTrainedModel:
+  """A tiny random HF model of `model_cfg`'s family whose every weight (norms and biases too) is
+  non-trivial."""
   torch.manual_seed(seed)
-  hf_cfg = transformers.Qwen2_5_VLConfig(**convert.hf_config_dict(model_cfg))
-  model = transformers.Qwen2_5_VLForConditionalGeneration(hf_cfg).eval()
+  if isinstance(model_cfg, qwen3_vl.ModelConfig):
+    config_cls, model_cls = transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration
+  else:
+    config_cls, model_cls = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
+  model = model_cls(config_cls(**convert.hf_config_dict(model_cfg))).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if name.endswith("norm.weight") or "norm1" in name or "norm2" in name or "ln_q" in name:
+      is_scale = name.endswith(".weight") and ("norm" in name or "ln_q" in name)
+      if is_scale:
         p.copy_(1.0 + 0.1 * torch.randn_like(p))
       else:
         p.copy_(0.05 * torch.randn_like(p))
@@ -61,3 +72,39 @@ def rel_err(ours, ref) -> float:
   """max |ours - ref| / max |ref|: relative error at the scale of the tensor."""
   ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
   return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def forward(model, batch, mesh=None):
+  """Our jitted forward of a `build_batch` batch: (logits, intermediates). With `mesh`, the batch is
+  split over (data, fsdp) as training splits it (positions carry the 3 M-RoPE streams first)."""
+  arrays = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS}
+  fwd = jax.jit(lambda m, b: m(**b, return_hidden=True))
+  if mesh is None:
+    return fwd(model, arrays)
+  spec = {k: logical_to_spec(("act_batch",) + (None,) * (arrays[k].ndim - 1)) for k in MODEL_INPUTS}
+  spec["positions"] = PartitionSpec(None, *logical_to_spec(("act_batch", None)))
+  arrays = {k: jax.device_put(a, NamedSharding(mesh, spec[k])) for k, a in arrays.items()}
+  with jax.set_mesh(mesh):
+    return fwd(model, arrays)
+
+
+def hf_forward(hf, ex, attention_mask=None):
+  """HF forward that computes its own M-RoPE ids: logits, per-layer outputs, merged image features,
+  and the DeepStack features (Qwen3-VL; an empty list otherwise)."""
+  captured = []
+  hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+           for layer in hf.model.language_model.layers]
+  ids = torch.as_tensor(ex["input_ids"]).long()
+  ids = ids[None] if ids.ndim == 1 else ids
+  pixels, grids = torch.as_tensor(ex["pixel_values"]), torch.as_tensor(ex["grid_thw"])
+  try:
+    with torch.no_grad():
+      out = hf(input_ids=ids, pixel_values=pixels, image_grid_thw=grids,
+               mm_token_type_ids=(ids == hf.config.image_token_id).int(),
+               attention_mask=None if attention_mask is None else torch.as_tensor(attention_mask))
+      vis = hf.model.get_image_features(pixels, grids)
+  finally:
+    for h in hooks:
+      h.remove()
+  deepstack = [torch.cat(f).numpy() for f in getattr(vis, "deepstack_features", None) or []]
+  return out.logits.numpy(), [c.numpy() for c in captured], torch.cat(vis.pooler_output).numpy(), deepstack

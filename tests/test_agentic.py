@@ -51,6 +51,19 @@ def _harness(fn, tiny_config, **kw):
 
 def test_view_size_is_the_processor_resize(tiny_config):
   assert agentic.view_size_fn(tiny_config)(W, H) == (140, 112)
+  assert "absolute pixel coordinates" in agentic.SYSTEM_PROMPT
+
+
+def test_relative_coordinate_models_zoom_on_the_0_to_1000_scale(arr):
+  """Qwen3-VL grounds on 0-1000: the tool says so and its boxes map back from that frame."""
+  from zwz_jax.config import load_config
+  config = load_config("configs/tiny_qwen3.py")
+  view = agentic.view_size_fn(config)
+  assert view(W, H) == (1000, 1000)
+  assert "0-1000 scale" in agentic.tool_system_prompt(config.processor.box_coordinates)
+  fn = Scripted(_call([200, 250, 600, 750]), "<answer>B</answer>")
+  res = agentic.AgenticHarness(fn, view_size=view, upscale=1.0).run(_item(arr))
+  assert res.tool_calls[0] == (30, 25, 90, 75)  # 150x100 image: x * 0.15, y * 0.1
 
 
 def test_zoom_crops_the_original_pixels_then_answers(arr, tiny_config):
@@ -137,8 +150,8 @@ def test_evaluate(arr, tiny_config):
 
 def test_model_generate_fn_runs(arr, tiny_config):
   from zwz_jax.eval import sampler
-  from zwz_jax.models import qwen2_5_vl
-  model = qwen2_5_vl.from_config(tiny_config, seed=0)
+  from zwz_jax.models import registry
+  model = registry.from_config(tiny_config, seed=0)
   tok = processor.load_tokenizer("", tiny_config)
   fn = agentic.model_generate_fn(model, tok, tiny_config, sampler.SamplingConfig(max_new_tokens=4))
   assert fn.view_size(W, H) == (140, 112)

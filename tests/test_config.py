@@ -8,11 +8,12 @@ from zwz_jax import config as config_lib
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(p for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
-# Student (training/model) configs share tiny.py's schema; datagen_* configs and the demo's (which
-# names the configs of its stages) have their own.
+# Student (training/model) configs share their family's tiny schema; datagen_* configs and the
+# demo's (which names the configs of its stages) have their own.
 STUDENT_FILES = [p for p in CONFIG_FILES if not p.name.startswith(("datagen_", "eval_")) and p.name != "demo.py"]
 EVAL_FILES = [p for p in CONFIG_FILES if p.name.startswith("eval_")]
 TINY = str(CONFIGS_DIR / "tiny.py")
+FAMILY_TINY = {"qwen2_5_vl": TINY, "qwen3_vl": str(CONFIGS_DIR / "tiny_qwen3.py")}
 
 
 def _flat_types(config, prefix=""):
@@ -44,7 +45,8 @@ def _student_schema(config):
 @pytest.mark.parametrize("path", STUDENT_FILES, ids=lambda p: p.stem)
 def test_every_config_loads_with_the_tiny_schema(path):
   config = config_lib.load_config(str(path))
-  assert _student_schema(config) == _student_schema(config_lib.load_config(TINY))
+  tiny = config_lib.load_config(FAMILY_TINY[config.model.name])
+  assert _student_schema(config) == _student_schema(tiny)
 
 
 @pytest.mark.parametrize("path", EVAL_FILES, ids=lambda p: p.stem)
@@ -59,12 +61,15 @@ def test_eval_configs_are_a_student_config_plus_eval(path):
 def test_every_config_is_consistent(path):
   c = config_lib.load_config(str(path))
   v, t = c.model.vision, c.model.text
-  head_dim = t.hidden_size // t.num_heads
-  assert t.hidden_size % t.num_heads == 0 and t.num_heads % t.num_kv_heads == 0
-  assert 2 * sum(t.mrope_section) == head_dim
-  assert v.hidden_size % v.num_heads == 0
-  assert all(0 <= i < v.depth for i in v.fullatt_block_indexes)
-  assert v.window_size % (v.patch_size * v.spatial_merge_size) == 0
+  assert t.num_heads % t.num_kv_heads == 0 and v.hidden_size % v.num_heads == 0
+  if c.model.name == "qwen3_vl":
+    assert 2 * sum(t.mrope_section) == t.head_dim
+    assert all(0 <= i < v.depth for i in v.deepstack_visual_indexes)
+    assert len(v.deepstack_visual_indexes) < t.num_layers
+  else:
+    assert t.hidden_size % t.num_heads == 0 and 2 * sum(t.mrope_section) == t.hidden_size // t.num_heads
+    assert all(0 <= i < v.depth for i in v.fullatt_block_indexes)
+    assert v.window_size % (v.patch_size * v.spatial_merge_size) == 0
   assert v.out_hidden_size == t.hidden_size
   assert c.processor.min_pixels <= c.processor.max_pixels
   special = (c.model.image_token_id, c.model.video_token_id, c.model.vision_start_token_id,

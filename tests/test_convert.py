@@ -45,7 +45,7 @@ def _rewrite(src: str, dst: str, edit) -> None:
 def test_loaded_weights_equal_hf_state_dict(setup):
   cfg, hf, path = setup
   params = _params(convert.load_hf_state(cfg, path, _one_device()))
-  sd = {convert.canonical_hf_name(k): v.numpy() for k, v in hf.state_dict().items()}
+  sd = {convert.canonical_hf_name(k, cfg): v.numpy() for k, v in hf.state_dict().items()}
   for r in convert.rules(cfg):
     np.testing.assert_array_equal(r.to_hf(params[r.ours]), sd[r.hf], err_msg=r.hf)
 

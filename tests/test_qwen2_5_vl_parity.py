@@ -26,34 +26,6 @@ def models(tiny_config, tmp_path_factory):
   return ours, hf
 
 
-def _hf_forward(hf, ex, attention_mask=None):
-  """HF forward that computes its own M-RoPE ids; returns logits, per-layer outputs, vision features."""
-  captured = []
-  hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
-           for layer in hf.model.language_model.layers]
-  ids = torch.as_tensor(ex["input_ids"]).long()
-  ids = ids[None] if ids.ndim == 1 else ids
-  try:
-    with torch.no_grad():
-      out = hf(input_ids=ids, pixel_values=torch.as_tensor(ex["pixel_values"]),
-               image_grid_thw=torch.as_tensor(ex["grid_thw"]),
-               mm_token_type_ids=(ids == hf.config.image_token_id).int(),
-               attention_mask=None if attention_mask is None else torch.as_tensor(attention_mask))
-      feats = hf.model.get_image_features(torch.as_tensor(ex["pixel_values"]),
-                                          torch.as_tensor(ex["grid_thw"])).pooler_output
-  finally:
-    for h in hooks:
-      h.remove()
-  return out.logits.numpy(), [c.numpy() for c in captured], torch.cat(feats).numpy()
-
-
-def _our_forward(model, batch):
-  keys = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
-          "vision_segment_ids", "image_token_index")
-  fwd = jax.jit(lambda m, b: m(**b, return_hidden=True))
-  return fwd(model, {k: jnp.asarray(batch[k]) for k in keys})
-
-
 def test_two_images_of_different_sizes(models, tiny_config):
   ours, hf = models
   rng = np.random.default_rng(0)
@@ -62,8 +34,8 @@ def test_two_images_of_different_sizes(models, tiny_config):
   v = ours.cfg.vision
   batch = batching.build_batch([ex], vision_cfg=v, image_token_id=ours.cfg.image_token_id,
                                max_tokens=len(ex["input_ids"]) + 5, max_patches=1024)
-  logits, aux = _our_forward(ours, batch)
-  hf_logits, hf_layers, hf_feats = _hf_forward(hf, ex)
+  logits, aux = ref.forward(ours, batch)
+  hf_logits, hf_layers, hf_feats, _ = ref.hf_forward(hf, ex)
   n = len(ex["input_ids"])
 
   lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
@@ -85,9 +57,9 @@ def test_padded_batch(models, tiny_config):
   ex_b = ref.example(tiny_config, ref.images(rng, [(120, 60), (60, 120)]), [[3], [4, 4], [2]])
   batch = batching.build_batch([ex_a, ex_b], vision_cfg=ours.cfg.vision,
                                image_token_id=ours.cfg.image_token_id, max_tokens=96, max_patches=512)
-  logits, _ = _our_forward(ours, batch)
+  logits, _ = ref.forward(ours, batch)
   for i, ex in enumerate((ex_a, ex_b)):
-    hf_logits, _, _ = _hf_forward(hf, ex)
+    hf_logits = ref.hf_forward(hf, ex)[0]
     n = len(ex["input_ids"])
     assert ref.rel_err(np.asarray(logits)[i, :n], hf_logits[0]) <= TOL, f"example {i}"
 
@@ -128,8 +100,8 @@ def test_bfloat16_compute_stays_close_to_float32(models, tiny_config):
   ex = ref.example(tiny_config, ref.images(rng, [(150, 100)]), [[1, 2, 3], [7, 8]])
   batch = batching.build_batch([ex], vision_cfg=ours.cfg.vision, image_token_id=ours.cfg.image_token_id,
                                max_tokens=64, max_patches=256)
-  want, _ = _our_forward(ours, batch)
-  got, _ = _our_forward(bf16, batch)
+  want, _ = ref.forward(ours, batch)
+  got, _ = ref.forward(bf16, batch)
   assert got.dtype == jnp.bfloat16
   n = len(ex["input_ids"])
   assert ref.rel_err(np.asarray(got, np.float32)[0, :n], np.asarray(want)[0, :n]) < 3e-2
@@ -147,7 +119,7 @@ def test_tied_word_embeddings(tiny_config, tmp_path):
   ex = ref.example(config, ref.images(np.random.default_rng(5), [(100, 80)]), [[1, 2], [3]])
   batch = batching.build_batch([ex], vision_cfg=cfg.vision, image_token_id=cfg.image_token_id,
                                max_tokens=64, max_patches=256)
-  logits, _ = _our_forward(ours, batch)
-  hf_logits, _, _ = _hf_forward(hf, ex)
+  logits, _ = ref.forward(ours, batch)
+  hf_logits = ref.hf_forward(hf, ex)[0]
   n = len(ex["input_ids"])
   assert ref.rel_err(np.asarray(logits)[0, :n], hf_logits[0]) <= TOL

@@ -1,5 +1,4 @@
 """The record contract: round trip, stable ids, errors that name the record and field, grounding."""
-import dataclasses
 import subprocess
 import sys
 

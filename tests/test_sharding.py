@@ -1,16 +1,15 @@
 """Sharded forward == single-device forward; the 7B student shards completely; clear mesh errors."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from tests import hf_reference as ref
 from zwz_jax.config import load_config
 from zwz_jax.data import batch as batching
 from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
-from zwz_jax.sharding import (ShardingError, abstract_model, create_sharded_model, logical_to_spec, make_mesh,
+from zwz_jax.sharding import (ShardingError, abstract_model, create_sharded_model, make_mesh,
                               replicated_fraction, state_shardings)
 
 
@@ -24,17 +23,7 @@ def _batch(tiny_config, n=4):
 
 
 def _forward(model, batch, mesh=None):
-  keys = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
-          "vision_segment_ids", "image_token_index")
-  arrays = {k: jnp.asarray(batch[k]) for k in keys}
-  if mesh is None:
-    return np.asarray(jax.jit(lambda m, b: m(**b))(model, arrays))
-  # Batch over (data, fsdp); positions carry the 3 M-RoPE streams first.
-  spec = {k: logical_to_spec(("act_batch",) + (None,) * (arrays[k].ndim - 1)) for k in keys}
-  spec["positions"] = PartitionSpec(None, *logical_to_spec(("act_batch", None)))
-  arrays = {k: jax.device_put(a, NamedSharding(mesh, spec[k])) for k, a in arrays.items()}
-  with jax.set_mesh(mesh):
-    return np.asarray(jax.jit(lambda m, b: m(**b))(model, arrays))
+  return np.asarray(ref.forward(model, batch, mesh)[0])
 
 
 def test_sharded_forward_matches_single_device(tiny_config):

@@ -22,7 +22,6 @@ import torch
 
 from data_gen.teachers import registry
 from data_gen.teachers.base import Request, TeacherError
-from data_gen.teachers.openai import OpenAITeacher
 from tests import tiny_hf_vlm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

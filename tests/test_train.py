@@ -244,6 +244,6 @@ def test_init_from_hf_checkpoint(records_dir, tmp_path):
   hf = ref.hf_model(cfg, seed=7)
   hf.save_pretrained(tmp_path)
   state = Trainer(config, _mesh(1, 2, 2)).init_state()
-  sd = {convert.canonical_hf_name(k): v.numpy() for k, v in hf.state_dict().items()}
+  sd = {convert.canonical_hf_name(k, cfg): v.numpy() for k, v in hf.state_dict().items()}
   for r in convert.rules(cfg):
     np.testing.assert_array_equal(r.to_hf(np.asarray(state["params"][r.ours])), sd[r.hf], err_msg=r.hf)

@@ -33,8 +33,10 @@ BOX_EXPAND = 0.05
 BOX_WIDTH = 5
 BOX_COLOR = (255, 0, 0)
 FOCUS_OVERLAY = "Only focus on the objects inside the red bounding box in the image to answer this question."
-FOCUS_COORDS = ("Only focus on the objects inside the bounding box {box} (pixel coordinates "
-                "x0, y0, x1, y1 of the image) to answer this question.")
+FOCUS_COORDS = "Only focus on the objects inside the bounding box {box} ({unit}) to answer this question."
+# How `coords` boxes are expressed: Qwen2.5-VL reads pixels of its resized input, Qwen3-VL a 0-1000 scale.
+COORD_UNITS = {"pixel": "pixel coordinates x0, y0, x1, y1 of the image",
+               "relative": "coordinates x0, y0, x1, y1 of the image on a 0-1000 scale"}
 MC_INSTRUCTION = "Answer with the option's letter from the given choices."
 OPTION_LETTERS = "ABCDEFGHIJ"
 
@@ -196,19 +198,21 @@ def format_question(question: str, options: Sequence[str] = ()) -> str:
 
 
 def ground(record: Record, mode: str, image: Image.Image | None = None,
-           coord_size: tuple[int, int] | None = None) -> tuple[Image.Image, str]:
+           coord_size: tuple[int, int] | None = None, coord_unit: str = "pixel") -> tuple[Image.Image, str]:
   """(image, prompt text) the student sees for `record` under a grounding mode.
 
   coord_size: for `coords`, the (width, height) the box coordinates are expressed in (Qwen2.5-VL
-  reads absolute coordinates of its resized input); default the original image size.
+  reads absolute coordinates of its resized input, Qwen3-VL (1000, 1000)); default the original
+  image size. coord_unit: a key of COORD_UNITS, named in the prompt.
+  `Processor.box_frame` gives both for the student's family.
   """
   image = open_image(record) if image is None else image
   return ground_view(image, format_question(record.question, record.options), record.bbox, mode,
-                     coord_size=coord_size, size=(record.width, record.height))
+                     coord_size=coord_size, coord_unit=coord_unit, size=(record.width, record.height))
 
 
 def ground_view(image: Image.Image, text: str, bbox: Sequence[float], mode: str,
-                coord_size: tuple[int, int] | None = None,
+                coord_size: tuple[int, int] | None = None, coord_unit: str = "pixel",
                 size: tuple[int, int] | None = None) -> tuple[Image.Image, str]:
   """`ground` for any full image and prompt: bbox in pixels of `size` (default the image's)."""
   if mode not in GROUNDING_MODES:
@@ -221,7 +225,7 @@ def ground_view(image: Image.Image, text: str, bbox: Sequence[float], mode: str,
     sx, sy = w / size[0], h / size[1]
     x0, y0, x1, y1 = bbox
     box = [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)]
-    return image, f"{text}\n\n{FOCUS_COORDS.format(box=box)}"
+    return image, f"{text}\n\n{FOCUS_COORDS.format(box=box, unit=COORD_UNITS[coord_unit])}"
   return image, text
 
 

@@ -30,6 +30,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     # vision tower weights
     ("vision_patch", None),
+    ("vision_pos", None),  # Qwen3-VL's learned position table rows
     ("vision_embed", "fsdp"),
     ("vision_qkv", None),
     ("vision_heads", "tensor"),

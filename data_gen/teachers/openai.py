@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from typing import Any, Mapping, Sequence

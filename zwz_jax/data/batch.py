@@ -27,6 +27,8 @@ def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, *, patch_size:
   side = window_size // patch_size // merge_size * merge_size
   window_patches = side * side
   dim = pixel_values.shape[1]
+  if window_patches == unit:  # windows of one merged token (Qwen3-VL): the processor's order, unpadded
+    return _layout_unwindowed(pixel_values, grid_thw, merge_size)
   patches, positions, segments, token_index = [], [], [], []
   start = 0
   slot = 0  # merged-token slots used so far
@@ -63,6 +65,22 @@ def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, *, patch_size:
       "positions": np.concatenate(positions).astype(np.int32),
       "segment_ids": np.concatenate(segments).astype(np.int32),
       "token_index": np.concatenate(token_index).astype(np.int32),
+  }
+
+
+def _layout_unwindowed(pixel_values, grid_thw, merge_size):
+  """`layout_vision` when every window is one merged token: patches stay as the processor gives them."""
+  grids = np.asarray(grid_thw).reshape(-1, 3)
+  n = int(np.prod(grids, axis=1).sum()) if len(grids) else 0
+  if n != len(pixel_values):
+    raise ValueError(f"grid_thw covers {n} patches but pixel_values has {len(pixel_values)}")
+  frames = np.concatenate([[0], np.cumsum(grids[:, 0])])
+  segments = [np.repeat(frames[i] + 1 + np.arange(int(t)), int(h) * int(w)) for i, (t, h, w) in enumerate(grids)]
+  return {
+      "patches": np.asarray(pixel_values, np.float32).reshape(n, np.shape(pixel_values)[1]),
+      "positions": (processor.vision_rope_positions(grids, merge_size) if n else np.zeros((0, 2))).astype(np.int32),
+      "segment_ids": (np.concatenate(segments) if n else np.zeros(0)).astype(np.int32),
+      "token_index": np.arange(n // merge_size**2, dtype=np.int32),
   }
 
 

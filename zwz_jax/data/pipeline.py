@@ -133,8 +133,8 @@ class Preprocessor:
     # RL rollouts: the prompt alone (the policy writes the answer), plus what the reward needs.
     self.prompts_only = prompts_only
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
-    self.vision = _VisionDims.from_config(config.model.vision)
-    self.max_tokens, self.max_patches = check_buckets(d.buckets, config.model.vision)[-1]
+    self.vision = _VisionDims.from_config(config.model)
+    self.max_tokens, self.max_patches = check_buckets(d.buckets, self.vision)[-1]
 
   def target_text(self, record: records.Record) -> str:
     if record.options and self.target == "letter_text":
@@ -156,7 +156,7 @@ class Preprocessor:
         image, text = records.crop_region(image, record.bbox), records.format_question(record.question, record.options)
       else:
         image, text = records.ground(record, self.grounding, image=image,
-                                     coord_size=self.processor.resized_size(image.width, image.height))
+                                     **self.processor.box_frame(image.width, image.height))
       example = self.processor([image], text, None if self.prompts_only else self.target_text(record))
     except ValueError as e:  # extreme aspect ratio, answer merging with the prompt, ...
       return Skipped(record.id, "unprocessable", f"{e}{at}")
@@ -181,9 +181,13 @@ class _VisionDims:
   in_channels: int
 
   @classmethod
-  def from_config(cls, v):
-    return cls(int(v.patch_size), int(v.temporal_patch_size), int(v.spatial_merge_size),
-               int(v.window_size), int(v.in_channels))
+  def from_config(cls, model_cfg):
+    """From `config.model`. A family without attention windows (Qwen3-VL) is laid out with a
+    "window" of one merged token: the processor's patch order, unpadded."""
+    v = model_cfg.vision
+    window = v.window_size if "window_size" in v else v.patch_size * v.spatial_merge_size
+    return cls(int(v.patch_size), int(v.temporal_patch_size), int(v.spatial_merge_size), int(window),
+               int(v.in_channels))
 
 
 def _peek_id(raw: bytes) -> str:
@@ -255,7 +259,7 @@ class _Batcher:
   """Examples -> build_batch output in the smallest bucket fitting all of them, plus "ids"."""
 
   def __init__(self, config, buckets, bucket_sync, pad_side: str = "right"):
-    self.vision = config.model.vision
+    self.vision = _VisionDims.from_config(config.model)
     self.image_token_id = int(config.model.image_token_id)
     self.buckets = buckets
     self.bucket_sync = bucket_sync
@@ -405,7 +409,7 @@ def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_co
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
   size = local_batch_size(config, process_count)
-  buckets = check_buckets(d.buckets, config.model.vision)
+  buckets = check_buckets(d.buckets, _VisionDims.from_config(config.model))
   if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
     raise ValueError(
         f"data.buckets has {len(buckets)} buckets but there are {process_count} processes, which must "
@@ -453,7 +457,7 @@ class EvalBatches:
       raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
     self._config = config
     self.batch_size = local_batch_size(config, process_count)
-    buckets = check_buckets(config.data.buckets, config.model.vision)
+    buckets = check_buckets(config.data.buckets, _VisionDims.from_config(config.model))
     self._fixed_bucket = None
     if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
       self._fixed_bucket = len(buckets) - 1  # processes cannot compare: all take the largest

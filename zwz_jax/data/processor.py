@@ -1,4 +1,7 @@
-"""Qwen2.5-VL preprocessing on the host: resize, patchify, chat prompt, M-RoPE and window ids.
+"""Qwen2.5-VL / Qwen3-VL preprocessing on the host: resize, patchify, chat prompt, M-RoPE and window ids.
+
+The two families share every step; they differ in settings only (patch size 14 or 16, CLIP or 0.5
+normalisation, a default system turn or none, pixel or 0-1000 box coordinates: `config.processor`).
 
 Numpy and PIL only (no jax, torch or transformers), so it runs inside data-loader workers. Every
 function reproduces the matching `transformers` code exactly (pixels to float32 rounding, token ids,
@@ -193,13 +196,15 @@ def expand_image_tokens(text, grid_thws, merge_size, image_pad=IMAGE_PAD):
 
 
 def chat_prompt(question, *, num_images=1, system_prompt=DEFAULT_SYSTEM_PROMPT, answer=None):
-  """Qwen2-VL chat template for one user turn with images first, then the question.
+  """Qwen2-VL / Qwen3-VL chat template for one user turn with images first, then the question.
 
-  Without `answer` it ends with the generation prompt; with it, the assistant turn is closed.
+  An empty system_prompt writes no system turn (Qwen3-VL's template adds none by default; Qwen2's
+  adds "You are a helpful assistant."). Without `answer` it ends with the generation prompt; with
+  it, the assistant turn is closed.
   """
   images = f"{VISION_START}{IMAGE_PAD}{VISION_END}" * num_images
-  text = (f"{IM_START}system\n{system_prompt}{IM_END}\n"
-          f"{IM_START}user\n{images}{question}{IM_END}\n"
+  system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt else ""
+  text = (f"{system}{IM_START}user\n{images}{question}{IM_END}\n"
           f"{IM_START}assistant\n")
   if answer is not None:
     text += f"{answer}{IM_END}\n"
@@ -314,6 +319,15 @@ def load_tokenizer(path, config):
   return tok
 
 
+BOX_COORDINATES = ("absolute", "relative")
+
+
+def _checked_box_coordinates(value):
+  if value not in BOX_COORDINATES:
+    raise ValueError(f"processor.box_coordinates={value!r} is not one of {BOX_COORDINATES}")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Processor:
   """Turns (images, question[, answer]) into the student's host-side inputs."""
@@ -327,6 +341,7 @@ class Processor:
   image_std: tuple
   image_token_id: int
   system_prompt: str = DEFAULT_SYSTEM_PROMPT
+  box_coordinates: str = "absolute"  # `coords` grounding: "absolute" (resized pixels) | "relative" (0-1000)
 
   @classmethod
   def from_config(cls, config, tokenizer):
@@ -343,12 +358,19 @@ class Processor:
         image_std=tuple(p.image_std),
         image_token_id=int(config.model.image_token_id),
         system_prompt=p.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
+        box_coordinates=_checked_box_coordinates(p.get("box_coordinates", "absolute")),
     )
 
   def resized_size(self, width: int, height: int) -> tuple[int, int]:
-    """(width, height) of the image the model sees: `coords` boxes are given in it."""
+    """(width, height) of the image the model sees."""
     h, w = smart_resize(height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels)
     return w, h
+
+  def box_frame(self, width: int, height: int) -> dict:
+    """`records.ground` keywords for a width x height image: the frame `coords` boxes are given in."""
+    if self.box_coordinates == "relative":
+      return {"coord_size": (1000, 1000), "coord_unit": "relative"}
+    return {"coord_size": self.resized_size(width, height), "coord_unit": "pixel"}
 
   @property
   def patch_dim(self):

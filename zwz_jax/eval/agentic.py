@@ -5,9 +5,10 @@ function-calling format
 
   <tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [x0, y0, x1, y1]}}</tool_call>
 
-(a bare `<zoom>[x0, y0, x1, y1]</zoom>` is accepted too). Coordinates are absolute pixels of the
-image as the model saw it, i.e. after the processor's smart_resize, because that is the frame
-Qwen2.5-VL grounds in. The harness maps the box back to the original image, clips it, grows it to a
+(a bare `<zoom>[x0, y0, x1, y1]</zoom>` is accepted too). Coordinates are in the frame the model
+grounds in: absolute pixels of the image as the model saw it, i.e. after the processor's
+smart_resize (Qwen2.5-VL), or a 0-1000 scale on both axes (Qwen3-VL, processor.box_coordinates =
+"relative"); the system prompt says which. The harness maps the box back to the original image, clips it, grows it to a
 minimum size, crops the ORIGINAL pixels (not the downsampled view: zooming exists to recover
 detail), upscales the crop and returns it as a tool-response turn holding the image, then lets the
 model continue. After at most `max_turns` tool calls the loop ends; the final answer is judged with
@@ -39,33 +40,45 @@ from zwz_jax.eval.benchmarks import EvalItem
 
 TOOL_NAME = "image_zoom_in_tool"
 TOOL_CALL_END = "</tool_call>"
-TOOL_SCHEMA = {
-    "type": "function",
-    "function": {
-        "name": TOOL_NAME,
-        "description": "Zoom in on a region of the image: crop it by a bounding box and return the enlarged crop.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "bbox_2d": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
-                            "description": "[x1, y1, x2, y2]: top-left and bottom-right corners, in "
-                                           "absolute pixel coordinates of the image."},
-                "label": {"type": "string", "description": "What the region contains (optional)."},
-            },
-            "required": ["bbox_2d"],
-        },
-    },
-}
-# Qwen2.5's function-calling system prompt, with the answer format the judge reads.
-SYSTEM_PROMPT = (
-    "You are a helpful assistant. Look at the image closely; when a detail is too small to see, zoom "
-    "in on it with the tool, then look again. Put the final answer inside <answer></answer>.\n\n"
-    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-    f"{json.dumps(TOOL_SCHEMA)}\n</tools>\n\n"
-    "For each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+# How the tool's box is expressed, by processor.box_coordinates.
+COORDINATE_FRAMES = {"absolute": "absolute pixel coordinates of the image",
+                     "relative": "coordinates of the image on a 0-1000 scale"}
+
+
+def tool_schema(box_coordinates: str = "absolute") -> dict:
+  return {
+      "type": "function",
+      "function": {
+          "name": TOOL_NAME,
+          "description": "Zoom in on a region of the image: crop it by a bounding box and return the enlarged crop.",
+          "parameters": {
+              "type": "object",
+              "properties": {
+                  "bbox_2d": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
+                              "description": "[x1, y1, x2, y2]: top-left and bottom-right corners, in "
+                                             f"{COORDINATE_FRAMES[box_coordinates]}."},
+                  "label": {"type": "string", "description": "What the region contains (optional)."},
+              },
+              "required": ["bbox_2d"],
+          },
+      },
+  }
+
+
+def tool_system_prompt(box_coordinates: str = "absolute") -> str:
+  """Qwen's function-calling system prompt, with the answer format the judge reads."""
+  return (
+      "You are a helpful assistant. Look at the image closely; when a detail is too small to see, zoom "
+      "in on it with the tool, then look again. Put the final answer inside <answer></answer>.\n\n"
+      "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+      "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+      f"{json.dumps(tool_schema(box_coordinates))}\n</tools>\n\n"
+      "For each function call, return a json object with function name and arguments within "
+      "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+      '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+SYSTEM_PROMPT = tool_system_prompt()
 
 _VISION = f"{processor_lib.VISION_START}{processor_lib.IMAGE_PAD}{processor_lib.VISION_END}"
 _VISION_MARKUP = re.compile("|".join(re.escape(t) for t in (
@@ -232,7 +245,10 @@ def zoom(image: Image.Image, box: tuple[int, int, int, int], upscale: float) -> 
 
 
 def view_size_fn(config) -> Callable[[int, int], tuple[int, int]]:
-  """(width, height) -> the (width, height) the processor resizes an image to for this config."""
+  """(width, height) -> the frame the model's tool boxes are in: the (width, height) the processor
+  resizes an image to, or (1000, 1000) for a relative-coordinate model (Qwen3-VL)."""
+  if config.processor.get("box_coordinates", "absolute") == "relative":
+    return lambda width, height: (1000, 1000)
   factor = int(config.model.vision.patch_size) * int(config.model.vision.spatial_merge_size)
   lo, hi = int(config.processor.min_pixels), int(config.processor.max_pixels)
 
@@ -275,11 +291,12 @@ class AgenticHarness:
   """Runs the zoom-tool loop for one item at a time.
 
   generate_fn(conversation) -> str: the assistant's next message. view_size(width, height) -> the
-  model's view of an image (default: `generate_fn.view_size`, which `model_generate_fn` provides).
+  model's view of an image (default: `generate_fn.view_size`, which `model_generate_fn` provides);
+  system_prompt defaults to `generate_fn.system_prompt`, else SYSTEM_PROMPT.
   """
 
   def __init__(self, generate_fn: Callable[[Conversation], str], *, max_turns: int = 3, upscale: float = 2.0,
-               min_crop: int = 28, system_prompt: str = SYSTEM_PROMPT,
+               min_crop: int = 28, system_prompt: str | None = None,
                view_size: Callable[[int, int], tuple[int, int]] | None = None):
     if max_turns < 0:
       raise ValueError(f"max_turns must be >= 0, got {max_turns}")
@@ -290,7 +307,7 @@ class AgenticHarness:
     if self.view_size is None:
       raise ValueError("pass view_size=(w, h) -> model view: tool coordinates are in the model's view")
     self.max_turns, self.upscale, self.min_crop = max_turns, upscale, min_crop
-    self.system_prompt = system_prompt
+    self.system_prompt = system_prompt or getattr(generate_fn, "system_prompt", SYSTEM_PROMPT)
 
   def run(self, item: EvalItem) -> AgentResult:
     t0 = time.perf_counter()
@@ -419,6 +436,7 @@ class ModelGenerateFn:
     self.tokenizer = tokenizer
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
     self.view_size = view_size_fn(config)
+    self.system_prompt = tool_system_prompt(self.processor.box_coordinates)
     im_end = tokenizer.token_to_id(processor_lib.IM_END)
     self.tool_end = tokenizer.token_to_id(TOOL_CALL_END)
     stops = tuple(sampling.stop_ids) + (im_end,) + ((self.tool_end,) if self.tool_end is not None else ())

@@ -84,8 +84,7 @@ class DualViewEvaluator:
     if view == "global" and self.grounding != "none":
       if item.bbox is None:
         raise ValueError(f"eval.grounding={self.grounding!r} needs a box and the item has none")
-      img, text = records.ground_view(img, text, item.bbox, self.grounding,
-                                      coord_size=self.processor.resized_size(*img.size))
+      img, text = records.ground_view(img, text, item.bbox, self.grounding, **self.processor.box_frame(*img.size))
     return img, self.processor([img], text)
 
   def run(self, items: Sequence[EvalItem], out_dir: str, *, progress: bool = True,

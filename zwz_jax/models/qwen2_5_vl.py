@@ -14,7 +14,7 @@ static shapes throughout. Padding patches have segment id 0 and never reach the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,17 @@ class VisionConfig:
     side = self.window_size // self.patch_size // self.spatial_merge_size * self.spatial_merge_size
     return side * side
 
+  def matmul_flops(self, grid, window_patches: int | None = None) -> float:
+    """Forward matmul FLOPs of the tower on one (t, h, w) patch grid (attention counted with
+    `window_patches` keys per query in window blocks, default the unpadded window)."""
+    tt, h, w = grid
+    p, e, m = tt * h * w, self.hidden_size, self.intermediate_size
+    win = window_patches or self.window_patches
+    full = len(self.fullatt_block_indexes)
+    return (2 * p * self.patch_dim * e + self.depth * 2 * p * (4 * e * e + 3 * e * m)
+            + (self.depth - full) * 4 * p * min(win, p) * e + full * 4 * p * (p // tt) * e
+            + 2 * (p // self.merge_unit) * (self.merge_unit * e) * (self.merge_unit * e + self.out_hidden_size))
+
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
@@ -75,6 +86,11 @@ class TextConfig:
   rope_theta: float = 1000000.0
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 128000
+  # Qwen2: q/k/v biases, no q/k norms, M-RoPE frequencies in contiguous t/h/w sections.
+  attention_bias: ClassVar[bool] = True  # on q, k, v
+  o_bias: ClassVar[bool] = False
+  qk_norm: ClassVar[bool] = False
+  mrope_interleaved: ClassVar[bool] = False
 
   @property
   def head_dim(self) -> int:
@@ -92,15 +108,15 @@ class ModelConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"  # activation rematerialisation of each block: none | full | dots | dots_no_batch
+  vision_cls: ClassVar[type] = VisionConfig
+  text_cls: ClassVar[type] = TextConfig
 
   @classmethod
   def from_config(cls, model_cfg) -> "ModelConfig":
-    """From the `config.model` ConfigDict (see configs/tiny.py)."""
-    v, t = dict(model_cfg.vision), dict(model_cfg.text)
-    v["fullatt_block_indexes"] = tuple(v["fullatt_block_indexes"])
-    t["mrope_section"] = tuple(t["mrope_section"])
+    """From the `config.model` ConfigDict (see configs/tiny.py); sequences become tuples."""
+    tuples = lambda d: {k: tuple(x) if isinstance(x, (list, tuple)) else x for k, x in dict(d).items()}
     cfg = cls(
-        vision=VisionConfig(**v), text=TextConfig(**t),
+        vision=cls.vision_cls(**tuples(model_cfg.vision)), text=cls.text_cls(**tuples(model_cfg.text)),
         image_token_id=model_cfg.image_token_id, video_token_id=model_cfg.video_token_id,
         vision_start_token_id=model_cfg.vision_start_token_id,
         vision_end_token_id=model_cfg.vision_end_token_id,
@@ -193,6 +209,19 @@ def attention(q, k, v, mask, dtype, return_probs: bool = False):
 # ----------------------------------------------------------------------------------------------
 # Vision tower
 # ----------------------------------------------------------------------------------------------
+
+
+def vision_rope(positions, head_dim: int, theta: float):
+  """positions (B, P, 2) of (row, col) patch ids -> cos, sin of shape (B, P, 1, head_dim), float32.
+
+  Half of head_dim rotates with the row id and half with the column id, same frequencies for both.
+  """
+  half = head_dim // 2
+  inv_freq = 1.0 / (theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, P, 2, D/4)
+  freqs = freqs.reshape(*positions.shape[:-1], -1)  # [h freqs | w freqs]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  return jnp.cos(emb), jnp.sin(emb)
 
 
 class VisionAttention(nnx.Module):
@@ -288,18 +317,6 @@ class VisionTower(nnx.Module):
     self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs) for _ in range(cfg.depth)])
     self.merger = PatchMerger(cfg, dtype, param_dtype, rngs)
 
-  def rope(self, positions):
-    """positions (B, P, 2) of (row, col) patch ids -> cos, sin of shape (B, P, 1, head_dim), float32.
-
-    Half of head_dim rotates with the row id and half with the column id, same frequencies for both.
-    """
-    half = self.cfg.head_dim // 2
-    inv_freq = 1.0 / (self.cfg.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, P, 2, D/4)
-    freqs = freqs.reshape(*positions.shape[:-1], -1)  # [h freqs | w freqs]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    return jnp.cos(emb), jnp.sin(emb)
-
   def __call__(self, pixel_values, positions, segment_ids):
     """(B, P, patch_dim) window-ordered patches -> (B, P / merge_unit, out_hidden) merged tokens."""
     cfg = self.cfg
@@ -309,7 +326,7 @@ class VisionTower(nnx.Module):
                        f"({cfg.window_patches} patches); build batches with zwz_jax.data.batch")
     x = pixel_values.astype(self.dtype) @ self.patch_kernel[...].astype(self.dtype)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
-    cos, sin = self.rope(positions)
+    cos, sin = vision_rope(positions, cfg.head_dim, cfg.rope_theta)
     full = set(cfg.fullatt_block_indexes)
     run_full = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, None), self.remat)
     run_window = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, cfg.window_patches), self.remat)
@@ -324,32 +341,54 @@ class VisionTower(nnx.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def mrope_cos_sin(positions, cfg: TextConfig, dtype):
-  """positions (3, B, L) temporal/height/width ids -> cos, sin (B, L, 1, head_dim).
+def mrope_axes(section, interleaved: bool) -> np.ndarray:
+  """For each rotary frequency (head_dim / 2 of them), the id stream it takes its angle from:
+  0 temporal, 1 height, 2 width.
 
-  Frequency j of the rotary embedding takes its angle from the id stream its mrope section names:
-  the first `mrope_section[0]` frequencies from temporal ids, the next from height, the rest width.
+  Contiguous (Qwen2/2.5-VL): the first section[0] frequencies from temporal ids, the next section[1]
+  from height, the rest from width. Interleaved (Qwen3-VL): t, h, w, t, h, w, ... over the first
+  3 * section[1|2] frequencies, temporal for the rest.
   """
+  if not interleaved:
+    return np.repeat(np.arange(len(section)) % 3, section)
+  axes = np.zeros(sum(section), np.int64)
+  for axis in (1, 2):
+    axes[axis:3 * section[axis]:3] = axis
+  return axes
+
+
+def mrope_cos_sin(positions, cfg, dtype):
+  """positions (3, B, L) temporal/height/width ids -> cos, sin (B, L, 1, head_dim)."""
   d = cfg.head_dim
   inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / d))
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (3, B, L, D/2)
-  section = np.repeat(np.arange(len(cfg.mrope_section)) % 3, cfg.mrope_section)  # (D/2,)
+  section = mrope_axes(cfg.mrope_section, cfg.mrope_interleaved)  # (D/2,)
   freqs = jnp.take_along_axis(freqs, jnp.asarray(section)[None, None, None, :], axis=0)[0]
   emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
   return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
 class TextAttention(nnx.Module):
+  """GQA with M-RoPE; q/k/v biases (Qwen2) and per-head q/k RMSNorm (Qwen3) as the config says."""
 
-  def __init__(self, cfg: TextConfig, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q_kernel = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype)
-    self.q_bias = _zeros((h, d), ("heads", "head_dim"), param_dtype)
     self.k_kernel = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
-    self.k_bias = _zeros((kv, d), ("kv_heads", "head_dim"), param_dtype)
     self.v_kernel = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
-    self.v_bias = _zeros((kv, d), ("kv_heads", "head_dim"), param_dtype)
     self.o_kernel = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), param_dtype)
+    self.bias = cfg.attention_bias
+    if self.bias:
+      self.q_bias = _zeros((h, d), ("heads", "head_dim"), param_dtype)
+      self.k_bias = _zeros((kv, d), ("kv_heads", "head_dim"), param_dtype)
+      self.v_bias = _zeros((kv, d), ("kv_heads", "head_dim"), param_dtype)
+    self.out_bias = cfg.o_bias
+    if self.out_bias:
+      self.o_bias = _zeros((e,), ("embed",), param_dtype)
+    self.qk_norm = cfg.qk_norm
+    if self.qk_norm:
+      self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype)
+      self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype)
     self.num_kv_heads = kv
     self.dtype = dtype
 
@@ -359,9 +398,13 @@ class TextAttention(nnx.Module):
     probabilities (B, heads, S) of these query positions.
     Returns (output, new cache or None, probabilities or None)."""
     dt = self.dtype
-    q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt)) + self.q_bias[...].astype(dt)
-    k = jnp.einsum("ble,ehd->blhd", x, self.k_kernel[...].astype(dt)) + self.k_bias[...].astype(dt)
-    v = jnp.einsum("ble,ehd->blhd", x, self.v_kernel[...].astype(dt)) + self.v_bias[...].astype(dt)
+    q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt))
+    k = jnp.einsum("ble,ehd->blhd", x, self.k_kernel[...].astype(dt))
+    v = jnp.einsum("ble,ehd->blhd", x, self.v_kernel[...].astype(dt))
+    if self.bias:
+      q, k, v = (t + b[...].astype(dt) for t, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
@@ -381,6 +424,8 @@ class TextAttention(nnx.Module):
       p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
       probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
     out = jnp.einsum("blhd,hde->ble", out.reshape(b, l, h, d), self.o_kernel[...].astype(dt))
+    if self.out_bias:
+      out = out + self.o_bias[...].astype(dt)
     return out, cache, probs
 
 
@@ -436,6 +481,8 @@ class Qwen2_5_VL(nnx.Module):
     image_token_index (B, L): for each image-pad position, the index of its merged vision token
     (in the window-ordered vision output of the same example); -1 elsewhere. An `<|image_pad|>` id
     with index -1 (one the model generated) keeps its text embedding, as in cached decoding.
+    Returns (embeddings, vision features or None, per-layer additions): the additions (B, L, E) are
+    added to the outputs of the first decoder layers (none here; Qwen3-VL's DeepStack).
     """
     # Gather from a table split only over vocab (all-gathered over fsdp, as FSDP does for any
     # weight); gathering from a table also split over fsdp forces XLA to replicate it.
@@ -443,11 +490,17 @@ class Qwen2_5_VL(nnx.Module):
     x = jnp.take(table, input_ids, axis=0).astype(self.cfg.dtype)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     if pixel_values is None:
-      return x, None
-    feats = self.visual(pixel_values, vision_positions, vision_segment_ids)
-    gathered = jnp.take_along_axis(feats, jnp.maximum(image_token_index, 0)[..., None], axis=1)
+      return x, None, []
+    feats, extra = self.encode_images(pixel_values, vision_positions, vision_segment_ids)
     is_image = ((input_ids == self.cfg.image_token_id) & (image_token_index >= 0))[..., None]
-    return jnp.where(is_image, gathered.astype(x.dtype), x), feats
+    index = jnp.maximum(image_token_index, 0)[..., None]
+    gather = lambda f: jnp.take_along_axis(f, index, axis=1).astype(x.dtype)
+    x = jnp.where(is_image, gather(feats), x)
+    return x, feats, [jnp.where(is_image, gather(f), 0) for f in extra]
+
+  def encode_images(self, pixel_values, vision_positions, vision_segment_ids):
+    """(merged image features (B, P / merge_unit, E), features for the decoder's early layers)."""
+    return self.visual(pixel_values, vision_positions, vision_segment_ids), []
 
   def logits(self, hidden):
     t = self.cfg.text
@@ -468,8 +521,8 @@ class Qwen2_5_VL(nnx.Module):
     Returns logits (B, L, vocab), and with `return_hidden` or `attention_layer` also a dict of
     intermediates.
     """
-    x, feats = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
-                                 image_token_index)
+    x, feats, inject = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
+                                         image_token_index)
     b, l = input_ids.shape
     mask = jnp.tril(jnp.ones((l, l), bool))[None]
     if attention_mask is not None:
@@ -483,7 +536,9 @@ class Qwen2_5_VL(nnx.Module):
         x, _, probs = layer(x, cos, sin, mask, probs_query=attention_query)
       else:
         x = run(layer, x, cos, sin, mask)
-      hidden.append(x)
+      hidden.append(x)  # the layer's output, before any DeepStack addition (as transformers reports it)
+      if i < len(inject):
+        x = x + inject[i]
     logits = self.logits(self.norm(x))
     if return_hidden or attention_layer is not None:
       return logits, {"layers": hidden, "vision": feats, "attention": probs}
@@ -504,18 +559,17 @@ class Qwen2_5_VL(nnx.Module):
     """Runs `input_ids` (B, T) as cache slots index..index+T-1 (prefill: index 0, with the images;
     decode: T = 1). key_mask (B, S): which cache slots hold real tokens (left padding is False).
     Returns (logits (B, T, vocab), new cache)."""
-    x, _ = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids, image_token_index)
+    x, _, inject = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
+                                     image_token_index)
     t, s = input_ids.shape[1], cache[0][0].shape[1]
     causal = (jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None])[None]  # (1, T, S)
     mask = (causal & key_mask.astype(bool)[:, None, :])[:, None, None]
     cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
     new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
+    for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
       x, layer_cache, _ = layer(x, cos, sin, mask, layer_cache, index)
+      if i < len(inject):
+        x = x + inject[i]
       new_cache.append(layer_cache)
     return self.logits(self.norm(x)), new_cache
 
-
-def from_config(config, *, seed: int = 0) -> Qwen2_5_VL:
-  """Random-init student from the top-level ConfigDict."""
-  return Qwen2_5_VL(ModelConfig.from_config(config.model), rngs=nnx.Rngs(seed))

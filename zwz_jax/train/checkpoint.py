@@ -95,16 +95,15 @@ def load_model(config, path: str, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, 
   parameter checkpoint (launch/convert.py), or INIT: the student as training starts it (random
   init from `config.seed`), the before-training baseline. `config.model` must describe it.
   """
-  from zwz_jax.models import convert
-  from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
-  model_cfg = ModelConfig.from_config(config.model)
+  from zwz_jax.models import convert, registry
+  model_cfg = registry.model_config(config.model)
   if path == INIT:
     from zwz_jax.sharding import create_sharded_model
-    return create_sharded_model(lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(config.seed)), mesh), \
+    return create_sharded_model(registry.factory(model_cfg, config.seed), mesh), \
         f"initial student (random init, seed {config.seed})"
   if os.path.exists(os.path.join(path, "config.json")):
     return convert.load_hf_state(model_cfg, path, mesh), f"HF checkpoint {path}"
-  make = lambda: Qwen2_5_VL(model_cfg, rngs=nnx.Rngs(0))
+  make = registry.factory(model_cfg)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     space = ParamSpace(make, mesh)
     params, step = restore_trained_params(path, space)

@@ -22,9 +22,8 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from zwz_jax.models import convert
-from zwz_jax.models.qwen2_5_vl import ModelConfig, Qwen2_5_VL
-from zwz_jax.sharding import MESH_AXES, ShardingError, logical_to_spec, make_mesh
+from zwz_jax.models import convert, registry
+from zwz_jax.sharding import ShardingError, logical_to_spec, make_mesh
 from zwz_jax.train import checkpoint as ckpt_lib
 from zwz_jax.train import metrics as metrics_lib
 from zwz_jax.train import optim
@@ -52,8 +51,8 @@ class Trainer:
 
   def __post_init__(self):
     cfg = self.config
-    self.model_cfg = ModelConfig.from_config(cfg.model)
-    self.space = ParamSpace(lambda: Qwen2_5_VL(self.model_cfg, rngs=nnx.Rngs(cfg.seed)), self.mesh)
+    self.model_cfg = registry.model_config(cfg.model)
+    self.space = ParamSpace(registry.factory(self.model_cfg, cfg.seed), self.mesh)
     self.tx = optim.make_optimizer(cfg.train, self.space.abstract, self.updates_per_step)
     self.lr = optim.schedule(cfg.train, self.updates_per_step)
     self._check_batch_divides()
@@ -87,7 +86,7 @@ class Trainer:
     """Parameters from `train.init_from` (HF safetensors dir, training workdir, parameter
     checkpoint) or random."""
     src = self.config.train.init_from
-    make = lambda: Qwen2_5_VL(self.model_cfg, rngs=nnx.Rngs(self.config.seed))
+    make = registry.factory(self.model_cfg, self.config.seed)
     if not src:
       from zwz_jax.sharding import create_sharded_model
       params = flatten(create_sharded_model(make, self.mesh))
@@ -106,7 +105,7 @@ class Trainer:
     step = jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings["step"])
     return {"step": step, "params": params, "opt_state": opt_state}
 
-  def model(self, params: dict) -> Qwen2_5_VL:
+  def model(self, params: dict) -> nnx.Module:
     return self.space.model(params)
 
   # -- steps -------------------------------------------------------------------------------------

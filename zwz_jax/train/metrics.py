@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from zwz_jax.models.qwen2_5_vl import ModelConfig
 
 # Dense bf16 peak FLOP/s per chip (vendor figures). CPUs are measured instead (see `peak_flops`).
 PEAK_FLOPS = {
@@ -57,23 +56,14 @@ def peak_flops(device=None) -> float:
 _CPU_PEAK = None
 
 
-def forward_flops(cfg: ModelConfig, grids, seq_len: int, *, window_patches: int | None = None) -> float:
+def forward_flops(cfg, grids, seq_len: int, *, window_patches: int | None = None) -> float:
   """Matmul FLOPs of one forward pass of one example.
 
-  grids: (t, h, w) patch grids of its images; seq_len: text tokens. Window attention is counted
-  with `window_patches` keys per query (the padded window size our layout computes).
+  grids: (t, h, w) patch grids of its images; seq_len: text tokens. Window attention (Qwen2.5-VL)
+  is counted with `window_patches` keys per query (the padded window size our layout computes).
   """
-  v, t = cfg.vision, cfg.text
-  win = window_patches or v.window_patches
-  flops = 0.0
-  for tt, h, w in grids:
-    p = tt * h * w
-    e, m = v.hidden_size, v.intermediate_size
-    flops += 2 * p * v.patch_dim * e
-    flops += v.depth * 2 * p * (3 * e * e + e * e + 3 * e * m)
-    flops += (v.depth - len(v.fullatt_block_indexes)) * 4 * p * min(win, p) * e
-    flops += len(v.fullatt_block_indexes) * 4 * p * (p // tt) * e
-    flops += 2 * (p // v.merge_unit) * (v.merge_unit * e) * (v.merge_unit * e + v.out_hidden_size)
+  t = cfg.text
+  flops = sum(cfg.vision.matmul_flops(grid, window_patches) for grid in grids)
   e, hd = t.hidden_size, t.head_dim
   proj = e * (t.num_heads * hd) * 2 + e * (t.num_kv_heads * hd) * 2
   flops += t.num_layers * 2 * seq_len * (proj + 3 * e * t.intermediate_size)
@@ -82,7 +72,7 @@ def forward_flops(cfg: ModelConfig, grids, seq_len: int, *, window_patches: int 
   return flops
 
 
-def batch_train_flops(cfg: ModelConfig, batch: dict) -> float:
+def batch_train_flops(cfg, batch: dict) -> float:
   """Training FLOPs (forward + backward = 3x forward) of a padded batch, as the devices compute it."""
   b, p = batch["vision_segment_ids"].shape
   seq = batch["input_ids"].shape[1]

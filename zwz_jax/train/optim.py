@@ -1,6 +1,7 @@
 """Optimizer: AdamW with warmup + cosine decay, global-norm clipping, per-module learning rates.
 
-Modules are the vision tower, the patch merger and the text decoder (with embeddings and head). A
+Modules are the vision tower, the patch mergers (Qwen3-VL's DeepStack mergers too) and the text
+decoder (with embeddings and head). A
 learning-rate scale of 0 freezes a module: it gets no update and no optimizer state.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ MODULES = ("vision", "merger", "text")
 
 def module_of(path: str) -> str:
   """Which trainable module a parameter path ('visual.blocks.0.attn.qkv_kernel', ...) belongs to."""
-  if path.startswith("visual.merger."):
+  if path.startswith(("visual.merger.", "visual.deepstack_mergers.")):
     return "merger"
   if path.startswith("visual."):
     return "vision"

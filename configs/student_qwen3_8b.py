@@ -1,0 +1,15 @@
+"""Qwen3-VL-8B-Instruct student (ZwZ-8B, the paper's best: 58.1 on ZoomBench): published
+hyper-parameters, for real runs.
+
+Weights come from the HF checkpoint (--config.train.init_from=PATH or launch/convert.py); set the
+tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
+"""
+import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+
+
+def get_config():
+  return _qwen3_vl.qwen3_vl_config(
+      hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
+      vocab_size=151936, tie_word_embeddings=False,  # the 8B alone has its own LM head
+      vision_depth=27, vision_hidden_size=1152, vision_intermediate_size=4304, vision_num_heads=16,
+      deepstack_visual_indexes=(8, 16, 24))
