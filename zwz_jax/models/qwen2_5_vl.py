@@ -26,22 +26,19 @@ from zwz_jax.sharding import constrain
 _INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
 
 
-@dataclasses.dataclass(frozen=True)
-class VisionConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionTowerConfig:
+  """The vision fields every family has; each family's config adds its own (keyword-only)."""
   depth: int
   hidden_size: int
   intermediate_size: int
   num_heads: int
   out_hidden_size: int
-  fullatt_block_indexes: tuple[int, ...]
   in_channels: int = 3
   patch_size: int = 14
   temporal_patch_size: int = 2
   spatial_merge_size: int = 2
-  window_size: int = 112
   rope_theta: float = 10000.0
-  rms_norm_eps: float = 1e-6
-  tokens_per_second: int = 2
 
   @property
   def head_dim(self) -> int:
@@ -54,6 +51,14 @@ class VisionConfig:
   @property
   def merge_unit(self) -> int:
     return self.spatial_merge_size**2
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionConfig(VisionTowerConfig):
+  fullatt_block_indexes: tuple[int, ...]
+  window_size: int = 112
+  rms_norm_eps: float = 1e-6
+  tokens_per_second: int = 2
 
   @property
   def window_patches(self) -> int:
@@ -73,8 +78,9 @@ class VisionConfig:
             + 2 * (p // self.merge_unit) * (self.merge_unit * e) * (self.merge_unit * e + self.out_hidden_size))
 
 
-@dataclasses.dataclass(frozen=True)
-class TextConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderConfig:
+  """The text-decoder fields every family has; each family's config adds its own (keyword-only)."""
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -86,6 +92,10 @@ class TextConfig:
   rope_theta: float = 1000000.0
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 128000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig(DecoderConfig):
   # Qwen2: q/k/v biases, no q/k norms, M-RoPE frequencies in contiguous t/h/w sections.
   attention_bias: ClassVar[bool] = True  # on q, k, v
   o_bias: ClassVar[bool] = False

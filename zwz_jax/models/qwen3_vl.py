@@ -28,33 +28,12 @@ from zwz_jax.models.qwen2_5_vl import REMAT_POLICIES, DecoderLayer, RMSNorm, Vis
 from zwz_jax.sharding import constrain
 
 
-@dataclasses.dataclass(frozen=True)
-class VisionConfig:
-  depth: int
-  hidden_size: int
-  intermediate_size: int
-  num_heads: int
-  out_hidden_size: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionConfig(base.VisionTowerConfig):
   deepstack_visual_indexes: tuple[int, ...]
-  in_channels: int = 3
   patch_size: int = 16
-  temporal_patch_size: int = 2
-  spatial_merge_size: int = 2
   num_position_embeddings: int = 2304
-  rope_theta: float = 10000.0
   layer_norm_eps: float = 1e-6
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
-
-  @property
-  def patch_dim(self) -> int:
-    return self.in_channels * self.temporal_patch_size * self.patch_size**2
-
-  @property
-  def merge_unit(self) -> int:
-    return self.spatial_merge_size**2
 
   @property
   def window_size(self) -> int:
@@ -82,19 +61,10 @@ class VisionConfig:
     return int(round(self.num_position_embeddings**0.5))
 
 
-@dataclasses.dataclass(frozen=True)
-class TextConfig:
-  vocab_size: int
-  hidden_size: int
-  intermediate_size: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig(base.DecoderConfig):
   head_dim: int
-  mrope_section: tuple[int, ...]
-  rms_norm_eps: float = 1e-6
   rope_theta: float = 5000000.0
-  tie_word_embeddings: bool = False
   max_position_embeddings: int = 262144
   attention_bias: bool = False
   qk_norm: ClassVar[bool] = True
