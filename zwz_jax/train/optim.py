@@ -10,6 +10,7 @@ from typing import Mapping
 
 import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 MODULES = ("vision", "merger", "text")
 
@@ -54,3 +55,24 @@ def make_optimizer(train_cfg, params: Mapping[str, jax.Array],
     chain.append(optax.clip_by_global_norm(train_cfg.grad_clip))
   chain.append(optax.multi_transform(transforms, labels))
   return optax.chain(*chain)
+
+
+def state_shardings(tx: optax.GradientTransformation, abstract_params: Mapping[str, jax.ShapeDtypeStruct],
+                    mesh: jax.sharding.Mesh):
+  """The sharding of every leaf of `tx`'s state: a leaf that stands for a parameter (Adam's moments,
+  under any chain, `multi_transform` mask or frozen module) takes that parameter's sharding; the
+  rest (step counts, scalars, factored statistics of another shape) is replicated.
+
+  Stated explicitly because XLA leaves zeros that do not depend on their input replicated: a jitted
+  `tx.init` without out_shardings puts the whole optimizer state on every chip. Optax keeps
+  per-parameter state in trees shaped like the parameters, so with our flat {path: array} params a
+  leaf stands for parameter `k` exactly when the last dictionary key on its path is `k`.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def sharding(path, leaf):
+    keys = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+    param = abstract_params.get(keys[-1]) if keys else None
+    return param.sharding if param is not None and param.shape == leaf.shape else replicated
+
+  return jax.tree_util.tree_map_with_path(sharding, jax.eval_shape(tx.init, dict(abstract_params)))
