@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed-stamp
 TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 PYTEST_ARGS ?= -q -n 2 --durations=15
 TESTS ?= tests
+# libtpu (the [tpu] extra, for launch/compile.py) is installed beside the CPU backend: tests and
+# the demo stay on the CPU platform so it does not look for a TPU at start.
+CPU_ONLY := JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu}
 
 .PHONY: venv test demo bench
 
@@ -15,20 +18,20 @@ venv: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[teacher,test]'
+	$(PY) -m pip install -e '.[teacher,test,tpu]'
 	touch $@
 
 # Two pytest workers on two cores: one BLAS thread each, or torch oversubscribes.
 # pytest exits 5 when it collects no tests; that is not a failure here.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 XLA_FLAGS='$(TEST_XLA_FLAGS)' $(PY) -m pytest $(PYTEST_ARGS) $(TESTS); \
+	$(CPU_ONLY) OMP_NUM_THREADS=1 XLA_FLAGS='$(TEST_XLA_FLAGS)' $(PY) -m pytest $(PYTEST_ARGS) $(TESTS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # The main job on the CPU default (configs/demo.py, about 15 minutes on 2 cores): scenes and their
 # distilled records, a held-out dual-view benchmark, the tiny student trained with and without the
 # red box, both views evaluated before and after, one report in out/demo/demo.md. Re-running resumes.
 demo: $(STAMP)
-	$(PY) launch/demo.py
+	$(CPU_ONLY) $(PY) launch/demo.py
 
 # Every script in bench/, then one markdown table of side-by-side ratios in out/bench/report.md.
 bench: $(STAMP)

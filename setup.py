@@ -29,5 +29,8 @@ setup(
         # PyTorch teacher side (data generation) and the numerical reference.
         "teacher": ["torch==2.13.0", "transformers>=5.0", "pyarrow"],
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=5.0", "pyarrow"],
+        # The TPU runtime and compiler, matched to our jax: needed on TPU VMs, and on any machine
+        # for launch/compile.py (compile for a TPU slice without one).
+        "tpu": ["jax[tpu]==0.10.2"],
     },
 )

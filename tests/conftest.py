@@ -4,6 +4,8 @@ import pathlib
 
 # Must precede the first jax import: XLA reads the flag once, when the backend starts.
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
+# CPU even where libtpu is installed (the compile tests reach the TPU compiler through topologies).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}".strip()
 

@@ -11,5 +11,5 @@ gcloud compute tpus tpu-vm ssh "$TPU" --worker=all --zone="$ZONE" $PROJECT_FLAG 
   set -e
   mkdir -p ~/zwz-jax && tar -C ~/zwz-jax -xzf ~/zwz-jax.tar.gz
   cd ~/zwz-jax && python3 -m venv .venv && .venv/bin/pip install -q -U pip
-  .venv/bin/pip install -q -e . "jax[tpu]"'
+  .venv/bin/pip install -q -e ".[tpu]"'
 rm -f "$ARCHIVE"

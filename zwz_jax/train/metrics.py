@@ -12,10 +12,12 @@ import tqdm
 
 
 # Dense bf16 peak FLOP/s per chip (vendor figures). CPUs are measured instead (see `peak_flops`).
+# Keys are device_kind prefixes; the longest matching one wins ("TPU v5 lite" before "TPU v5").
 PEAK_FLOPS = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,
     "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p reports "TPU v5"
     "TPU v5p": 459e12,
     "TPU v6 lite": 918e12,
     "TPU v6e": 918e12,
@@ -47,10 +49,8 @@ def peak_flops(device=None) -> float:
     if _CPU_PEAK is None:
       _CPU_PEAK = measured_matmul_peak()
     return _CPU_PEAK
-  for kind, flops in PEAK_FLOPS.items():
-    if device.device_kind.startswith(kind):
-      return flops
-  return float("nan")
+  kinds = [k for k in PEAK_FLOPS if device.device_kind.startswith(k)]
+  return PEAK_FLOPS[max(kinds, key=len)] if kinds else float("nan")
 
 
 _CPU_PEAK = None

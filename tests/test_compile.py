@@ -1,0 +1,119 @@
+"""Ahead-of-time compilation for TPU topologies on CPU (libtpu's compile-only client): every
+function compiles for a small slice, the figures agree with the shardings, and a program that
+cannot fit or a topology that does not exist fails clearly."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zwz_jax import aot
+from zwz_jax.config import load_config
+from zwz_jax.models import registry
+from zwz_jax.train.params import ParamSpace
+
+
+# One bucket and short rollouts keep the compiles quick; the programs are the real ones.
+SMALL = ["data.buckets=((224, 256),)", "grpo.num_generations=4", "grpo.max_new_tokens=4", "grpo.num_minibatches=2"]
+
+
+def _space(config, chips: int = 4) -> ParamSpace:
+  """The parameters laid out on CPU devices in the config's mesh shape over `chips` devices."""
+  import jax
+  from zwz_jax.sharding import make_mesh
+  return ParamSpace(registry.factory(registry.model_config(config.model)),
+                    make_mesh(config.mesh, devices=jax.devices()[:chips]))
+
+
+def _param_bytes_per_chip(config) -> float:
+  """fp32 parameter bytes per chip from the logical-axis rules alone: each parameter's size over the
+  product of the mesh axes its spec names."""
+  space = _space(config)
+  mesh_shape = next(iter(space.abstract.values())).sharding.mesh.shape
+  total = 0.0
+  for a in space.abstract.values():
+    axes = [x for part in a.sharding.spec if part for x in ((part,) if isinstance(part, str) else part)]
+    total += 4 * math.prod(a.shape) / math.prod(mesh_shape[x] for x in axes)
+  return total
+
+
+def _check_figures(config, reports):
+  expected = _param_bytes_per_chip(config)
+  for r in reports:
+    assert r.fits and not r.error, r.error
+    assert r.device_kind == "TPU v5 lite" and r.hbm == aot.HBM_BYTES["TPU v5 lite"]
+    assert r.temp > 0 and r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1
+    assert r.held["params"] == pytest.approx(expected, rel=0.05)
+    # The compiler holds at least what the shardings say (TPU tiles pad small arrays).
+    assert r.argument >= sum(r.held.values())
+    if r.function in ("sft", "grpo_update"):
+      # Both Adam moments, sharded like the parameters (replicated, they would be 8 * n per chip).
+      assert r.held["opt_state"] == pytest.approx(2 * expected, rel=0.05)
+      # The donated state comes back in place: the outputs alias at least the state's bytes.
+      assert r.alias >= r.held["params"] + r.held["opt_state"]
+      # The compiled step does the model's matmuls (and little else) per chip.
+      assert 0.8 < r.flops / r.model_flops < 2.0, (r.flops, r.model_flops)
+    else:
+      assert r.held["opt_state"] == 0
+
+
+@pytest.mark.parametrize("config_path,mesh", [
+    # One decoder layer and one window + one full-attention vision block: a shorter compile.
+    ("configs/eval_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1", "model.vision.depth=2",
+                              "model.vision.fullatt_block_indexes=(1,)")),
+    ("configs/tiny_qwen3.py", ("mesh.fsdp=-1",)),
+], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
+def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
+  config = load_config(config_path, SMALL + list(mesh))
+  reports = aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS)
+  assert [r.function for r in reports] == list(aot.FUNCTIONS)
+  _check_figures(config, reports)
+  if reports[0].mesh["fsdp"] == 4:
+    # fsdp over all 4 chips: nearly every parameter byte is split 4 ways (norms may be replicated).
+    n = sum(math.prod(a.shape) for a in _space(config).abstract.values())
+    assert reports[0].held["params"] == pytest.approx(4 * n / 4, rel=0.05)
+  sft, grpo, rollout, evaluation = reports
+  assert sft.shape == {"rows": 8, "tokens": 224, "patches": 256}
+  assert grpo.shape == {"rows": 8 * 4 // 2, "tokens": 224 + 4, "patches": 256}
+  assert rollout.shape == {"rows": 8 * 4, "tokens": 224, "patches": 256, "new_tokens": 4}
+  assert evaluation.shape["rows"] == config.eval.batch_size
+  assert evaluation.shape["new_tokens"] == config.eval.max_new_tokens
+
+
+def _compile_cli(*args):
+  cmd = [sys.executable, "launch/compile.py", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_a_program_that_cannot_fit_exits_nonzero_naming_function_bucket_and_bytes():
+  # 8 examples of 65,536 patches on one v5e chip: the vision tower's full attention alone needs
+  # far more than its 16 GiB.
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:1x1", "--config.mesh.fsdp=1",
+                     "--config.data.buckets=((512, 65536),)", "--json")
+  assert out.returncode == 1, out.stderr[-2000:]
+  rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+  assert [(r["function"], r["shape"]["patches"], r["fits"]) for r in rows] == [("sft", 65536, False)]
+  assert "RESOURCE_EXHAUSTED" in rows[0]["error"]
+  assert "sft (rows=8 x tokens=512 x patches=65536) does not fit v5e:1x1" in out.stderr
+  assert "exceeds available HBM" in out.stderr
+
+
+def test_unknown_topology_and_function_are_clear_errors():
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v9z:2x2")
+  assert out.returncode == 2 and "--topology='v9z:2x2'" in out.stderr and "v5p:4x4x4" in out.stderr
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:3x7")
+  assert out.returncode == 2 and "is not a TPU topology the compiler knows" in out.stderr, out.stderr[-2000:]
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--functions=sft,nope")
+  assert out.returncode == 2 and "'nope'" in out.stderr
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--functions=eval")
+  assert out.returncode == 2 and "config key eval" in out.stderr
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdpp=2")
+  assert out.returncode == 2 and "fsdpp" in out.stderr
+
+
+def test_mesh_that_does_not_match_the_slice_names_both():
+  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdp=8")
+  assert out.returncode == 2 and "needs 8 devices, have 4" in out.stderr, out.stderr[-2000:]

@@ -1,0 +1,348 @@
+"""Ahead-of-time compilation of our jitted functions for a TPU topology, on a machine without a TPU.
+
+libtpu's compile-only client (`jax.experimental.topologies.get_topology_desc`) gives the devices of
+a named slice ("v5p:4x4x4"); the config's mesh is laid over them and every function is lowered with
+`jax.ShapeDtypeStruct` inputs that carry the real shardings (no weights, no data), then compiled by
+the real TPU compiler. Per chip we report what the step holds (parameters, optimizer state, batch:
+from the input shardings), the compiler's temporaries and total against the chip's HBM, its FLOPs
+and cost-model time, and the MFU they imply. A program that does not fit is reported with the
+compiler's message instead of figures.
+
+Functions: `sft` (the train step, once per bucket of data.buckets), `grpo_update` (the RL update
+on prompts x num_generations / num_minibatches rows of prompt + response), `rollout` (prefill +
+decode of num_generations samples per prompt), `eval` (greedy decode of eval.batch_size prompts at
+the eval config's image resolution).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from zwz_jax.config import ConfigError
+
+GiB = 1024**3
+FUNCTIONS = ("sft", "grpo_update", "rollout", "eval")
+CHIPS = ("v4", "v5e", "v5p", "v6e")
+
+# HBM per chip that the compiler lets a program use (its own "available HBM" figure), by device kind.
+HBM_BYTES = {
+    "TPU v4": 30.75 * GiB,
+    "TPU v5 lite": 15.75 * GiB,
+    "TPU v5": 95.74 * GiB,  # v5p
+    "TPU v6 lite": 31.25 * GiB,
+}
+# Text tokens of an eval prompt besides its image tokens (chat template, question, options).
+EVAL_TEXT_TOKENS = 256
+
+
+class TopologyError(ValueError):
+  """A topology name the TPU compiler does not know."""
+
+
+def compile_only_env() -> None:
+  """libtpu looks for TPU metadata when it starts: on a machine without a TPU tell it not to.
+
+  Must run before the first `get_topology_desc`; values already set are kept. JAX itself stays on
+  the CPU platform, so nothing else in the process changes."""
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # any valid name: the topology decides
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # No chip to guard: let several compiling processes (test workers, parallel compiles) load libtpu.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def topology_devices(name: str) -> list:
+  """The TPU devices of a topology name as `get_topology_desc` takes it, e.g. "v5p:4x4x4",
+  "v5e:2x2", "v6e:4x4", "v4:2x2x1" (one device per chip: megacore on v4 and v5p)."""
+  chip, _, shape = name.partition(":")
+  if chip not in CHIPS or not re.fullmatch(r"\d+(x\d+){1,2}", shape):
+    raise TopologyError(f"--topology={name!r}: expected CHIP:SHAPE with CHIP one of {CHIPS} and SHAPE like "
+                        f"2x2 (v5e, v6e) or 2x2x1 (v4, v5p), e.g. v5p:4x4x4")
+  compile_only_env()
+  from jax.experimental import topologies
+  kwargs = {"chip_config_name": "megacore"} if chip == "v4" else {}
+  dims = [int(d) for d in shape.split("x")] + [1] * (3 - shape.count("x") - 1)
+  if math.prod(dims) < 4:  # smaller than one host (2x2 chips): the slice is the host
+    kwargs["chips_per_host_bounds"] = tuple(dims)
+  try:
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices)
+  except Exception as e:  # the compiler's own words (e.g. a shape the chip does not come in)
+    raise TopologyError(f"--topology={name!r} is not a TPU topology the compiler knows: {e}") from None
+
+
+def hbm_bytes(device_kind: str) -> float:
+  if device_kind not in HBM_BYTES:
+    raise TopologyError(f"no HBM size known for device kind {device_kind!r}; add it to aot.HBM_BYTES")
+  return HBM_BYTES[device_kind]
+
+
+def per_chip_bytes(tree) -> int:
+  """Bytes one chip holds of a tree of ShapeDtypeStruct with shardings (the largest shard)."""
+  total = 0
+  for a in jax.tree.leaves(tree):
+    shape = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
+    total += math.prod(shape) * np.dtype(a.dtype).itemsize
+  return total
+
+
+@dataclasses.dataclass
+class Report:
+  """One compiled function on one topology; sizes are bytes per chip."""
+  function: str
+  shape: dict  # rows, tokens, patches (and new tokens for samplers)
+  topology: str
+  mesh: dict
+  device_kind: str
+  hbm: float
+  held: dict = dataclasses.field(default_factory=dict)  # params / opt_state / batch bytes per chip
+  argument: int = 0
+  output: int = 0
+  alias: int = 0
+  temp: int = 0
+  flops: float = 0.0  # the compiled per-chip program's
+  model_flops: float = 0.0  # analytic matmul FLOPs per chip (train steps: forward + backward)
+  est_seconds: float = 0.0  # the compiler's cost-model time
+  peak_flops: float = 0.0
+  compile_seconds: float = 0.0
+  error: str = ""  # the compiler's message when it does not fit or does not compile
+
+  @property
+  def total(self) -> int:
+    """Peak HBM of the program: inputs, outputs not aliased to donated inputs, temporaries."""
+    return self.argument + self.output - self.alias + self.temp
+
+  @property
+  def fits(self) -> bool:
+    return not self.error and self.total <= self.hbm
+
+  @property
+  def mfu(self) -> float:
+    """Model FLOPs (analytic where known, else the compiler's) per cost-model second / peak."""
+    flops = self.model_flops or self.flops
+    return flops / self.est_seconds / self.peak_flops if self.est_seconds and self.peak_flops else float("nan")
+
+  def to_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out.update(total=self.total, fits=self.fits, mfu=self.mfu)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Abstract inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def batch_shapes(config, rows: int, tokens: int, patches: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a `batch.build_batch` output (labels_mask included) of `rows` examples:
+  taken from the batch builder itself, so the contract has one definition."""
+  from zwz_jax.data import batch as batch_lib
+  from zwz_jax.data import pipeline
+  empty = batch_lib.build_batch([], vision_cfg=pipeline._VisionDims.from_config(config.model),
+                                image_token_id=int(config.model.image_token_id), max_tokens=tokens,
+                                max_patches=patches)
+  out = {}
+  for key, x in empty.items():
+    shape = (3, rows) + x.shape[2:] if key == "positions" else (rows,) + x.shape[1:]
+    out[key] = jax.ShapeDtypeStruct(shape, x.dtype)
+  return out
+
+
+def place_batch(mesh, shapes: dict) -> dict:
+  """Batch shardings as the trainer places batches (batch axes over data x fsdp); replicated when
+  the rows do not divide over them (evaluation batches may be smaller than the slice)."""
+  from zwz_jax.train.loop import batch_spec
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  out = {}
+  for key, s in shapes.items():
+    rows = s.shape[1] if key == "positions" else s.shape[0]
+    spec = batch_spec(key, len(s.shape)) if rows % n == 0 else PartitionSpec()
+    out[key] = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, spec))
+  return out
+
+
+def eval_resolution(config) -> tuple[int, int]:
+  """(max_tokens, max_patches) of an eval prompt with one square image at processor.max_pixels,
+  rounded as the ZoomBench evaluator rounds its shapes."""
+  from zwz_jax.data import pipeline, processor
+  v, p = config.model.vision, config.processor
+  factor = int(v.patch_size) * int(v.spatial_merge_size)
+  side = int(math.sqrt(int(p.max_pixels)))
+  h, w = processor.smart_resize(side, side, factor, int(p.min_pixels), int(p.max_pixels))
+  grid = np.array([[1, h // int(v.patch_size), w // int(v.patch_size)]])
+  dims = pipeline._VisionDims.from_config(config.model)
+  window = pipeline.window_patches(dims)
+  merged = int(grid.prod()) // int(v.spatial_merge_size) ** 2
+  up = lambda x, m: -(-x // m) * m
+  return up(merged + EVAL_TEXT_TOKENS, 64), up(pipeline.padded_patches(grid, dims), 4 * window)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functions
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Program:
+  shape: dict
+  lowered: Any
+  held: dict  # bytes per chip of the inputs by part
+  model_flops: float = 0.0  # analytic, whole step (0: not known)
+
+
+def _held(state: dict, batch: dict) -> dict:
+  return {"params": per_chip_bytes(state["params"]), "opt_state": per_chip_bytes(state.get("opt_state", {})),
+          "batch": per_chip_bytes(batch)}
+
+
+def _buckets(config):
+  from zwz_jax.data import pipeline
+  return pipeline.check_buckets(config.data.buckets, pipeline._VisionDims.from_config(config.model))
+
+
+def _train_program(trainer, config, mesh, shapes: dict, shape: dict) -> _Program:
+  from zwz_jax.train import metrics as metrics_lib
+  batch = place_batch(mesh, {k: shapes[k] for k in trainer.batch_keys})
+  return _Program(shape, trainer._train_step.lower(trainer.abstract_state, batch), _held(trainer.abstract_state, batch),
+                  metrics_lib.batch_train_flops(trainer.model_cfg, batch))
+
+
+def _sft(config, mesh) -> list[_Program]:
+  """The train step at every bucket, on the global batch (it splits off grad_accum_steps micro-batches)."""
+  from zwz_jax.train.loop import Trainer
+  trainer, rows = Trainer(config, mesh), int(config.data.global_batch_size)
+  return [_train_program(trainer, config, mesh, batch_shapes(config, rows, tokens, patches),
+                         {"rows": rows, "tokens": tokens, "patches": patches}) for tokens, patches in _buckets(config)]
+
+
+def _grpo_update(config, mesh) -> list[_Program]:
+  """One optimizer update on a mini-batch of rollouts: largest-bucket prompts + max_new_tokens."""
+  from zwz_jax.train.grpo import GRPOTrainer
+  g = config.grpo
+  trainer = GRPOTrainer(config, mesh)
+  tokens, patches = _buckets(config)[-1]
+  steps = int(g.max_new_tokens)
+  rows = int(config.data.global_batch_size) * int(g.num_generations) // int(g.num_minibatches)
+  shapes = batch_shapes(config, rows, tokens + steps, patches)
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  shapes.update(response=jax.ShapeDtypeStruct((rows, steps), jnp.int32),
+                response_mask=jax.ShapeDtypeStruct((rows, steps), jnp.bool_),
+                old_logp=f32(rows, steps), advantages=f32(rows), ref_logp=f32(rows, steps))
+  return [_train_program(trainer, config, mesh, shapes, {"rows": rows, "tokens": tokens + steps, "patches": patches})]
+
+
+def _rollout(config, mesh) -> list[_Program]:
+  """Sampling num_generations responses per prompt of the largest bucket."""
+  g = config.grpo
+  tokens, patches = _buckets(config)[-1]
+  sampling = dict(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p))
+  return [_sampler_program(config, mesh, int(config.data.global_batch_size), tokens, patches,
+                           int(g.num_generations), sampling)]
+
+
+def _eval(config, mesh) -> list[_Program]:
+  """Greedy decoding of eval.batch_size prompts with one image at processor.max_pixels."""
+  if "eval" not in config:
+    raise KeyError("config key eval: the eval sampler is compiled at the eval config's settings "
+                   "(e.g. configs/eval_zoombench.py); this config has no eval section")
+  tokens, patches = eval_resolution(config)
+  sampling = dict(max_new_tokens=int(config.eval.max_new_tokens), temperature=0.0)
+  return [_sampler_program(config, mesh, int(config.eval.batch_size), tokens, patches, 1, sampling)]
+
+
+PROGRAMS = {"sft": _sft, "grpo_update": _grpo_update, "rollout": _rollout, "eval": _eval}
+
+
+def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) -> _Program:
+  from zwz_jax.eval import sampler as sampler_lib
+  from zwz_jax.models import registry
+  from zwz_jax.train.params import ParamSpace
+  from zwz_jax.train.sft import MODEL_INPUTS
+  space = ParamSpace(registry.factory(registry.model_config(config.model), int(config.seed)), mesh)
+  graphdef, state = nnx.split(space.model(space.abstract))
+  shapes = batch_shapes(config, prompts, tokens, patches)
+  batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+  cfg = sampler_lib.SamplingConfig(stop_ids=(0,), **sampling)
+  shape = {"rows": prompts * samples, "tokens": tokens, "patches": patches, "new_tokens": sampling["max_new_tokens"]}
+  return _Program(shape, sampler_lib._generate.lower(graphdef, state, batch, rng, cfg, samples),
+                  _held({"params": state}, batch))
+
+
+def compile_config(config, topology: str, functions: Sequence[str] = ("sft",)) -> list[Report]:
+  """Compiles each function of `config` for `topology`; one Report per program."""
+  from zwz_jax.sharding import make_mesh
+  from zwz_jax.train import metrics as metrics_lib
+  devices = topology_devices(topology)
+  mesh = make_mesh(config.mesh, devices=devices)
+  kind = devices[0].device_kind
+  hbm, peak, chips = hbm_bytes(kind), metrics_lib.peak_flops(devices[0]), len(devices)
+  unknown = [f for f in functions if f not in PROGRAMS]
+  if unknown:
+    raise ConfigError(f"--functions: {unknown} not among {FUNCTIONS}")
+  reports = []
+  for function in functions:
+    with jax.set_mesh(mesh):
+      programs = PROGRAMS[function](config, mesh)
+    for p in programs:
+      r = Report(function, p.shape, topology, dict(mesh.shape), kind, hbm, held=p.held,
+                 model_flops=p.model_flops / chips, peak_flops=peak)
+      t0 = time.perf_counter()
+      try:
+        compiled = p.lowered.compile()
+      except Exception as e:  # XLA's RESOURCE_EXHAUSTED (or any compile failure), reported as is
+        r.error = str(e)
+      else:
+        m = compiled.memory_analysis()
+        r.argument, r.output = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
+        r.alias, r.temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
+        cost = compiled.cost_analysis() or {}
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        r.flops = float(cost.get("flops", 0.0))
+        r.est_seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0)  # < 0: the cost model has no estimate
+      r.compile_seconds = time.perf_counter() - t0
+      reports.append(r)
+  return reports
+
+
+def format_table(reports: Sequence[Report]) -> str:
+  """Markdown table, one row per program, sizes per chip."""
+  lines = ["| function | rows x tokens x patches | mesh | params | opt state | batch | temporaries | total / HBM "
+           "| TFLOP per chip | est. time | MFU | compile |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in reports:
+    mesh = "x".join(f"{k}{v}" for k, v in r.mesh.items() if v > 1) or "1"
+    shape = f"{r.shape['rows']} x {r.shape['tokens']} x {r.shape['patches']}"
+    if "new_tokens" in r.shape:
+      shape += f" (+{r.shape['new_tokens']} new)"
+    cells = [r.function, shape, mesh] + [_bytes(r.held.get(k, 0)) for k in ("params", "opt_state", "batch")]
+    if r.error:
+      cells += [f"does not fit: {_short(r.error)}", "", "", "", ""]
+    else:
+      over = "" if r.fits else " (over)"
+      cells += [_bytes(r.temp), f"{_bytes(r.total)} / {_bytes(r.hbm)}{over}",
+                f"{(r.model_flops or r.flops) / 1e12:.2f}",
+                f"{r.est_seconds * 1e3:.0f} ms" if r.est_seconds else "-",
+                f"{r.mfu:.1%}" if np.isfinite(r.mfu) else "-"]
+    lines.append("| " + " | ".join(cells + [f"{r.compile_seconds:.0f} s"]) + " |")
+  return "\n".join(lines)
+
+
+def _bytes(b: float) -> str:
+  return f"{b / GiB:.2f} GiB" if b >= 0.1 * GiB else f"{b / 1024**2:.1f} MiB"
+
+
+def _short(message: str) -> str:
+  first = next((l for l in message.splitlines() if "RESOURCE_EXHAUSTED" in l), message.splitlines()[0] if message else "")
+  return first.strip().replace("|", "/")[:300]
