@@ -2,6 +2,8 @@
 
 Weights come from the HF checkpoint via launch/convert.py; set the tokenizer with
 --config.processor.tokenizer=PATH (see configs/_qwen2_5_vl.py).
+
+Slice: not yet compiled; check one with launch/compile.py --topology=... before a run.
 """
 import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 

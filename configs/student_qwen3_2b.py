@@ -2,6 +2,9 @@
 
 Weights come from the HF checkpoint (--config.train.init_from=PATH or launch/convert.py); set the
 tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
+
+Slice: v5e:8x8 or v5p:4x4x4 (64 chips) with the default mesh (fsdp over every chip) and
+data.global_batch_size=64: 8.9 / 10.4 GiB per chip at the largest bucket (launch/compile.py).
 """
 import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 

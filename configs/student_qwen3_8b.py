@@ -3,6 +3,9 @@ hyper-parameters, for real runs.
 
 Weights come from the HF checkpoint (--config.train.init_from=PATH or launch/convert.py); set the
 tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
+
+Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
+data.global_batch_size=64: 33.1 GiB per chip at the largest bucket (launch/compile.py).
 """
 import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 

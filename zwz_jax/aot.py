@@ -31,7 +31,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from zwz_jax.config import ConfigError
 
 GiB = 1024**3
-FUNCTIONS = ("sft", "grpo_update", "rollout", "eval")
 CHIPS = ("v4", "v5e", "v5p", "v6e")
 
 # HBM per chip that the compiler lets a program use (its own "available HBM" figure), by device kind.
@@ -261,6 +260,7 @@ def _eval(config, mesh) -> list[_Program]:
 
 
 PROGRAMS = {"sft": _sft, "grpo_update": _grpo_update, "rollout": _rollout, "eval": _eval}
+FUNCTIONS = tuple(PROGRAMS)
 
 
 def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) -> _Program:
