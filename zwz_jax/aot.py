@@ -197,6 +197,8 @@ class _Program:
   lowered: Any
   held: dict  # bytes per chip of the inputs by part
   model_flops: float = 0.0  # analytic, whole step (0: not known)
+  # XLA's cost analysis counts a loop body once: the train step's micro-batch scan runs this often.
+  loop_trips: int = 1
 
 
 def _held(state: dict, batch: dict) -> dict:
@@ -213,7 +215,7 @@ def _train_program(trainer, config, mesh, shapes: dict, shape: dict) -> _Program
   from zwz_jax.train import metrics as metrics_lib
   batch = place_batch(mesh, {k: shapes[k] for k in trainer.batch_keys})
   return _Program(shape, trainer._train_step.lower(trainer.abstract_state, batch), _held(trainer.abstract_state, batch),
-                  metrics_lib.batch_train_flops(trainer.model_cfg, batch))
+                  metrics_lib.batch_train_flops(trainer.model_cfg, batch), int(config.train.grad_accum_steps))
 
 
 def _sft(config, mesh) -> list[_Program]:
@@ -309,8 +311,10 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",)) -
         r.alias, r.temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
         cost = compiled.cost_analysis() or {}
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        r.flops = float(cost.get("flops", 0.0))
-        r.est_seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0)  # < 0: the cost model has no estimate
+        # Train steps: the micro-batch scan holds nearly all the work, so scale by its trips. Samplers:
+        # the prefill plus one decode step (the decode loop is not scaled).
+        r.flops = float(cost.get("flops", 0.0)) * p.loop_trips
+        r.est_seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0) * p.loop_trips  # < 0: no estimate
       r.compile_seconds = time.perf_counter() - t0
       reports.append(r)
   return reports
