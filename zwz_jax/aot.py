@@ -211,18 +211,18 @@ def _buckets(config):
   return pipeline.check_buckets(config.data.buckets, pipeline._VisionDims.from_config(config.model))
 
 
-def _train_program(trainer, config, mesh, shapes: dict, shape: dict) -> _Program:
+def _train_program(trainer, mesh, shapes: dict, shape: dict) -> _Program:
   from zwz_jax.train import metrics as metrics_lib
   batch = place_batch(mesh, {k: shapes[k] for k in trainer.batch_keys})
   return _Program(shape, trainer._train_step.lower(trainer.abstract_state, batch), _held(trainer.abstract_state, batch),
-                  metrics_lib.batch_train_flops(trainer.model_cfg, batch), int(config.train.grad_accum_steps))
+                  metrics_lib.batch_train_flops(trainer.model_cfg, batch), int(trainer.config.train.grad_accum_steps))
 
 
 def _sft(config, mesh) -> list[_Program]:
   """The train step at every bucket, on the global batch (it splits off grad_accum_steps micro-batches)."""
   from zwz_jax.train.loop import Trainer
   trainer, rows = Trainer(config, mesh), int(config.data.global_batch_size)
-  return [_train_program(trainer, config, mesh, batch_shapes(config, rows, tokens, patches),
+  return [_train_program(trainer, mesh, batch_shapes(config, rows, tokens, patches),
                          {"rows": rows, "tokens": tokens, "patches": patches}) for tokens, patches in _buckets(config)]
 
 
@@ -239,7 +239,7 @@ def _grpo_update(config, mesh) -> list[_Program]:
   shapes.update(response=jax.ShapeDtypeStruct((rows, steps), jnp.int32),
                 response_mask=jax.ShapeDtypeStruct((rows, steps), jnp.bool_),
                 old_logp=f32(rows, steps), advantages=f32(rows), ref_logp=f32(rows, steps))
-  return [_train_program(trainer, config, mesh, shapes, {"rows": rows, "tokens": tokens + steps, "patches": patches})]
+  return [_train_program(trainer, mesh, shapes, {"rows": rows, "tokens": tokens + steps, "patches": patches})]
 
 
 def _rollout(config, mesh) -> list[_Program]:
@@ -286,13 +286,13 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",)) -
   """Compiles each function of `config` for `topology`; one Report per program."""
   from zwz_jax.sharding import make_mesh
   from zwz_jax.train import metrics as metrics_lib
+  unknown = [f for f in functions if f not in PROGRAMS]
+  if unknown:
+    raise ConfigError(f"--functions: {unknown} not among {FUNCTIONS}")
   devices = topology_devices(topology)
   mesh = make_mesh(config.mesh, devices=devices)
   kind = devices[0].device_kind
   hbm, peak, chips = hbm_bytes(kind), metrics_lib.peak_flops(devices[0]), len(devices)
-  unknown = [f for f in functions if f not in PROGRAMS]
-  if unknown:
-    raise ConfigError(f"--functions: {unknown} not among {FUNCTIONS}")
   reports = []
   for function in functions:
     with jax.set_mesh(mesh):

@@ -58,7 +58,7 @@ class Trainer:
     self._check_batch_divides()
     replicated = NamedSharding(self.mesh, PartitionSpec())
     abs_opt = jax.eval_shape(self.tx.init, self.space.abstract)
-    opt_shardings = optim.state_shardings(self.tx, self.space.abstract, self.mesh)
+    opt_shardings = optim.state_shardings(abs_opt, self.space.abstract, self.mesh)
     self.state_shardings = {"step": replicated, "params": self.space.shardings, "opt_state": opt_shardings}
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

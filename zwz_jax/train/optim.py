@@ -57,9 +57,8 @@ def make_optimizer(train_cfg, params: Mapping[str, jax.Array],
   return optax.chain(*chain)
 
 
-def state_shardings(tx: optax.GradientTransformation, abstract_params: Mapping[str, jax.ShapeDtypeStruct],
-                    mesh: jax.sharding.Mesh):
-  """The sharding of every leaf of `tx`'s state: a leaf that stands for a parameter (Adam's moments,
+def state_shardings(abstract_state, abstract_params: Mapping[str, jax.ShapeDtypeStruct], mesh: jax.sharding.Mesh):
+  """The sharding of every leaf of an optimizer state (`jax.eval_shape(tx.init, params)`): a leaf that stands for a parameter (Adam's moments,
   under any chain, `multi_transform` mask or frozen module) takes that parameter's sharding; the
   rest (step counts, scalars, factored statistics of another shape) is replicated.
 
@@ -75,4 +74,4 @@ def state_shardings(tx: optax.GradientTransformation, abstract_params: Mapping[s
     param = abstract_params.get(keys[-1]) if keys else None
     return param.sharding if param is not None and param.shape == leaf.shape else replicated
 
-  return jax.tree_util.tree_map_with_path(sharding, jax.eval_shape(tx.init, dict(abstract_params)))
+  return jax.tree_util.tree_map_with_path(sharding, abstract_state)
