@@ -19,6 +19,10 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   c.model.param_dtype = "float32"  # fp32 master weights; the optimizer updates are tiny (lr ~1e-6)
   # Recompute each block's activations in the backward pass: none | full | dots | dots_no_batch.
   c.model.remat = "full"
+  # Attention backend (zwz_jax/models/attention.py): auto = splash on TPU, blockwise on other
+  # platforms, dense for short inputs; dense | chunked | splash force one. Block = their tile.
+  c.model.attention = "auto"
+  c.model.attention_block = 512
 
   # Every size shares the same ViT; only the merger's output width follows the text tower.
   v = c.model.vision = ml_collections.ConfigDict()

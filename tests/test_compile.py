@@ -89,10 +89,10 @@ def _compile_cli(*args):
 
 
 def test_a_program_that_cannot_fit_exits_nonzero_naming_function_bucket_and_bytes():
-  # 8 examples of 65,536 patches on one v5e chip: the vision tower's full attention alone needs
-  # far more than its 16 GiB.
+  # 8 examples of 65,536 patches on one v5e chip with dense attention: the vision tower's
+  # full-attention scores alone need far more than its 16 GiB (splash, the TPU default, fits).
   out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:1x1", "--config.mesh.fsdp=1",
-                     "--config.data.buckets=((512, 65536),)", "--json")
+                     "--config.data.buckets=((512, 65536),)", "--config.model.attention=dense", "--json")
   assert out.returncode == 1, out.stderr[-2000:]
   rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
   assert [(r["function"], r["shape"]["patches"], r["fits"]) for r in rows] == [("sft", 65536, False)]
@@ -117,3 +117,33 @@ def test_unknown_topology_and_function_are_clear_errors():
 def test_mesh_that_does_not_match_the_slice_names_both():
   out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdp=8")
   assert out.returncode == 2 and "needs 8 devices, have 4" in out.stderr, out.stderr[-2000:]
+
+
+def test_auto_attention_lowers_to_splash_on_a_tpu_mesh():
+  """On a TPU mesh `auto` attention at a long length is the splash kernel (a Mosaic custom call),
+  split over the batch and KV-head axes, and its forward + backward hold no (T x S) scores."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from zwz_jax.models import attention as attention_lib
+  from zwz_jax.sharding import make_mesh
+
+  mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, devices=aot.topology_devices("v5e:2x2"))
+  b, t, hkv, g, d = 2, 8192, 2, 4, 128
+  spec = lambda shape, p: jax.ShapeDtypeStruct(shape, jnp.bfloat16 if len(shape) > 2 else jnp.int32,
+                                               sharding=NamedSharding(mesh, p))
+  q = spec((b, t, hkv, g, d), P("fsdp", None, "tensor"))
+  kv = spec((b, t, hkv, d), P("fsdp", None, "tensor"))
+  seg = spec((b, t), P("fsdp"))
+
+  def loss(q, k, v, seg):
+    out = attention_lib.attend(q, k, v, seg, seg, causal=True)
+    return jnp.sum(out.astype(jnp.float32) ** 2)
+
+  # bfloat16 at the default precision, as the real configs run (conftest asks for "highest").
+  with jax.set_mesh(mesh), jax.default_matmul_precision("default"):
+    assert attention_lib.resolve("auto", t, t) == "splash"
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, seg).compile()
+  assert "tpu_custom_call" in compiled.as_text()
+  scores_per_chip = (b // 2) * (hkv // 2) * g * t * t * 4  # float32 (T x S) of the local heads
+  assert compiled.memory_analysis().temp_size_in_bytes < scores_per_chip / 20

@@ -156,12 +156,12 @@ def _cached_logprobs(trainer, params, prompts, tokens):
     model = trainer.model(params)
     cache = model.init_cache(b, l + steps)
     key_mask = jnp.concatenate([batch["attention_mask"].astype(bool), jnp.ones((b, steps), bool)], axis=1)
-    logits, cache = model.forward_cached(batch["input_ids"], batch["positions"], key_mask, cache, 0,
-                                         batch["pixel_values"], batch["vision_positions"],
-                                         batch["vision_segment_ids"], batch["image_token_index"])
+    logits, cache = model(batch["input_ids"], batch["positions"], key_mask, batch["pixel_values"],
+                          batch["vision_positions"], batch["vision_segment_ids"], batch["image_token_index"],
+                          cache=cache, cache_index=0)
     out = [logits[:, -1]]
     for t in range(steps - 1):
-      logits, cache = model.forward_cached(tokens[:, t:t + 1], pos[:, :, t:t + 1], key_mask, cache, l + t)
+      logits, cache = model(tokens[:, t:t + 1], pos[:, :, t:t + 1], key_mask, cache=cache, cache_index=l + t)
       out.append(logits[:, 0])
     return sampler.token_logprobs(jnp.stack(out, 1), tokens, float(trainer.config.grpo.temperature))
 

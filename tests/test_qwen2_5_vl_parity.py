@@ -1,4 +1,6 @@
 """The Flax student equals `transformers`' Qwen2.5-VL: vision tower, every decoder layer, logits."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,16 +16,40 @@ from zwz_jax.sharding import make_mesh
 TOL = 1e-4  # fp32, matmul precision "highest"
 
 
+# Every attention backend that runs on CPU (splash in Pallas interpret mode), with blocks small
+# enough that the blockwise ones split every attention into many blocks.
+BACKENDS = {"dense": 512, "chunked": 16, "splash": 128}
+
+
 @pytest.fixture(scope="module")
-def models(tiny_config, tmp_path_factory):
-  """(our model, HF model) with identical weights, loaded through the safetensors converter."""
+def hf_checkpoint(tiny_config, tmp_path_factory):
   cfg = ModelConfig.from_config(tiny_config.model)
   hf = ref.hf_model(cfg)
   path = tmp_path_factory.mktemp("hf_tiny")
   hf.save_pretrained(path)
+  return cfg, hf, str(path)
+
+
+def _load(hf_checkpoint, backend: str | None = None):
+  cfg, hf, path = hf_checkpoint
+  if backend is not None:
+    cfg = dataclasses.replace(cfg, attention=backend, attention_block=BACKENDS[backend])
   mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  ours = convert.load_hf_state(cfg, str(path), mesh)
-  return ours, hf
+  return convert.load_hf_state(cfg, path, mesh), hf
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def models(request, hf_checkpoint):
+  """(our model under each attention backend, HF model) with identical weights, loaded through
+  the safetensors converter."""
+  return _load(hf_checkpoint, request.param)
+
+
+@pytest.fixture(scope="module")
+def auto_models(hf_checkpoint):
+  """The same with the config's own backend (auto: dense at these sizes), for tests that do not
+  depend on the attention."""
+  return _load(hf_checkpoint)
 
 
 def test_two_images_of_different_sizes(models, tiny_config):
@@ -74,10 +100,10 @@ def test_text_only(models):
   assert ref.rel_err(logits, hf_logits) <= TOL
 
 
-def test_round_trip_through_hf_safetensors(models, tmp_path):
+def test_round_trip_through_hf_safetensors(auto_models, tmp_path):
   """HF -> ours -> HF safetensors -> transformers reloads it and its logits are unchanged."""
   import transformers
-  ours, hf = models
+  ours, hf = auto_models
   convert.save_hf(ours, str(tmp_path), max_shard_bytes=64 * 1024)  # force several shards + an index
   assert (tmp_path / "model.safetensors.index.json").exists()
   reloaded = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path).eval()
@@ -89,11 +115,10 @@ def test_round_trip_through_hf_safetensors(models, tmp_path):
     assert n1 == n2 and torch.equal(p1, p2), n1
 
 
-def test_bfloat16_compute_stays_close_to_float32(models, tiny_config):
+def test_bfloat16_compute_stays_close_to_float32(auto_models, tiny_config):
   """Mixed precision (fp32 master weights, bf16 compute) as the real configs run it."""
-  import dataclasses
   from flax import nnx
-  ours, _ = models
+  ours, _ = auto_models
   bf16 = nnx.eval_shape(lambda: Qwen2_5_VL(dataclasses.replace(ours.cfg, dtype=jnp.bfloat16), rngs=nnx.Rngs(0)))
   nnx.update(bf16, nnx.state(ours))  # same fp32 weights
   rng = np.random.default_rng(2)

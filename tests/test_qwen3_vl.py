@@ -1,5 +1,7 @@
 """The Qwen3-VL student equals `transformers`' Qwen3VLForConditionalGeneration: vision tower and
 DeepStack features, every decoder layer, logits; conversion both ways; sharding; published sizes."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,15 +25,40 @@ def config():
   return load_config("configs/tiny_qwen3.py")
 
 
+# Every attention backend that runs on CPU (splash in Pallas interpret mode), with blocks small
+# enough that the blockwise ones split every attention into many blocks.
+BACKENDS = {"dense": 512, "chunked": 16, "splash": 128}
+
+
 @pytest.fixture(scope="module")
-def models(config, tmp_path_factory):
-  """(our model, HF model) with identical weights, loaded through the safetensors converter."""
+def hf_checkpoint(config, tmp_path_factory):
   cfg = registry.model_config(config.model)
   hf = ref.hf_model(cfg)
   path = tmp_path_factory.mktemp("hf_tiny_qwen3")
   hf.save_pretrained(path)
+  return cfg, hf, str(path)
+
+
+def _load(hf_checkpoint, backend: str | None = None):
+  cfg, hf, path = hf_checkpoint
+  if backend is not None:
+    cfg = dataclasses.replace(cfg, attention=backend, attention_block=BACKENDS[backend])
   mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  return convert.load_hf_state(cfg, str(path), mesh), hf
+  return convert.load_hf_state(cfg, path, mesh), hf
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def models(request, hf_checkpoint):
+  """(our model under each attention backend, HF model) with identical weights, loaded through
+  the safetensors converter."""
+  return _load(hf_checkpoint, request.param)
+
+
+@pytest.fixture(scope="module")
+def auto_models(hf_checkpoint):
+  """The same with the config's own backend (auto: dense at these sizes), for tests that do not
+  depend on the attention."""
+  return _load(hf_checkpoint)
 
 
 def test_two_images_of_different_sizes(models, config):
@@ -127,9 +154,9 @@ def test_position_table_resampling_matches_hf():
     np.testing.assert_allclose(np.asarray(got_w)[0], want_w.numpy(), rtol=0, atol=1e-7, err_msg=str(grid))
 
 
-def test_round_trip_through_hf_safetensors(models, tmp_path):
+def test_round_trip_through_hf_safetensors(auto_models, tmp_path):
   """HF -> ours -> HF safetensors (published tensor names) -> transformers reloads it unchanged."""
-  ours, hf = models
+  ours, hf = auto_models
   convert.save_hf(ours, str(tmp_path), max_shard_bytes=64 * 1024)  # several shards + an index
   assert (tmp_path / "model.safetensors.index.json").exists()
   reloaded = transformers.Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
@@ -178,8 +205,8 @@ def test_model_config_from_published_config_json(tmp_path):
   assert got.vision == want.vision and got.text == want.text and got.image_token_id == want.image_token_id
 
 
-def test_sharded_forward_matches_single_device(models, config):
-  ours, _ = models
+def test_sharded_forward_matches_single_device(auto_models, config):
+  ours, _ = auto_models
   rng = np.random.default_rng(3)
   sizes = [(150, 100), (64, 250), (90, 90), (200, 60)]
   exs = [ref.example(config, ref.images(rng, [s]), [[1, 2, 3], [4 + i, 5]]) for i, s in enumerate(sizes)]
@@ -276,10 +303,10 @@ def test_chat_prompt_matches_qwen3_vl_template(processors, answer):
   assert not want.startswith("<|im_start|>system")
 
 
-def test_processor_and_positions_match_hf(processors, models):
+def test_processor_and_positions_match_hf(processors, auto_models):
   from zwz_jax.data import processor as proc
   ours, hf_proc = processors
-  _, hf_model = models
+  _, hf_model = auto_models
   rng = np.random.default_rng(7)
   for sizes in ([(57, 83), (400, 90)], [(1000, 800), (30, 20)]):
     images = ref.images(rng, sizes)

@@ -64,9 +64,9 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
   steps = cfg.max_new_tokens
   cache = model.init_cache(b, l + steps)
   key_mask = jnp.concatenate([batch["attention_mask"].astype(bool), jnp.ones((b, steps), bool)], axis=1)
-  logits, cache = model.forward_cached(
-      batch["input_ids"], batch["positions"], key_mask, cache, 0, batch["pixel_values"],
-      batch["vision_positions"], batch["vision_segment_ids"], batch["image_token_index"])
+  logits, cache = model(
+      batch["input_ids"], batch["positions"], key_mask, batch["pixel_values"], batch["vision_positions"],
+      batch["vision_segment_ids"], batch["image_token_index"], cache=cache, cache_index=0)
   # Generated tokens continue the text positions after the prompt's largest M-RoPE id.
   valid = batch["attention_mask"].astype(bool)[None]
   next_pos = jnp.max(jnp.where(valid, batch["positions"], -1), axis=(0, 2)) + 1  # (B,)
@@ -87,7 +87,7 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
     emitted_logp = jnp.where(done, 0.0, logp)
     done = done | jnp.isin(tok, stop)
     pos = jnp.broadcast_to((next_pos + t)[None, :, None], (3, b, 1))
-    logits, cache = model.forward_cached(tok[:, None], pos, key_mask, cache, l + t)
+    logits, cache = model(tok[:, None], pos, key_mask, cache=cache, cache_index=l + t)
     rng, sub = jax.random.split(rng)
     nxt = _sample(logits[:, 0], sub, cfg.temperature, cfg.top_p)
     return (nxt, token_logprobs(logits[:, 0], nxt, cfg.temperature), done, cache, rng), (emitted, emitted_logp)

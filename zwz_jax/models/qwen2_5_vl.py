@@ -14,6 +14,7 @@ static shapes throughout. Padding patches have segment id 0 and never reach the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zwz_jax.models import attention as attention_lib
 from zwz_jax.sharding import constrain
 
 _INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
@@ -118,6 +120,8 @@ class ModelConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"  # activation rematerialisation of each block: none | full | dots | dots_no_batch
+  attention: str = "auto"  # attention backend, see zwz_jax.models.attention: auto | dense | chunked | splash
+  attention_block: int = 512  # query / key block of the chunked and splash backends
   vision_cls: ClassVar[type] = VisionConfig
   text_cls: ClassVar[type] = TextConfig
 
@@ -131,9 +135,14 @@ class ModelConfig:
         vision_start_token_id=model_cfg.vision_start_token_id,
         vision_end_token_id=model_cfg.vision_end_token_id,
         dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype),
-        remat=model_cfg.get("remat", "none"))
+        remat=model_cfg.get("remat", "none"), attention=model_cfg.get("attention", "auto"),
+        attention_block=int(model_cfg.get("attention_block", 512)))
     cfg.validate()
     return cfg
+
+  @property
+  def attention_op(self) -> attention_lib.Attention:
+    return attention_lib.Attention(self.attention, self.attention_block)
 
   def validate(self) -> None:
     v, t = self.vision, self.text
@@ -149,6 +158,9 @@ class ModelConfig:
         (v.window_size % (v.patch_size * v.spatial_merge_size) == 0,
          "vision.window_size must be a multiple of patch_size * spatial_merge_size"),
         (self.remat in REMAT_POLICIES, f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}"),
+        (self.attention in attention_lib.BACKENDS,
+         f"attention {self.attention!r} is not one of {list(attention_lib.BACKENDS)}"),
+        (self.attention_block > 0, f"attention_block must be positive, got {self.attention_block}"),
     ]
     for ok, msg in checks:
       if not ok:
@@ -201,21 +213,6 @@ def apply_rope(x, cos, sin):
   return x * cos + _rotate_half(x) * sin
 
 
-def attention(q, k, v, mask, dtype, return_probs: bool = False):
-  """Softmax attention with grouped KV heads.
-
-  q: (B, T, Hkv, G, D), k/v: (B, S, Hkv, D), mask: bool broadcastable to (B, 1, 1, T, S).
-  Logits and softmax in float32 (as the reference does), probabilities cast back to `dtype`.
-  With return_probs, also the float32 probabilities (B, Hkv, G, T, S).
-  """
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs32 = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs32.astype(dtype), v)
-  return (out, probs32) if return_probs else out
-
-
 # ----------------------------------------------------------------------------------------------
 # Vision tower
 # ----------------------------------------------------------------------------------------------
@@ -234,9 +231,17 @@ def vision_rope(positions, head_dim: int, theta: float):
   return jnp.cos(emb), jnp.sin(emb)
 
 
+def full_attention_segments(segment_ids, window: int):
+  """Segment ids for attention over a whole example: each image its own id, and the padding of
+  each window (id 0) an id of its own, so padding never makes blocks of different images look
+  related to a blockwise kernel. Padding outputs never reach the text."""
+  window_index = jnp.arange(segment_ids.shape[1], dtype=jnp.int32) // window
+  return jnp.where(segment_ids > 0, segment_ids, -1 - window_index[None, :])
+
+
 class VisionAttention(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, attention=attention_lib.Attention()):
     e, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     self.qkv_kernel = _param(rngs, (e, 3, h, d), ("vision_embed", "vision_qkv", "vision_heads", "head_dim"),
                              param_dtype)
@@ -244,6 +249,8 @@ class VisionAttention(nnx.Module):
     self.proj_kernel = _param(rngs, (h, d, e), ("vision_heads", "head_dim", "vision_embed"), param_dtype)
     self.proj_bias = _zeros((e,), ("vision_embed",), param_dtype)
     self.dtype = dtype
+    self.window = cfg.window_patches
+    self.attend = attention
 
   def __call__(self, x, cos, sin, segment_ids, block: int | None):
     """x: (B, P, E); block: window size in patches (window attention) or None (full attention)."""
@@ -257,8 +264,9 @@ class VisionAttention(nnx.Module):
     if block is not None:  # fixed-size windows: fold windows into the batch
       q, k, v = (t.reshape(b * p // block, block, h, d) for t in (q, k, v))
       segment_ids = segment_ids.reshape(b * p // block, block)
-    mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None, None]
-    out = attention(q[:, :, :, None], k, v, mask, dt)[:, :, :, 0]
+    else:
+      segment_ids = full_attention_segments(segment_ids, self.window)
+    out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids)
     out = out.reshape(b, p, h, d)
     return jnp.einsum("bphd,hde->bpe", out, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
 
@@ -284,9 +292,9 @@ class VisionMLP(nnx.Module):
 
 class VisionBlock(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, attention=attention_lib.Attention()):
     self.norm1 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
-    self.attn = VisionAttention(cfg, dtype, param_dtype, rngs)
+    self.attn = VisionAttention(cfg, dtype, param_dtype, rngs, attention)
     self.norm2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
     self.mlp = VisionMLP(cfg, dtype, param_dtype, rngs)
 
@@ -318,13 +326,14 @@ class PatchMerger(nnx.Module):
 
 class VisionTower(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"):
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none",
+               attention=attention_lib.Attention()):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
     self.patch_kernel = _param(rngs, (cfg.patch_dim, cfg.hidden_size), ("vision_patch", "vision_embed"),
                                param_dtype)
-    self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs) for _ in range(cfg.depth)])
+    self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs, attention) for _ in range(cfg.depth)])
     self.merger = PatchMerger(cfg, dtype, param_dtype, rngs)
 
   def __call__(self, pixel_values, positions, segment_ids):
@@ -381,7 +390,7 @@ def mrope_cos_sin(positions, cfg, dtype):
 class TextAttention(nnx.Module):
   """GQA with M-RoPE; q/k/v biases (Qwen2) and per-head q/k RMSNorm (Qwen3) as the config says."""
 
-  def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, dtype, param_dtype, rngs: nnx.Rngs, attention=attention_lib.Attention()):
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q_kernel = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype)
     self.k_kernel = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), param_dtype)
@@ -401,11 +410,13 @@ class TextAttention(nnx.Module):
       self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype)
     self.num_kv_heads = kv
     self.dtype = dtype
+    self.attend = attention
 
-  def __call__(self, x, cos, sin, mask, cache=None, index=None, probs_query=None):
-    """cache: (k, v) of shape (B, S, KV, D) to write this call's keys/values into at slot `index`
-    (the attention then runs over the whole cache). probs_query (B,): also return the attention
-    probabilities (B, heads, S) of these query positions.
+  def __call__(self, x, cos, sin, segments, cache=None, index=0, probs_query=None):
+    """segments: (query, key) segment ids (B, T), (B, S): 1 = real token, 0 = padding (padding
+    attends only to padding). cache: (k, v) of shape (B, S, KV, D) to write this call's keys/values
+    into at slot `index` (the attention then runs over the whole cache). probs_query (B,): also
+    return the attention probabilities (B, heads, S) of these query positions.
     Returns (output, new cache or None, probabilities or None)."""
     dt = self.dtype
     q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt))
@@ -426,11 +437,12 @@ class TextAttention(nnx.Module):
     b, l, h, d = q.shape
     # Query head i uses KV head i // (h / kv), as `repeat_kv` in the reference.
     q = q.reshape(b, l, self.num_kv_heads, h // self.num_kv_heads, d)
+    attend = functools.partial(self.attend, q, k, v, *segments, causal=True, q_offset=index)
     probs = None
     if probs_query is None:
-      out = attention(q, k, v, mask, dt)
+      out = attend()
     else:
-      out, p = attention(q, k, v, mask, dt, return_probs=True)
+      out, p = attend(return_probs=True)
       p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
       probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
     out = jnp.einsum("blhd,hde->ble", out.reshape(b, l, h, d), self.o_kernel[...].astype(dt))
@@ -457,15 +469,15 @@ class TextMLP(nnx.Module):
 
 class DecoderLayer(nnx.Module):
 
-  def __init__(self, cfg: TextConfig, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: TextConfig, dtype, param_dtype, rngs: nnx.Rngs, attention=attention_lib.Attention()):
     self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
-    self.attn = TextAttention(cfg, dtype, param_dtype, rngs)
+    self.attn = TextAttention(cfg, dtype, param_dtype, rngs, attention)
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
     self.mlp = TextMLP(cfg, dtype, param_dtype, rngs)
 
-  def __call__(self, x, cos, sin, mask, cache=None, index=None, probs_query=None):
+  def __call__(self, x, cos, sin, segments, cache=None, index=0, probs_query=None):
     """Returns (hidden, new cache or None, attention probabilities or None)."""
-    out, cache, probs = self.attn(self.input_norm(x), cos, sin, mask, cache, index, probs_query)
+    out, cache, probs = self.attn(self.input_norm(x), cos, sin, segments, cache, index, probs_query)
     x = x + out
     x = x + self.mlp(self.post_attn_norm(x))
     return constrain(x, ("act_batch", "act_length", "act_embed")), cache, probs
@@ -477,9 +489,9 @@ class Qwen2_5_VL(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
-    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat)
+    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op)
     self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
-    self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs) for _ in range(t.num_layers)])
+    self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs, cfg.attention_op) for _ in range(t.num_layers)])
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
     if not t.tie_word_embeddings:
       self.lm_head = _param(rngs, (t.hidden_size, t.vocab_size), ("embed", "vocab"), pdt)
@@ -519,42 +531,53 @@ class Qwen2_5_VL(nnx.Module):
     return constrain(out, ("act_batch", "act_length", "act_vocab"))
 
   def __call__(self, input_ids, positions, attention_mask=None, pixel_values=None, vision_positions=None,
-               vision_segment_ids=None, image_token_index=None, *, return_hidden: bool = False,
-               attention_layer: int | None = None, attention_query=None):
-    """Causal LM forward.
+               vision_segment_ids=None, image_token_index=None, *, cache=None, cache_index=0, head: bool = True,
+               return_hidden: bool = False, attention_layer: int | None = None, attention_query=None):
+    """Causal LM forward, one decoder loop for training, prefill and cached decode.
 
-    input_ids (B, L) int; positions (3, B, L) M-RoPE ids; attention_mask (B, L), 1 = real token.
+    input_ids (B, T) int; positions (3, B, T) M-RoPE ids. attention_mask (B, S), 1 = real token,
+    over the keys: the tokens themselves, or with a cache its slots (left padding of a prompt is 0).
     pixel_values (B, P, patch_dim), vision_positions (B, P, 2), vision_segment_ids (B, P): the
     window-ordered, window-padded patches of each example (see the module docstring).
+    cache (from `init_cache`): run the tokens as slots cache_index .. cache_index + T - 1 (prefill:
+    index 0 with the images; decode: T = 1) and return (logits, new cache).
+    head=False: the final-norm hidden states (B, T, E) instead of logits (losses apply the LM head
+    blockwise, see zwz_jax.train.losses).
     attention_layer / attention_query (B,): also return that decoder layer's attention
-    probabilities (B, heads, L) for one query position per example (attention coverage).
-    Returns logits (B, L, vocab), and with `return_hidden` or `attention_layer` also a dict of
-    intermediates.
+    probabilities (B, heads, S) for one query position per example (attention coverage).
+    Returns logits (B, T, vocab); with a cache (logits, cache); with `return_hidden` or
+    `attention_layer` also a dict of intermediates.
     """
     x, feats, inject = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
                                          image_token_index)
-    b, l = input_ids.shape
-    mask = jnp.tril(jnp.ones((l, l), bool))[None]
-    if attention_mask is not None:
-      mask = mask & attention_mask.astype(bool)[:, None, :]
-    mask = mask[:, None, None]  # (B, 1, 1, T, S)
+    b, t = input_ids.shape
+    keys = t if cache is None else cache[0][0].shape[1]
+    kv_seg = (jnp.ones((b, keys), jnp.int32) if attention_mask is None
+              else attention_mask.astype(jnp.int32))
+    q_seg = kv_seg if cache is None else jax.lax.dynamic_slice_in_dim(kv_seg, cache_index, t, axis=1)
+    segments = (q_seg, kv_seg)
     cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
-    hidden, probs = [x], None
-    run = _remat(lambda layer, x, c, s, m: layer(x, c, s, m)[0], self.cfg.remat)
+    hidden, probs, new_cache = [x], None, []
+    run = _remat(lambda layer, x, c, s, segments: layer(x, c, s, segments)[0], self.cfg.remat)
     for i, layer in enumerate(self.layers):
-      if i == attention_layer:
-        x, _, probs = layer(x, cos, sin, mask, probs_query=attention_query)
+      if cache is not None:
+        x, layer_cache, _ = layer(x, cos, sin, segments, cache[i], cache_index)
+        new_cache.append(layer_cache)
+      elif i == attention_layer:
+        x, _, probs = layer(x, cos, sin, segments, probs_query=attention_query)
       else:
-        x = run(layer, x, cos, sin, mask)
+        x = run(layer, x, cos, sin, segments)
       hidden.append(x)  # the layer's output, before any DeepStack addition (as transformers reports it)
       if i < len(inject):
         x = x + inject[i]
-    logits = self.logits(self.norm(x))
+    out = self.norm(x)
+    if head:
+      out = self.logits(out)
+    if cache is not None:
+      return out, new_cache
     if return_hidden or attention_layer is not None:
-      return logits, {"layers": hidden, "vision": feats, "attention": probs}
-    return logits
-
-  # -- incremental decoding ------------------------------------------------------------------------
+      return out, {"layers": hidden, "vision": feats, "attention": probs}
+    return out
 
   def init_cache(self, batch: int, length: int, dtype=None) -> list:
     """Empty key/value cache: per layer (k, v) of shape (batch, length, kv_heads, head_dim)."""
@@ -563,23 +586,3 @@ class Qwen2_5_VL(nnx.Module):
     dtype = dtype or self.cfg.dtype
     zeros = lambda: constrain(jnp.zeros(shape, dtype), ("act_batch", "act_length", "act_kv_heads", None))
     return [(zeros(), zeros()) for _ in range(t.num_layers)]
-
-  def forward_cached(self, input_ids, positions, key_mask, cache, index, pixel_values=None,
-                     vision_positions=None, vision_segment_ids=None, image_token_index=None):
-    """Runs `input_ids` (B, T) as cache slots index..index+T-1 (prefill: index 0, with the images;
-    decode: T = 1). key_mask (B, S): which cache slots hold real tokens (left padding is False).
-    Returns (logits (B, T, vocab), new cache)."""
-    x, _, inject = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
-                                     image_token_index)
-    t, s = input_ids.shape[1], cache[0][0].shape[1]
-    causal = (jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None])[None]  # (1, T, S)
-    mask = (causal & key_mask.astype(bool)[:, None, :])[:, None, None]
-    cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
-    new_cache = []
-    for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
-      x, layer_cache, _ = layer(x, cos, sin, mask, layer_cache, index)
-      if i < len(inject):
-        x = x + inject[i]
-      new_cache.append(layer_cache)
-    return self.logits(self.norm(x)), new_cache
-

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zwz_jax.models import attention as attention_lib
 from zwz_jax.models import qwen2_5_vl as base
 from zwz_jax.models.qwen2_5_vl import REMAT_POLICIES, DecoderLayer, RMSNorm, VisionAttention, _param, _remat, _zeros
 from zwz_jax.sharding import constrain
@@ -99,6 +100,9 @@ class ModelConfig(base.ModelConfig):
         (3 * max(t.mrope_section[1:]) <= sum(t.mrope_section),
          "text.mrope_section: interleaved height/width sections must fit in head_dim/2 frequencies"),
         (self.remat in REMAT_POLICIES, f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}"),
+        (self.attention in attention_lib.BACKENDS,
+         f"attention {self.attention!r} is not one of {list(attention_lib.BACKENDS)}"),
+        (self.attention_block > 0, f"attention_block must be positive, got {self.attention_block}"),
     ]
     for ok, msg in checks:
       if not ok:
@@ -139,9 +143,9 @@ class VisionMLP(nnx.Module):
 
 class VisionBlock(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, attention=attention_lib.Attention()):
     self.norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype)
-    self.attn = VisionAttention(cfg, dtype, param_dtype, rngs)
+    self.attn = VisionAttention(cfg, dtype, param_dtype, rngs, attention)
     self.norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype)
     self.mlp = VisionMLP(cfg, dtype, param_dtype, rngs)
 
@@ -210,7 +214,8 @@ def position_interpolation(positions, segment_ids, side: int):
 
 class VisionTower(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"):
+  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none",
+               attention=attention_lib.Attention()):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
@@ -219,7 +224,7 @@ class VisionTower(nnx.Module):
     self.patch_bias = _zeros((cfg.hidden_size,), ("vision_embed",), param_dtype)
     self.pos_embed = _param(rngs, (cfg.num_position_embeddings, cfg.hidden_size), ("vision_pos", "vision_embed"),
                             param_dtype)
-    self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs) for _ in range(cfg.depth)])
+    self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs, attention) for _ in range(cfg.depth)])
     self.merger = PatchMerger(cfg, dtype, param_dtype, rngs, postshuffle=False)
     self.deepstack_mergers = nnx.List([PatchMerger(cfg, dtype, param_dtype, rngs, postshuffle=True)
                                        for _ in cfg.deepstack_visual_indexes])
@@ -252,9 +257,9 @@ class Qwen3_VL(base.Qwen2_5_VL):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
     self.cfg = cfg
     t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
-    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat)
+    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op)
     self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
-    self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs) for _ in range(t.num_layers)])
+    self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs, cfg.attention_op) for _ in range(t.num_layers)])
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
     if not t.tie_word_embeddings:
       self.lm_head = _param(rngs, (t.hidden_size, t.vocab_size), ("embed", "vocab"), pdt)

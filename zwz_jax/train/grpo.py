@@ -32,6 +32,7 @@ from zwz_jax.eval import judge as judge_lib
 from zwz_jax.eval import sampler as sampler_lib
 from zwz_jax.sharding import ShardingError, make_mesh
 from zwz_jax.train import loop
+from zwz_jax.train.lm_head import token_stats
 from zwz_jax.train.sft import MODEL_INPUTS
 
 ROLLOUT_KEYS = ("response", "response_mask", "old_logp", "advantages")
@@ -231,31 +232,27 @@ class GRPOTrainer(loop.Trainer):
 
   # -- forward pieces ----------------------------------------------------------------------------
 
-  def _response_logits(self, params, batch):
-    """Logits at the positions that predict the response tokens: (B, T, V). Only the response slice
-    goes through the head: the forward's full-sequence logits are unused, so XLA drops them."""
+  def _response_stats(self, params, batch, entropy: bool = False) -> dict:
+    """Token statistics (zwz_jax.train.lm_head.token_stats) of the response tokens under the
+    sampling distribution (as the sampler's log-probs): only the positions that predict the
+    response go through the LM head, blockwise."""
     model = self.space.model(params)
-    _, aux = model(**{k: batch[k] for k in MODEL_INPUTS}, return_hidden=True)
+    hidden = model(**{k: batch[k] for k in MODEL_INPUTS}, head=False)
     steps = batch["response"].shape[1]
-    hidden = aux["layers"][-1][:, -steps - 1:-1]
-    return model.logits(model.norm(hidden))
+    return token_stats(hidden[:, -steps - 1:-1], model.logits, batch["response"],
+                       temperature=float(self.config.grpo.temperature), entropy=entropy)
 
   def _logprobs_fn(self, params, batch):
-    logits = self._response_logits(params, batch)
-    return sampler_lib.token_logprobs(logits, batch["response"], float(self.config.grpo.temperature))
+    return self._response_stats(params, batch)["logp"]
 
   def _loss_sums(self, params, batch):
     g = self.config.grpo
-    logits = self._response_logits(params, batch)
-    logp = sampler_lib.token_logprobs(logits, batch["response"], float(g.temperature))  # as the sampler
+    stats = self._response_stats(params, batch, entropy=True)
     loss, denom, sums = policy_loss(
-        logp, batch["old_logp"], batch["advantages"], batch["response_mask"], clip_low=float(g.clip_low),
+        stats["logp"], batch["old_logp"], batch["advantages"], batch["response_mask"], clip_low=float(g.clip_low),
         clip_high=float(g.clip_high), aggregation=g.loss_aggregation, ref_logp=batch.get("ref_logp"),
         kl_coef=float(g.kl_coef))
-    mask = batch["response_mask"].astype(jnp.float32)
-    scaled = logits.astype(jnp.float32) / float(g.temperature)
-    entropy = jax.nn.logsumexp(scaled, axis=-1) - jnp.sum(jax.nn.softmax(scaled, axis=-1) * scaled, axis=-1)
-    sums["entropy"] = jax.lax.stop_gradient(jnp.sum(entropy * mask))
+    sums["entropy"] = jnp.sum(stats["entropy"] * batch["response_mask"].astype(jnp.float32))
     return loss, denom, sums
 
   def _metrics(self, loss, denom, sums) -> dict:

@@ -112,8 +112,9 @@ class Trainer:
     """(loss sum, denominator, other sums) of a (micro-)batch: sums, so that micro-batches and
     hosts combine into one mean over the global batch."""
     model = self.space.model(params)
-    logits = model(**{k: batch[k] for k in MODEL_INPUTS})
-    loss, n, correct = answer_loss_sums(logits, batch["input_ids"], batch["labels_mask"], self.config.train.z_loss)
+    hidden = model(**{k: batch[k] for k in MODEL_INPUTS}, head=False)
+    loss, n, correct = answer_loss_sums(hidden, model.logits, batch["input_ids"], batch["labels_mask"],
+                                        self.config.train.z_loss)
     return loss, n, {"correct": correct}
 
   def _metrics(self, loss, denom, sums) -> dict:

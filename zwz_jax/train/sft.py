@@ -1,27 +1,24 @@
 """Supervised distillation loss: token cross-entropy on the teacher's answer only."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
+
+from zwz_jax.train.lm_head import token_stats
 
 MODEL_INPUTS = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
                 "vision_segment_ids", "image_token_index")
 
 
-def answer_loss_sums(logits, input_ids, labels_mask, z_loss: float = 0.0):
-  """Summed next-token cross-entropy over answer tokens, and their count.
+def answer_loss_sums(hidden, logits_fn, input_ids, labels_mask, z_loss: float = 0.0, block: int = 512):
+  """Summed next-token cross-entropy over answer tokens, their count, and how many the argmax gets.
 
   Sums (not means) so that micro-batches and hosts combine into one token-level mean.
-  logits (B, L, V); labels_mask (B, L) marks the answer tokens to predict.
+  hidden (B, L, E): the model's final-norm hidden states (`model(..., head=False)`); logits_fn:
+  the LM head (`model.logits`), applied blockwise; labels_mask (B, L) marks the answer tokens.
   """
-  logits = logits[:, :-1].astype(jnp.float32)
-  targets = input_ids[:, 1:]
+  stats = token_stats(hidden[:, :-1], logits_fn, input_ids[:, 1:], block=block)
   mask = labels_mask[:, 1:].astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = lse - target_logit
-  loss = jnp.sum(nll * mask)
+  loss = -jnp.sum(stats["logp"] * mask)
   if z_loss:
-    loss = loss + z_loss * jnp.sum(jnp.square(lse) * mask)  # keeps the softmax normaliser near 1
-  correct = jnp.sum((jnp.argmax(logits, -1) == targets) * mask)
-  return loss, jnp.sum(mask), correct
+    loss = loss + z_loss * jnp.sum(jnp.square(stats["lse"]) * mask)  # keeps the softmax normaliser near 1
+  return loss, jnp.sum(mask), jnp.sum(stats["correct"] * mask)

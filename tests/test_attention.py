@@ -1,0 +1,115 @@
+"""The attention seam: every backend equals the dense reference, forward and gradients, on the masks
+the students use; the blockwise backend's memory grows linearly in length."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zwz_jax.models import attention as attention_lib
+from zwz_jax.models.qwen2_5_vl import full_attention_segments
+
+TOL = 1e-5  # fp32, matmul precision "highest" (conftest)
+
+
+def _case(name: str):
+  """(q, k, v, q segments, kv segments, causal, q_offset) for one use in the models."""
+  rng = np.random.default_rng(len(name))
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  if name == "vision_window":  # windows folded into the batch; padding (0) at the end of some windows
+    seg = np.ones((6, 16), np.int32)
+    seg[1, 10:], seg[4, 3:] = 0, 0
+    seg[3:] *= 2
+    return normal(6, 16, 4, 1, 8), normal(6, 16, 4, 8), normal(6, 16, 4, 8), seg, seg, False, 0
+  if name == "vision_full":  # one example: images of 48 and 80 patches in 16-patch windows, padded
+    seg = np.concatenate([[1] * 40 + [0] * 8, [2] * 70 + [0] * 10, [0] * 32]).astype(np.int32)[None]
+    seg = np.asarray(full_attention_segments(jnp.asarray(seg), 16))
+    p = seg.shape[1]
+    return normal(1, p, 4, 1, 8), normal(1, p, 4, 8), normal(1, p, 4, 8), seg, seg, False, 0
+  if name == "text_padding":  # right-padded batch, grouped KV heads, causal
+    seg = np.ones((2, 45), np.int32)
+    seg[1, 30:] = 0
+    return normal(2, 45, 2, 3, 16), normal(2, 45, 2, 16), normal(2, 45, 2, 16), seg, seg, True, 0
+  if name == "cached_decode":  # 3 queries at cache slots 20..22 of a 40-slot, left-padded cache
+    keys = np.ones((2, 40), np.int32)
+    keys[0, :5] = 0
+    return (normal(2, 3, 2, 3, 16), normal(2, 40, 2, 16), normal(2, 40, 2, 16), keys[:, 20:23], keys, True,
+            jnp.int32(20))
+  raise KeyError(name)
+
+
+CASES = ("vision_window", "vision_full", "text_padding", "cached_decode")
+
+
+def _rel(ours, ref) -> float:
+  return float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
+
+
+def _forward_and_grads(backend: str, block: int, case):
+  """Output and (dq, dk, dv) for a fixed random cotangent, jitted; a traced offset stays traced."""
+  q, k, v, qs, ks, causal, offset = case
+  static = isinstance(offset, int)
+
+  def run(q, k, v, cotangent, traced_offset):
+    f = lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
+                                             q_offset=offset if static else traced_offset, backend=backend,
+                                             block=block)
+    out, vjp = jax.vjp(f, q, k, v)
+    return out, vjp(cotangent)
+
+  cotangent = jnp.asarray(np.random.default_rng(7).normal(size=q.shape), jnp.float32)
+  return jax.jit(run)(q, k, v, cotangent, jnp.int32(offset))
+
+
+@pytest.mark.parametrize("backend,block", [("chunked", 8), ("chunked", 512), ("splash", 128)])
+@pytest.mark.parametrize("name", CASES)
+def test_backend_equals_dense_forward_and_gradients(name, backend, block):
+  case = _case(name)
+  if backend == "splash" and not isinstance(case[-1], int):
+    pytest.skip("splash serves static offsets; cached decode steps go blockwise (tested above)")
+  ref_out, ref_grads = _forward_and_grads("dense", block, case)
+  out, grads = _forward_and_grads(backend, block, case)
+  assert _rel(out, ref_out) <= TOL
+  for name_, g, ref in zip("qkv", grads, ref_grads):
+    assert _rel(g, ref) <= TOL, f"d{name_}"
+
+
+def test_chunked_skips_no_visible_pair_and_pads_to_blocks():
+  """Lengths that are not block multiples, and a causal block pattern with skipped blocks, still
+  equal dense; one query sees one key (the first) exactly."""
+  case = _case("text_padding")
+  for block in (7, 16, 44):
+    out, _ = _forward_and_grads("chunked", block, case)
+    ref, _ = _forward_and_grads("dense", block, case)
+    assert _rel(out, ref) <= TOL, block
+  q, k, v, *_ = case
+  out = attention_lib.attend(q, k, v, jnp.ones((2, 45)), jnp.ones((2, 45)), causal=True, backend="chunked", block=8)
+  np.testing.assert_allclose(out[:, 0], jnp.broadcast_to(v[:, 0, :, None], out[:, 0].shape), rtol=1e-6)
+
+
+def test_auto_resolves_by_shape_and_platform():
+  assert attention_lib.resolve("auto", 1, 100_000) == "dense"  # one decode query
+  assert attention_lib.resolve("auto", 512, 512) == "dense"
+  assert attention_lib.resolve("auto", 4096, 4096) == "chunked"  # CPU
+  assert attention_lib.resolve("splash", 1, 1) == "splash"
+  with pytest.raises(ValueError, match="model.attention='flash'"):
+    attention_lib.Attention("flash")
+
+
+def _temp_bytes(backend: str, length: int) -> int:
+  shape = (1, length, 2, 2, 32)
+  q = jax.ShapeDtypeStruct(shape, jnp.float32)
+  kv = jax.ShapeDtypeStruct((1, length, 2, 32), jnp.float32)
+  seg = jax.ShapeDtypeStruct((1, length), jnp.int32)
+
+  def loss(q, k, v, seg):
+    return jnp.sum(attention_lib.attend(q, k, v, seg, seg, causal=True, backend=backend, block=256) ** 2)
+
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, seg).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_memory_grows_linearly_dense_quadratically():
+  chunked = _temp_bytes("chunked", 4096) / _temp_bytes("chunked", 1024)
+  dense = _temp_bytes("dense", 4096) / _temp_bytes("dense", 1024)
+  assert chunked <= 4.5, chunked
+  assert dense >= 12, dense

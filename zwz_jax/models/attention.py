@@ -1,0 +1,331 @@
+"""One attention op for every attention in the students: vision windows, vision full attention,
+the text decoder's training / prefill pass and its cached decode step.
+
+Masks are described, never handed over as (T x S) tensors: segment ids (a key is visible to a query
+only when both carry the same id: one id per image or window in the vision tower, 1 = real and
+0 = padding in the decoder) and an optional causal rule (key position <= `q_offset` + query index).
+A row with no visible key is undefined (as in splash attention): callers give padding a segment of
+its own so that no row is empty.
+
+Backends (`model.attention`):
+  dense    einsum + float32 softmax over the whole (T x S) score matrix: the reference, and the only
+           one that returns attention probabilities (attention coverage).
+  chunked  pure JAX, blockwise online softmax with a backward that recomputes each block's scores
+           (flash-attention style): memory linear in length; blocks without a visible pair skipped.
+  splash   Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`) with segment
+           ids and a causal mask, inside shard_map over the batch and KV-head axes; on a platform other
+           than TPU it runs in Pallas interpret mode (tests).
+  auto     splash on TPU, chunked elsewhere, dense when the score matrix is small or for one query
+           (a cached decode step is linear in the cache either way).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+BACKENDS = ("auto", "dense", "chunked", "splash")
+# auto picks dense while T x S stays at or below this many scores per head.
+DENSE_MAX_SCORES = 1024 * 1024
+_NEG = float(np.finfo(np.float32).min)
+_PAD_SEGMENT = int(np.iinfo(np.int32).min)  # segment of the rows padded to a block multiple
+
+
+def check_backend(name: str) -> str:
+  if name not in BACKENDS:
+    raise ValueError(f"model.attention={name!r} is not one of {list(BACKENDS)}")
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+  """The attention op as a model's layers hold it: backend and block size from the model config."""
+  backend: str = "auto"
+  block: int = 512
+
+  def __post_init__(self):
+    check_backend(self.backend)
+
+  def __call__(self, q, k, v, q_segment_ids, kv_segment_ids, **kwargs):
+    return attend(q, k, v, q_segment_ids, kv_segment_ids, backend=self.backend, block=self.block, **kwargs)
+
+
+def _platform() -> str:
+  """The platform the program is compiled for: the mesh's devices (a TPU topology compiled from a
+  CPU host says tpu), else the default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def resolve(backend: str, t: int, s: int) -> str:
+  """The backend `auto` stands for at this (queries, keys) shape."""
+  if backend != "auto":
+    return backend
+  if t == 1 or t * s <= DENSE_MAX_SCORES:
+    return "dense"
+  return "splash" if _platform() == "tpu" else "chunked"
+
+
+def visible(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
+  """(B, T, S) bool: which keys each query sees."""
+  mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  if causal:
+    t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+    mask &= (jnp.arange(s)[None, :] <= q_offset + jnp.arange(t)[:, None])[None]
+  return mask
+
+
+def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_offset=0,
+           backend: str = "auto", block: int = 512, return_probs: bool = False):
+  """Softmax attention with grouped KV heads.
+
+  q (B, T, Hkv, G, D); k, v (B, S, Hkv, D); segment ids (B, T) and (B, S) int. Query head
+  (kv, g) attends with KV head kv, as `repeat_kv` in the reference. Scores and softmax in float32,
+  output in q's dtype (B, T, Hkv, G, D). q_offset: position of the first query in the key
+  sequence (a cached decode step), an int or a traced scalar. With return_probs (dense only), also
+  the float32 probabilities (B, Hkv, G, T, S).
+  """
+  t, s = q.shape[1], k.shape[1]
+  q_segment_ids = q_segment_ids.astype(jnp.int32)
+  kv_segment_ids = kv_segment_ids.astype(jnp.int32)
+  name = "dense" if return_probs else resolve(check_backend(backend), t, s)
+  if name == "splash" and not (isinstance(q_offset, int) and q_offset == 0 and t <= s):
+    name = "chunked"  # splash's masks are static: decode steps at a traced offset go blockwise
+  if name == "dense":
+    return _dense(q, k, v, visible(q_segment_ids, kv_segment_ids, causal, q_offset), return_probs)
+  if name == "chunked":
+    return _chunked(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32),
+                    causal, min(block, t), min(block, s))
+  return _splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block)
+
+
+def _dense(q, k, v, mask, return_probs: bool):
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask[:, None, None], logits, _NEG)
+  probs32 = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs32.astype(q.dtype), v)
+  return (out, probs32) if return_probs else out
+
+
+# ----------------------------------------------------------------------------------------------
+# chunked: blockwise online softmax, custom backward
+# ----------------------------------------------------------------------------------------------
+
+
+def _pad_axis(x, axis: int, multiple: int, value):
+  pad = -x.shape[axis] % multiple
+  if not pad:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _blocks(x, size: int):
+  """(B, N * size, ...) -> (N, B, size, ...): the block index leads, for lax.map / scan."""
+  b, n = x.shape[0], x.shape[1] // size
+  return jnp.moveaxis(x.reshape(b, n, size, *x.shape[2:]), 1, 0)
+
+
+def _unblock(x):
+  """(N, B, size, ...) -> (B, N * size, ...)."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _block_mask(qs, ks, i, j, bq, bk, q_offset, causal):
+  """(B, bq, bk) visibility of q block i against kv block j."""
+  mask = qs[:, :, None] == ks[:, None, :]
+  if causal:
+    qpos = q_offset + i * bq + jnp.arange(bq)
+    kpos = j * bk + jnp.arange(bk)
+    mask &= (kpos[None, :] <= qpos[:, None])[None]
+  return mask
+
+
+def _scores(qi, kj, mask):
+  """(B, Hkv, G, bq, bk) float32 scaled scores, masked entries at the float32 minimum."""
+  s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * qi.shape[-1] ** -0.5
+  return jnp.where(mask[:, None, None], s, _NEG)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _chunked_core(q, k, v, qs, ks, causal, bq, bk, q_offset):
+  return _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset)[0]
+
+
+def _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset):
+  b, _, hkv, g, d = q.shape
+  kb, vb, ksb = _blocks(k, bk), _blocks(v, bk), _blocks(ks, bk)
+  nk = kb.shape[0]
+
+  def q_block(xs):
+    qi, qsi, i = xs
+
+    def kv_step(carry, ys):
+      kj, vj, ksj, j = ys
+      mask = _block_mask(qsi, ksj, i, j, bq, bk, q_offset, causal)
+
+      def update(carry):
+        m, l, acc = carry
+        s = _scores(qi, kj, mask)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.exp(s - m_new[..., None])
+        l = alpha * l + jnp.sum(p, axis=-1)
+        pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
+        return m_new, l, alpha[..., None] * acc + pv
+
+      return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry), None
+
+    init = (jnp.full((b, hkv, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, hkv, g, bq), jnp.float32),
+            jnp.zeros((b, hkv, g, bq, d), jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, ksb, jnp.arange(nk)))
+    safe = jnp.where(l > 0, l, 1.0)
+    out = jnp.moveaxis(acc / safe[..., None], 3, 1).astype(q.dtype)  # (B, bq, Hkv, G, D)
+    lse = jnp.where(l > 0, m + jnp.log(safe), 0.0)
+    return out, lse
+
+  qb = _blocks(q, bq)
+  out, lse = jax.lax.map(q_block, (qb, _blocks(qs, bq), jnp.arange(qb.shape[0])))
+  out = _unblock(out)
+  lse = jnp.moveaxis(lse, 0, 3).reshape(b, hkv, g, -1)  # (B, Hkv, G, T)
+  return out, (q, k, v, qs, ks, q_offset, out, lse)
+
+
+def _chunked_bwd(causal, bq, bk, res, dout):
+  q, k, v, qs, ks, q_offset, out, lse = res
+  scale = q.shape[-1] ** -0.5
+  delta = jnp.einsum("bqkgd,bqkgd->bkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
+  qb, qsb, dob = _blocks(q, bq), _blocks(qs, bq), _blocks(dout, bq)
+  kb, vb, ksb = _blocks(k, bk), _blocks(v, bk), _blocks(ks, bk)
+  lseb = jnp.moveaxis(lse.reshape(*lse.shape[:3], -1, bq), 3, 0)  # (nq, B, Hkv, G, bq)
+  deltab = jnp.moveaxis(delta.reshape(*delta.shape[:3], -1, bq), 3, 0)
+  nq, nk = qb.shape[0], kb.shape[0]
+
+  def probs(qi, kj, mask, lse_i, do_i, vj, delta_i):
+    p = jnp.exp(_scores(qi, kj, mask) - lse_i[..., None])
+    dp = jnp.einsum("bqkgd,bskd->bkgqs", do_i, vj, preferred_element_type=jnp.float32)
+    return p, p * (dp - delta_i[..., None])
+
+  def dq_block(xs):
+    qi, qsi, do_i, lse_i, delta_i, i = xs
+
+    def step(dq, ys):
+      kj, vj, ksj, j = ys
+      mask = _block_mask(qsi, ksj, i, j, bq, bk, q_offset, causal)
+
+      def add(dq):
+        _, ds = probs(qi, kj, mask, lse_i, do_i, vj, delta_i)
+        return dq + jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+
+      return jax.lax.cond(jnp.any(mask), add, lambda x: x, dq), None
+
+    dq, _ = jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), (kb, vb, ksb, jnp.arange(nk)))
+    return (dq * scale).astype(q.dtype)
+
+  def dkv_block(xs):
+    kj, vj, ksj, j = xs
+
+    def step(carry, ys):
+      qi, qsi, do_i, lse_i, delta_i, i = ys
+      mask = _block_mask(qsi, ksj, i, j, bq, bk, q_offset, causal)
+
+      def add(carry):
+        dk, dv = carry
+        p, ds = probs(qi, kj, mask, lse_i, do_i, vj, delta_i)
+        dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
+        dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+        return dk, dv
+
+      return jax.lax.cond(jnp.any(mask), add, lambda c: c, carry), None
+
+    zeros = jnp.zeros(kj.shape, jnp.float32)
+    (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), (qb, qsb, dob, lseb, deltab, jnp.arange(nq)))
+    return (dk * scale).astype(k.dtype), dv.astype(v.dtype)
+
+  dq = _unblock(jax.lax.map(dq_block, (qb, qsb, dob, lseb, deltab, jnp.arange(nq))))
+  dk, dv = jax.lax.map(dkv_block, (kb, vb, ksb, jnp.arange(nk)))
+  return dq, _unblock(dk), _unblock(dv), None, None, None
+
+
+_chunked_core.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def _chunked(q, k, v, qs, ks, q_offset, causal: bool, bq: int, bk: int):
+  t = q.shape[1]
+  # Padded queries see only padded keys (or none: such rows come out as zeros); both are sliced off.
+  q, qs = _pad_axis(q, 1, bq, 0), _pad_axis(qs, 1, bq, _PAD_SEGMENT)
+  k, v, ks = _pad_axis(k, 1, bk, 0), _pad_axis(v, 1, bk, 0), _pad_axis(ks, 1, bk, _PAD_SEGMENT)
+  return _chunked_core(q, k, v, qs, ks, causal, bq, bk, q_offset)[:, :t]
+
+
+# ----------------------------------------------------------------------------------------------
+# splash (Pallas, TPU)
+# ----------------------------------------------------------------------------------------------
+
+
+def _splash_block(n: int, block: int) -> int:
+  """A splash tile: a multiple of 128 lanes, at most `block`."""
+  return min(max(128, block // 128 * 128), -(-n // 128) * 128)
+
+
+def _splash(q, k, v, qs, ks, causal: bool, block: int):
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+  b, t, hkv, g, d = q.shape
+  precision = jax.config.jax_default_matmul_precision
+  if q.dtype != jnp.float32 and precision not in (None, "default", "bfloat16", "fastest"):
+    # Mosaic cannot run a bfloat16 matmul at float32 precision ("Bad lhs type").
+    raise ValueError(f"model.attention=splash with {q.dtype} inputs needs the default matmul precision; "
+                     f"jax_default_matmul_precision is {precision!r}")
+  s = k.shape[1]
+  bq, bk = _splash_block(t, block), _splash_block(s, block)
+  # The kernel does not scale: fold 1/sqrt(d) into the queries (in float32, then back).
+  q = (q.astype(jnp.float32) * d**-0.5).astype(q.dtype)
+  q, qs = _pad_axis(q, 1, bq, 0), _pad_axis(qs, 1, bq, _PAD_SEGMENT)
+  k, v, ks = _pad_axis(k, 1, bk, 0), _pad_axis(v, 1, bk, 0), _pad_axis(ks, 1, bk, _PAD_SEGMENT)
+  tp, sp = q.shape[1], k.shape[1]
+  head_mask = sa.CausalMask((tp, sp)) if causal else sa.FullMask((tp, sp))
+  sizes = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
+                        block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
+  kernel = sa.make_splash_mqa(sa.MultiHeadMask([head_mask] * g), block_sizes=sizes, head_shards=1,
+                              q_seq_shards=1, interpret=_platform() != "tpu")
+
+  def local(q, k, v, qs, ks):
+    # One MQA kernel call per (example, KV head): the G query heads of a group share its keys.
+    per_head = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=sa.SegmentIds(qs, ks)),
+                        in_axes=(0, 0, 0, None, None))
+    return jax.vmap(per_head)(q, k, v, qs, ks)
+
+  q = jnp.transpose(q, (0, 2, 3, 1, 4))  # (B, Hkv, G, T, D)
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, S, D)
+  batch, heads = _manual_axes(b, hkv)
+  mesh = jax.sharding.get_abstract_mesh()
+  if batch is None and heads is None:
+    out = local(q, k, v, qs, ks)
+  else:
+    qkv = PartitionSpec(batch, heads)
+    out = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, PartitionSpec(batch), PartitionSpec(batch)),
+                        out_specs=qkv, check_vma=False)(q, k, v, qs, ks)
+  return jnp.transpose(out, (0, 3, 1, 2, 4))[:, :t]
+
+
+def _manual_axes(b: int, hkv: int):
+  """Mesh axes the splash call is split over: the batch over data x fsdp and the KV heads over
+  tensor, each only where the mesh has it and divides the dimension (else kept whole)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return None, None
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  batch = tuple(a for a in ("data", "fsdp") if sizes.get(a, 1) > 1)
+  if not batch or b % math.prod(sizes[a] for a in batch):
+    batch = None
+  heads = "tensor" if sizes.get("tensor", 1) > 1 and hkv % sizes["tensor"] == 0 else None
+  return batch, heads
