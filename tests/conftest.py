@@ -9,6 +9,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}".strip()
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# One persistent compilation cache for the suite's processes: a job a test relaunches (resume after
+# a kill, a second process, a second demo stage) loads the programs the first launch compiled.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".cache" / "jax"))
+
 import jax  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
@@ -17,7 +22,6 @@ from zwz_jax import config as config_lib  # pylint: disable=wrong-import-positio
 # Parity tests hold fp32 PyTorch to 1e-4; bf16 passes (TPU) or TF32 (GPU) would not.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
 
 
