@@ -23,6 +23,9 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   # platforms, dense for short inputs; dense | chunked | splash force one. Block = their tile.
   c.model.attention = "auto"
   c.model.attention_block = 512
+  # One lax.scan per run of identical layers: the program and its compile time do not grow with
+  # depth (parameters stay one module per layer: checkpoints and conversion are unchanged).
+  c.model.scan_layers = True
 
   # Every size shares the same ViT; only the merger's output width follows the text tower.
   v = c.model.vision = ml_collections.ConfigDict()

@@ -21,6 +21,7 @@ def qwen3_vl_model(*, hidden_size, intermediate_size, num_layers, num_heads, num
   m.remat = "full"
   m.attention = "auto"  # as configs/_qwen2_5_vl.py
   m.attention_block = 512
+  m.scan_layers = True  # as configs/_qwen2_5_vl.py
   m.vision = ml_collections.ConfigDict(dict(
       depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=vision_intermediate_size,
       num_heads=vision_num_heads, out_hidden_size=hidden_size,  # the mergers project into the text width

@@ -41,12 +41,15 @@ def main(argv) -> int:
   parser.add_argument("--topology", required=True, help="a TPU slice, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4, v4:2x2x1")
   parser.add_argument("--functions", default="", help=f"comma-separated of {aot.FUNCTIONS}, or 'all'")
   parser.add_argument("--json", action="store_true", help="one JSON object per program instead of the table")
+  parser.add_argument("--cost", default="unrolled", choices=aot.COSTS,
+                      help="FLOPs and cost-model time of a program that scans over layers: from a second "
+                           "compile with the layers unrolled, or none (faster; memory figures only)")
   args = parser.parse_args(rest)
   try:
     config = load_config(config_path, overrides)
     functions = (aot.FUNCTIONS if args.functions == "all" else
                  tuple(f for f in args.functions.split(",") if f) or default_functions(config))
-    reports = aot.compile_config(config, args.topology, functions)
+    reports = aot.compile_config(config, args.topology, functions, args.cost)
   except (ConfigError, ShardingError, aot.TopologyError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -15,6 +15,16 @@ from zwz_jax.models import registry
 from zwz_jax.train.params import ParamSpace
 
 
+@pytest.fixture(autouse=True)
+def _default_precision():
+  """Compile at the default matmul precision, as the real configs run: the suite's "highest"
+  (for the parity tests) makes the TPU compiler split every matmul into bf16 passes and take
+  four times as long."""
+  import jax
+  with jax.default_matmul_precision("default"):
+    yield
+
+
 # One bucket and short rollouts keep the compiles quick; the programs are the real ones.
 SMALL = ["data.buckets=((224, 256),)", "grpo.num_generations=4", "grpo.max_new_tokens=4", "grpo.num_minibatches=2"]
 
@@ -44,11 +54,13 @@ def _check_figures(config, reports):
   for r in reports:
     assert r.fits and not r.error, r.error
     assert r.device_kind == "TPU v5 lite" and r.hbm == aot.HBM_BYTES["TPU v5 lite"]
-    assert r.temp > 0 and r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1
+    # The tiny decode loops may need no temporaries at all (everything lives in their outputs).
+    assert r.output > 0 and r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1
     assert r.held["params"] == pytest.approx(expected, rel=0.05)
     # The compiler holds at least what the shardings say (TPU tiles pad small arrays).
     assert r.argument >= sum(r.held.values())
     if r.function in ("sft", "grpo_update"):
+      assert r.temp > 0  # activations
       # Both Adam moments, sharded like the parameters (replicated, they would be 8 * n per chip).
       assert r.held["opt_state"] == pytest.approx(2 * expected, rel=0.05)
       # The donated state comes back in place: the outputs alias at least the state's bytes.
@@ -60,10 +72,12 @@ def _check_figures(config, reports):
 
 
 @pytest.mark.parametrize("config_path,mesh", [
-    # One decoder layer and one window + one full-attention vision block: a shorter compile.
+    # One decoder layer and one window + one full-attention vision block: a shorter compile, with
+    # nothing to scan.
     ("configs/eval_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1", "model.vision.depth=2",
-                              "model.vision.fullatt_block_indexes=(1,)")),
-    # Two micro-batches: the cost model's figures must cover both (it counts a loop body once).
+                              "model.vision.fullatt_block_indexes=(1,)", "model.scan_layers=False")),
+    # Two micro-batches and scanned layers: the cost figures must cover every micro-batch and every
+    # layer (XLA's cost analysis counts a loop body once).
     ("configs/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2")),
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
 def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):

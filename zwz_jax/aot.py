@@ -282,42 +282,70 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) 
                   _held({"params": state}, batch))
 
 
-def compile_config(config, topology: str, functions: Sequence[str] = ("sft",)) -> list[Report]:
-  """Compiles each function of `config` for `topology`; one Report per program."""
+COSTS = ("unrolled", "none")
+
+
+def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), cost: str = "unrolled") -> list[Report]:
+  """Compiles each function of `config` for `topology`; one Report per program.
+
+  XLA's cost analysis counts a loop body once, so a program that scans over layers
+  (`model.scan_layers`) reports one layer's FLOPs per run. cost="unrolled": take FLOPs and the
+  cost-model time from a second compile of the same function with the layers unrolled (memory
+  and compile time stay the scanned program's); "none": no compiler FLOPs or time for such programs.
+  """
+  from zwz_jax.models import registry
   from zwz_jax.sharding import make_mesh
   from zwz_jax.train import metrics as metrics_lib
   unknown = [f for f in functions if f not in PROGRAMS]
   if unknown:
     raise ConfigError(f"--functions: {unknown} not among {FUNCTIONS}")
+  if cost not in COSTS:
+    raise ConfigError(f"--cost={cost!r} is not one of {COSTS}")
   devices = topology_devices(topology)
   mesh = make_mesh(config.mesh, devices=devices)
   kind = devices[0].device_kind
   hbm, peak, chips = hbm_bytes(kind), metrics_lib.peak_flops(devices[0]), len(devices)
+  scans = registry.model_config(config.model).scan_layers
+  if scans:
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan_layers = False
   reports = []
   for function in functions:
     with jax.set_mesh(mesh):
       programs = PROGRAMS[function](config, mesh)
-    for p in programs:
+      twins = PROGRAMS[function](unrolled, mesh) if scans and cost == "unrolled" else [None] * len(programs)
+    for p, twin in zip(programs, twins):
       r = Report(function, p.shape, topology, dict(mesh.shape), kind, hbm, held=p.held,
                  model_flops=p.model_flops / chips, peak_flops=peak)
       t0 = time.perf_counter()
       try:
         compiled = p.lowered.compile()
       except Exception as e:  # XLA's RESOURCE_EXHAUSTED (or any compile failure), reported as is
-        r.error = str(e)
-      else:
+        compiled, r.error = None, str(e)
+      r.compile_seconds = time.perf_counter() - t0
+      if compiled is not None:
         m = compiled.memory_analysis()
         r.argument, r.output = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
         r.alias, r.temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
-        cost = compiled.cost_analysis() or {}
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        # Train steps: the micro-batch scan holds nearly all the work, so scale by its trips. Samplers:
-        # the prefill plus one decode step (the decode loop is not scaled).
-        r.flops = float(cost.get("flops", 0.0)) * p.loop_trips
-        r.est_seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0) * p.loop_trips  # < 0: no estimate
-      r.compile_seconds = time.perf_counter() - t0
+        if not scans:
+          r.flops, r.est_seconds = _cost(compiled, p.loop_trips)
+        elif twin is not None:
+          try:
+            r.flops, r.est_seconds = _cost(twin.lowered.compile(), twin.loop_trips)
+          except Exception:  # pylint: disable=broad-except
+            pass  # the unrolled twin may not fit where the scanned program does: no estimate
       reports.append(r)
   return reports
+
+
+def _cost(compiled, loop_trips: int) -> tuple[float, float]:
+  """(FLOPs, cost-model seconds) of a compiled program. Train steps: the micro-batch scan holds
+  nearly all the work, so both scale by its trips. Samplers: the prefill plus one decode step (the
+  decode loop is not scaled)."""
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0)  # < 0: no estimate
+  return float(cost.get("flops", 0.0)) * loop_trips, seconds * loop_trips
 
 
 def format_table(reports: Sequence[Report]) -> str:

@@ -28,6 +28,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # the layer axis of parameters stacked for a scan over layers
     # vision tower weights
     ("vision_patch", None),
     ("vision_pos", None),  # Qwen3-VL's learned position table rows

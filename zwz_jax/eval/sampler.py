@@ -73,7 +73,7 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
   logits = logits[:, -1]
   if num_samples > 1:  # samples of one prompt share its prefill: rows i*n .. i*n+n-1 are prompt i
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
-    cache = jax.tree.map(rep, cache)
+    cache = cache.repeat(num_samples)
     logits, key_mask, next_pos = rep(logits), rep(key_mask), rep(next_pos)
     b *= num_samples
   stop = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from zwz_jax.models import attention as attention_lib
+from zwz_jax.models.scan import REMAT_POLICIES, run_layers, runs
 from zwz_jax.sharding import constrain
 
 _INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
@@ -122,6 +123,7 @@ class ModelConfig:
   remat: str = "none"  # activation rematerialisation of each block: none | full | dots | dots_no_batch
   attention: str = "auto"  # attention backend, see zwz_jax.models.attention: auto | dense | chunked | splash
   attention_block: int = 512  # query / key block of the chunked and splash backends
+  scan_layers: bool = True  # one lax.scan per run of identical layers (zwz_jax.models.scan)
   vision_cls: ClassVar[type] = VisionConfig
   text_cls: ClassVar[type] = TextConfig
 
@@ -136,7 +138,8 @@ class ModelConfig:
         vision_end_token_id=model_cfg.vision_end_token_id,
         dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype),
         remat=model_cfg.get("remat", "none"), attention=model_cfg.get("attention", "auto"),
-        attention_block=int(model_cfg.get("attention_block", 512)))
+        attention_block=int(model_cfg.get("attention_block", 512)),
+        scan_layers=bool(model_cfg.get("scan_layers", True)))
     cfg.validate()
     return cfg
 
@@ -165,21 +168,6 @@ class ModelConfig:
     for ok, msg in checks:
       if not ok:
         raise ValueError(f"model config: {msg}")
-
-
-# What a rematerialised block keeps from its forward pass: nothing ("full"), matmul outputs
-# ("dots"), or matmul outputs without a batch dimension ("dots_no_batch": weights-only products).
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def _remat(fn, name: str):
-  """`fn(module, *args)` recomputed in the backward pass under the named policy."""
-  return fn if name == "none" else nnx.remat(fn, policy=REMAT_POLICIES[name])
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, init=_INIT) -> nnx.Param:
@@ -327,10 +315,11 @@ class PatchMerger(nnx.Module):
 class VisionTower(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none",
-               attention=attention_lib.Attention()):
+               attention=attention_lib.Attention(), scan: bool = False):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
+    self.scan = scan
     self.patch_kernel = _param(rngs, (cfg.patch_dim, cfg.hidden_size), ("vision_patch", "vision_embed"),
                                param_dtype)
     self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs, attention) for _ in range(cfg.depth)])
@@ -347,11 +336,16 @@ class VisionTower(nnx.Module):
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = vision_rope(positions, cfg.head_dim, cfg.rope_theta)
     full = set(cfg.fullatt_block_indexes)
-    run_full = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, None), self.remat)
-    run_window = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg, cfg.window_patches), self.remat)
-    for i, blk in enumerate(self.blocks):
-      x = (run_full if i in full else run_window)(blk, x, cos, sin, segment_ids)
-      x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    # Runs of window blocks between the full-attention blocks: one scan each.
+    cuts = [c for i in full for c in (i, i + 1)]
+    for start, stop in runs(cfg.depth, cuts):
+      block = None if start in full else cfg.window_patches
+
+      def body(blk, x, _, block=block):
+        x = blk(x, cos, sin, segment_ids, block)
+        return constrain(x, ("act_batch", "act_length", "act_embed")), None
+
+      x, _ = run_layers(self.blocks[start:stop], body, x, scan=self.scan, remat=self.remat)
     return self.merger(x)
 
 
@@ -412,11 +406,12 @@ class TextAttention(nnx.Module):
     self.dtype = dtype
     self.attend = attention
 
-  def __call__(self, x, cos, sin, segments, cache=None, index=0, probs_query=None):
+  def __call__(self, x, cos, sin, segments, cache=None, layer=0, index=0, probs_query=None):
     """segments: (query, key) segment ids (B, T), (B, S): 1 = real token, 0 = padding (padding
-    attends only to padding). cache: (k, v) of shape (B, S, KV, D) to write this call's keys/values
-    into at slot `index` (the attention then runs over the whole cache). probs_query (B,): also
-    return the attention probabilities (B, heads, S) of these query positions.
+    attends only to padding). cache: the model's `KVCache` (every layer's keys and values); this
+    call writes its keys/values into layer `layer` (int or traced) at slot `index` and attends over
+    that layer's whole cache. probs_query (B,): also return the attention probabilities
+    (B, heads, S) of these query positions.
     Returns (output, new cache or None, probabilities or None)."""
     dt = self.dtype
     q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt))
@@ -430,10 +425,8 @@ class TextAttention(nnx.Module):
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     k = constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
     if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
-      cache = (k, v)
-      k, v = k.astype(dt), v.astype(dt)
+      cache = cache.write(layer, index, k, v)
+      k, v = cache.read(layer, dt)
     b, l, h, d = q.shape
     # Query head i uses KV head i // (h / kv), as `repeat_kv` in the reference.
     q = q.reshape(b, l, self.num_kv_heads, h // self.num_kv_heads, d)
@@ -475,9 +468,9 @@ class DecoderLayer(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
     self.mlp = TextMLP(cfg, dtype, param_dtype, rngs)
 
-  def __call__(self, x, cos, sin, segments, cache=None, index=0, probs_query=None):
+  def __call__(self, x, cos, sin, segments, cache=None, layer=0, index=0, probs_query=None):
     """Returns (hidden, new cache or None, attention probabilities or None)."""
-    out, cache, probs = self.attn(self.input_norm(x), cos, sin, segments, cache, index, probs_query)
+    out, cache, probs = self.attn(self.input_norm(x), cos, sin, segments, cache, layer, index, probs_query)
     x = x + out
     x = x + self.mlp(self.post_attn_norm(x))
     return constrain(x, ("act_batch", "act_length", "act_embed")), cache, probs
@@ -489,7 +482,7 @@ class Qwen2_5_VL(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
-    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op)
+    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op, cfg.scan_layers)
     self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
     self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs, cfg.attention_op) for _ in range(t.num_layers)])
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
@@ -551,38 +544,80 @@ class Qwen2_5_VL(nnx.Module):
     x, feats, inject = self.embed_inputs(input_ids, pixel_values, vision_positions, vision_segment_ids,
                                          image_token_index)
     b, t = input_ids.shape
-    keys = t if cache is None else cache[0][0].shape[1]
+    keys = t if cache is None else cache.length
     kv_seg = (jnp.ones((b, keys), jnp.int32) if attention_mask is None
               else attention_mask.astype(jnp.int32))
     q_seg = kv_seg if cache is None else jax.lax.dynamic_slice_in_dim(kv_seg, cache_index, t, axis=1)
     segments = (q_seg, kv_seg)
     cos, sin = mrope_cos_sin(positions, self.cfg.text, self.cfg.dtype)
-    hidden, probs, new_cache = [x], None, []
-    run = _remat(lambda layer, x, c, s, segments: layer(x, c, s, segments)[0], self.cfg.remat)
-    for i, layer in enumerate(self.layers):
-      if cache is not None:
-        x, layer_cache, _ = layer(x, cos, sin, segments, cache[i], cache_index)
-        new_cache.append(layer_cache)
-      elif i == attention_layer:
-        x, _, probs = layer(x, cos, sin, segments, probs_query=attention_query)
-      else:
-        x = run(layer, x, cos, sin, segments)
-      hidden.append(x)  # the layer's output, before any DeepStack addition (as transformers reports it)
-      if i < len(inject):
-        x = x + inject[i]
+    n = len(self.layers)
+
+    def body(layer, carry, xs):
+      x, cache = carry
+      i, add = xs
+      x, cache, _ = layer(x, cos, sin, segments, cache, i, cache_index)
+      out = x  # the layer's output, before any DeepStack addition (as transformers reports it)
+      if add is not None:
+        x = x + add
+      return (x, cache), (out if return_hidden else None)
+
+    # Runs of identical layers: the DeepStack-injected ones, the one whose attention is returned,
+    # the rest. The returned-attention layer runs alone, outside the scan.
+    cuts = [len(inject)] + ([attention_layer, attention_layer + 1] if attention_layer is not None else [])
+    hidden, probs = [x], None
+    for start, stop in runs(n, cuts):
+      if start == attention_layer:
+        x, _, probs = self.layers[start](x, cos, sin, segments, probs_query=attention_query)
+        hidden.append(x)
+        if start < len(inject):
+          x = x + inject[start]
+        continue
+      adds = jnp.stack(inject[start:stop]) if start < len(inject) else None
+      (x, cache), ys = run_layers(self.layers[start:stop], body, (x, cache), (jnp.arange(start, stop), adds),
+                                  scan=self.cfg.scan_layers, remat=self.cfg.remat)
+      if return_hidden:
+        hidden.extend(ys[j] for j in range(stop - start))
     out = self.norm(x)
     if head:
       out = self.logits(out)
     if cache is not None:
-      return out, new_cache
+      return out, cache
     if return_hidden or attention_layer is not None:
       return out, {"layers": hidden, "vision": feats, "attention": probs}
     return out
 
-  def init_cache(self, batch: int, length: int, dtype=None) -> list:
-    """Empty key/value cache: per layer (k, v) of shape (batch, length, kv_heads, head_dim)."""
+  def init_cache(self, batch: int, length: int, dtype=None) -> "KVCache":
+    """Empty key/value cache for every layer: (layers, batch, length, kv_heads, head_dim) each."""
     t = self.cfg.text
-    shape = (batch, length, t.num_kv_heads, t.head_dim)
-    dtype = dtype or self.cfg.dtype
-    zeros = lambda: constrain(jnp.zeros(shape, dtype), ("act_batch", "act_length", "act_kv_heads", None))
-    return [(zeros(), zeros()) for _ in range(t.num_layers)]
+    shape = (t.num_layers, batch, length, t.num_kv_heads, t.head_dim)
+    zeros = lambda: constrain(jnp.zeros(shape, dtype or self.cfg.dtype), KVCache.AXES)
+    return KVCache(zeros(), zeros())
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every decoder layer, stacked: (layers, batch, slots, kv_heads, head_dim).
+
+  One array per side, so a scan over layers carries it and updates it in place, and a decode step
+  writes only its new slots. The batch is axis 1 (`repeat` for samples sharing a prefill)."""
+  k: jax.Array
+  v: jax.Array
+
+  AXES = ("layers", "act_batch", "act_length", "act_kv_heads", None)
+
+  def write(self, layer, index, k, v) -> "KVCache":
+    """This call's (B, T, KV, D) keys and values into `layer` at slots index .. index + T - 1."""
+    put = lambda c, x: jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), (layer, 0, index, 0, 0))
+    return KVCache(put(self.k, k), put(self.v, v))
+
+  def read(self, layer, dtype):
+    """(B, S, KV, D) keys and values of `layer`."""
+    get = lambda c: jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False).astype(dtype)
+    return get(self.k), get(self.v)
+
+  def repeat(self, n: int) -> "KVCache":
+    """Each example's cache n times in a row (rows i * n .. i * n + n - 1 are example i)."""
+    return KVCache(*(jnp.repeat(c, n, axis=1) for c in self))
+
+  @property
+  def length(self) -> int:
+    return self.k.shape[2]

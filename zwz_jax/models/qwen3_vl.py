@@ -25,7 +25,8 @@ from flax import nnx
 
 from zwz_jax.models import attention as attention_lib
 from zwz_jax.models import qwen2_5_vl as base
-from zwz_jax.models.qwen2_5_vl import REMAT_POLICIES, DecoderLayer, RMSNorm, VisionAttention, _param, _remat, _zeros
+from zwz_jax.models.qwen2_5_vl import REMAT_POLICIES, DecoderLayer, RMSNorm, VisionAttention, _param, _zeros
+from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
 
@@ -215,10 +216,11 @@ def position_interpolation(positions, segment_ids, side: int):
 class VisionTower(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none",
-               attention=attention_lib.Attention()):
+               attention=attention_lib.Attention(), scan: bool = False):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
+    self.scan = scan
     self.patch_kernel = _param(rngs, (cfg.patch_dim, cfg.hidden_size), ("vision_patch", "vision_embed"),
                                param_dtype)
     self.patch_bias = _zeros((cfg.hidden_size,), ("vision_embed",), param_dtype)
@@ -242,12 +244,17 @@ class VisionTower(nnx.Module):
     pos = jnp.sum(jnp.take(table, index, axis=0) * weight[..., None].astype(table.dtype), axis=2)
     x = constrain(x + pos.astype(dt), ("act_batch", "act_length", "act_embed"))
     cos, sin = base.vision_rope(positions, cfg.head_dim, cfg.rope_theta)
-    run = _remat(lambda blk, x, c, s, seg: blk(x, c, s, seg), self.remat)
+
+    def body(blk, x, _):
+      return constrain(blk(x, cos, sin, segment_ids), ("act_batch", "act_length", "act_embed")), None
+
+    # One scan per run of blocks up to a DeepStack tap.
+    taps = cfg.deepstack_visual_indexes
     deepstack = []
-    for i, blk in enumerate(self.blocks):
-      x = constrain(run(blk, x, cos, sin, segment_ids), ("act_batch", "act_length", "act_embed"))
-      if i in cfg.deepstack_visual_indexes:
-        deepstack.append(self.deepstack_mergers[cfg.deepstack_visual_indexes.index(i)](x))
+    for start, stop in runs(cfg.depth, [i + 1 for i in taps]):
+      x, _ = run_layers(self.blocks[start:stop], body, x, scan=self.scan, remat=self.remat)
+      if stop - 1 in taps:
+        deepstack.append(self.deepstack_mergers[taps.index(stop - 1)](x))
     return self.merger(x), deepstack
 
 
@@ -257,7 +264,7 @@ class Qwen3_VL(base.Qwen2_5_VL):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
     self.cfg = cfg
     t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
-    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op)
+    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op, cfg.scan_layers)
     self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
     self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs, cfg.attention_op) for _ in range(t.num_layers)])
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
