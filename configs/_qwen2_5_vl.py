@@ -19,8 +19,9 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   c.model.param_dtype = "float32"  # fp32 master weights; the optimizer updates are tiny (lr ~1e-6)
   # Recompute each block's activations in the backward pass: none | full | dots | dots_no_batch.
   c.model.remat = "full"
-  # Attention backend (zwz_jax/models/attention.py): auto = splash on TPU, blockwise on other
-  # platforms, dense for short inputs; dense | chunked | splash force one. Block = their tile.
+  # Attention backend (zwz_jax/models/attention.py): auto = splash on TPU, cuDNN on GPU, blockwise
+  # elsewhere, dense for short inputs; dense | chunked | splash | cudnn force one. Block = the tile
+  # of chunked and splash.
   c.model.attention = "auto"
   c.model.attention_block = 512
   # One lax.scan per run of identical layers: the program and its compile time do not grow with

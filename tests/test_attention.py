@@ -1,5 +1,7 @@
 """The attention seam: every backend equals the dense reference, forward and gradients, on the masks
 the students use; the blockwise backend's memory grows linearly in length."""
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +62,9 @@ def _forward_and_grads(backend: str, block: int, case):
   return jax.jit(run)(q, k, v, cotangent, jnp.int32(offset))
 
 
-@pytest.mark.parametrize("backend,block", [("chunked", 8), ("chunked", 512), ("splash", 128)])
+# cudnn off a GPU runs XLA's implementation of the same jax.nn.dot_product_attention call: this
+# checks the mask and head grouping we hand it, not the kernel.
+@pytest.mark.parametrize("backend,block", [("chunked", 8), ("chunked", 512), ("splash", 128), ("cudnn", 512)])
 @pytest.mark.parametrize("name", CASES)
 def test_backend_equals_dense_forward_and_gradients(name, backend, block):
   case = _case(name)
@@ -91,6 +95,10 @@ def test_auto_resolves_by_shape_and_platform():
   assert attention_lib.resolve("auto", 512, 512) == "dense"
   assert attention_lib.resolve("auto", 4096, 4096) == "chunked"  # CPU
   assert attention_lib.resolve("splash", 1, 1) == "splash"
+  for platform, long in (("tpu", "splash"), ("gpu", "cudnn"), ("cpu", "chunked")):
+    with mock.patch.object(attention_lib, "_platform", lambda p=platform: p):
+      assert attention_lib.resolve("auto", 4096, 4096) == long
+      assert attention_lib.resolve("auto", 512, 512) == "dense"
   with pytest.raises(ValueError, match="model.attention='flash'"):
     attention_lib.Attention("flash")
 

@@ -161,3 +161,23 @@ def test_auto_attention_lowers_to_splash_on_a_tpu_mesh():
   assert "tpu_custom_call" in compiled.as_text()
   scores_per_chip = (b // 2) * (hkv // 2) * g * t * t * 4  # float32 (T x S) of the local heads
   assert compiled.memory_analysis().temp_size_in_bytes < scores_per_chip / 20
+
+
+def test_splash_with_a_batch_that_does_not_divide_the_mesh_compiles():
+  """An eval batch smaller than the batch axes stays replicated, and the splash kernel (which XLA
+  cannot partition itself) still runs inside shard_map, whole on every device."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from zwz_jax.models import attention as attention_lib
+  from zwz_jax.sharding import make_mesh
+
+  mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 1}, devices=aot.topology_devices("v5e:2x2"))
+  b, t, hkv, g, d = 2, 4096, 2, 2, 128  # 2 rows over fsdp=4
+  spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16 if len(shape) > 2 else jnp.int32,
+                                            sharding=NamedSharding(mesh, P()))
+  attend = lambda q, k, v, seg: attention_lib.attend(q, k, v, seg, seg, backend="splash")
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(attend).lower(spec((b, t, hkv, g, d)), spec((b, t, hkv, d)), spec((b, t, hkv, d)),
+                                     spec((b, t))).compile()
+  assert "tpu_custom_call" in compiled.as_text()

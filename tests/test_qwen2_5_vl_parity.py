@@ -16,9 +16,10 @@ from zwz_jax.sharding import make_mesh
 TOL = 1e-4  # fp32, matmul precision "highest"
 
 
-# Every attention backend that runs on CPU (splash in Pallas interpret mode), with blocks small
+# Every attention backend that runs on CPU (splash in Pallas interpret mode, cudnn through XLA's
+# implementation of the same call), with blocks small
 # enough that the blockwise ones split every attention into many blocks.
-BACKENDS = {"dense": 512, "chunked": 16, "splash": 128}
+BACKENDS = {"dense": 512, "chunked": 16, "splash": 128, "cudnn": 512}
 
 
 @pytest.fixture(scope="module")

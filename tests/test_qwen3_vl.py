@@ -25,9 +25,10 @@ def config():
   return load_config("configs/tiny_qwen3.py")
 
 
-# Every attention backend that runs on CPU (splash in Pallas interpret mode), with blocks small
+# Every attention backend that runs on CPU (splash in Pallas interpret mode, cudnn through XLA's
+# implementation of the same call), with blocks small
 # enough that the blockwise ones split every attention into many blocks.
-BACKENDS = {"dense": 512, "chunked": 16, "splash": 128}
+BACKENDS = {"dense": 512, "chunked": 16, "splash": 128, "cudnn": 512}
 
 
 @pytest.fixture(scope="module")

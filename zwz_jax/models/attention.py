@@ -15,8 +15,12 @@ Backends (`model.attention`):
   splash   Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`) with segment
            ids and a causal mask, inside shard_map over the batch and KV-head axes; on a platform other
            than TPU it runs in Pallas interpret mode (tests).
-  auto     splash on TPU, chunked elsewhere, dense when the score matrix is small or for one query
-           (a cached decode step is linear in the cache either way).
+  cudnn    cuDNN flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`), the segment
+           rule handed over as one (B, 1, T, S) boolean mask shared by every head (cuDNN turns it
+           into a bias: O(T x S) per example, not per head); on a platform other than GPU the same
+           call runs XLA's implementation (tests).
+  auto     splash on TPU, cudnn on GPU, chunked elsewhere, dense when the score matrix is small or
+           for one query (a cached decode step is linear in the cache either way).
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-BACKENDS = ("auto", "dense", "chunked", "splash")
+BACKENDS = ("auto", "dense", "chunked", "splash", "cudnn")
+# What `auto` runs at long lengths, by the platform the program is compiled for.
+_LONG = {"tpu": "splash", "gpu": "cudnn"}
 # auto picks dense while T x S stays at or below this many scores per head.
 DENSE_MAX_SCORES = 1024 * 1024
 _NEG = float(np.finfo(np.float32).min)
@@ -68,7 +74,7 @@ def resolve(backend: str, t: int, s: int) -> str:
     return backend
   if t == 1 or t * s <= DENSE_MAX_SCORES:
     return "dense"
-  return "splash" if _platform() == "tpu" else "chunked"
+  return _LONG.get(_platform(), "chunked")
 
 
 def visible(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
@@ -101,6 +107,8 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   if name == "chunked":
     return _chunked(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32),
                     causal, min(block, t), min(block, s))
+  if name == "cudnn":
+    return _cudnn(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset)
   return _splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block)
 
 
@@ -267,6 +275,23 @@ def _chunked(q, k, v, qs, ks, q_offset, causal: bool, bq: int, bk: int):
 
 
 # ----------------------------------------------------------------------------------------------
+# cudnn (GPU)
+# ----------------------------------------------------------------------------------------------
+
+
+def _cudnn(q, k, v, qs, ks, causal: bool, q_offset):
+  b, t, hkv, g, d = q.shape
+  mask = visible(qs, ks, causal, q_offset)[:, None]  # (B, 1, T, S), broadcast over heads
+  # A static causal rule is passed on as well, so cuDNN can skip the blocks above the diagonal.
+  static_causal = causal and isinstance(q_offset, int) and q_offset == 0 and t == k.shape[1]
+  implementation = "cudnn" if _platform() == "gpu" else "xla"
+  # Query head kv * G + g attends with KV head kv: the grouping jax.nn.dot_product_attention uses.
+  out = jax.nn.dot_product_attention(q.reshape(b, t, hkv * g, d), k, v, mask=mask, is_causal=static_causal,
+                                     implementation=implementation)
+  return out.reshape(b, t, hkv, g, d)
+
+
+# ----------------------------------------------------------------------------------------------
 # splash (Pallas, TPU)
 # ----------------------------------------------------------------------------------------------
 
@@ -306,11 +331,13 @@ def _splash(q, k, v, qs, ks, causal: bool, block: int):
 
   q = jnp.transpose(q, (0, 2, 3, 1, 4))  # (B, Hkv, G, T, D)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, S, D)
-  batch, heads = _manual_axes(b, hkv)
   mesh = jax.sharding.get_abstract_mesh()
-  if batch is None and heads is None:
+  if mesh.empty:
     out = local(q, k, v, qs, ks)
   else:
+    # Always inside shard_map: XLA cannot partition a Mosaic kernel itself, not even a replicated one
+    # (an eval batch that does not divide the mesh runs whole on every device).
+    batch, heads = _manual_axes(b, hkv)
     qkv = PartitionSpec(batch, heads)
     out = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, PartitionSpec(batch), PartitionSpec(batch)),
                         out_specs=qkv, check_vma=False)(q, k, v, qs, ks)
@@ -321,8 +348,6 @@ def _manual_axes(b: int, hkv: int):
   """Mesh axes the splash call is split over: the batch over data x fsdp and the KV heads over
   tensor, each only where the mesh has it and divides the dimension (else kept whole)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return None, None
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   batch = tuple(a for a in ("data", "fsdp") if sizes.get(a, 1) > 1)
   if not batch or b % math.prod(sizes[a] for a in batch):

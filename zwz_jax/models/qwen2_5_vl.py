@@ -121,7 +121,7 @@ class ModelConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"  # activation rematerialisation of each block: none | full | dots | dots_no_batch
-  attention: str = "auto"  # attention backend, see zwz_jax.models.attention: auto | dense | chunked | splash
+  attention: str = "auto"  # attention backend, see zwz_jax.models.attention: auto | dense | chunked | splash | cudnn
   attention_block: int = 512  # query / key block of the chunked and splash backends
   scan_layers: bool = True  # one lax.scan per run of identical layers (zwz_jax.models.scan)
   vision_cls: ClassVar[type] = VisionConfig
