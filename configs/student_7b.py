@@ -4,14 +4,14 @@ Weights come from the HF checkpoint via launch/convert.py; set the tokenizer wit
 --config.processor.tokenizer=PATH (see configs/_qwen2_5_vl.py).
 
 Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
-data.global_batch_size=64: 28.8 GiB per chip at the largest bucket (launch/compile.py); a v6e:8x8
-slice is 1.6 GiB short.
+data.global_batch_size=64 (one example per chip): 32.3 GiB per chip at the largest bucket, the
+paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
 """
 import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 
 
 def get_config():
-  return _qwen2_5_vl.qwen2_5_vl_config(
+  c = _qwen2_5_vl.qwen2_5_vl_config(
       hidden_size=3584,
       intermediate_size=18944,
       num_layers=28,
@@ -20,3 +20,9 @@ def get_config():
       vocab_size=152064,
       tie_word_embeddings=False,
   )
+  # The authors' training resolution: images up to 16,777,216 pixels (21,316 merged tokens for a
+  # square image; 92,800 window-padded patches at most, for aspect ratios up to 16:1) and prompts up
+  # to 25,000 tokens. Small images keep their size; the buckets in between keep them cheap.
+  c.processor.max_pixels = 16777216
+  c.data.buckets = ((1024, 3072), (1664, 6144), (6144, 24576), (25088, 92800))
+  return c

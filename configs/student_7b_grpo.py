@@ -11,6 +11,10 @@ import student_7b
 def get_config():
   c = student_7b.get_config()
   c.trainer = "grpo"
+  # Rollouts at Qwen's fine-tuning resolution (1280 merged tokens per image), the setting measured
+  # on v5p:4x4x4; the SFT config's paper-resolution buckets are not yet compiled for RL.
+  c.processor.max_pixels = 28 * 28 * 1280
+  c.data.buckets = ((1024, 3072), (1664, 6144))
   c.data.global_batch_size = 128  # prompts per RL step (x 8 = 1024 responses)
   g = c.grpo
   g.num_generations = 8

@@ -5,14 +5,20 @@ Weights come from the HF checkpoint (--config.train.init_from=PATH or launch/con
 tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
 
 Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
-data.global_batch_size=64: 33.1 GiB per chip at the largest bucket (launch/compile.py).
+data.global_batch_size=64 (one example per chip): 32.4 GiB per chip at the largest bucket, the
+paper's resolution (25,088 tokens, 65,536 patches) (launch/compile.py).
 """
 import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 
 
 def get_config():
-  return _qwen3_vl.qwen3_vl_config(
+  c = _qwen3_vl.qwen3_vl_config(
       hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
       vocab_size=151936, tie_word_embeddings=False,  # the 8B alone has its own LM head
       vision_depth=27, vision_hidden_size=1152, vision_intermediate_size=4304, vision_num_heads=16,
       deepstack_visual_indexes=(8, 16, 24))
+  # The authors' training resolution: images up to 16,777,216 pixels (16,384 merged tokens, 65,536
+  # patches) and prompts up to 25,000 tokens.
+  c.processor.max_pixels = 16777216
+  c.data.buckets = ((1024, 3072), (1664, 5120), (6144, 16384), (25088, 65536))
+  return c

@@ -77,13 +77,17 @@ def test_every_config_is_consistent(path):
   assert len(set(special)) == 4 and max(special) < t.vocab_size
 
 
-@pytest.mark.parametrize("name,hidden,layers,heads,kv,mlp,vocab,tied", [
-    ("student_3b", 2048, 36, 16, 2, 11008, 151936, True),
-    ("student_7b", 3584, 28, 28, 4, 18944, 152064, False),
-    ("student_32b", 5120, 64, 40, 8, 27648, 152064, False),
-    ("student_72b", 8192, 80, 64, 8, 29568, 152064, False),
+# Qwen's fine-tuning cap (1280 merged tokens per image); the 7B trains at the paper's resolution.
+QWEN_CAP, PAPER = 28 * 28 * 1280, 16777216
+
+
+@pytest.mark.parametrize("name,hidden,layers,heads,kv,mlp,vocab,tied,max_pixels", [
+    ("student_3b", 2048, 36, 16, 2, 11008, 151936, True, QWEN_CAP),
+    ("student_7b", 3584, 28, 28, 4, 18944, 152064, False, PAPER),
+    ("student_32b", 5120, 64, 40, 8, 27648, 152064, False, QWEN_CAP),
+    ("student_72b", 8192, 80, 64, 8, 29568, 152064, False, QWEN_CAP),
 ])
-def test_published_qwen2_5_vl_sizes(name, hidden, layers, heads, kv, mlp, vocab, tied):
+def test_published_qwen2_5_vl_sizes(name, hidden, layers, heads, kv, mlp, vocab, tied, max_pixels):
   c = config_lib.load_config(str(CONFIGS_DIR / f"{name}.py"))
   t, v = c.model.text, c.model.vision
   assert (t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads, t.intermediate_size,
@@ -95,7 +99,7 @@ def test_published_qwen2_5_vl_sizes(name, hidden, layers, heads, kv, mlp, vocab,
   assert v.fullatt_block_indexes == (7, 15, 23, 31) and v.out_hidden_size == hidden
   assert (c.model.image_token_id, c.model.video_token_id, c.model.vision_start_token_id,
           c.model.vision_end_token_id) == (151655, 151656, 151652, 151653)
-  assert c.processor.max_pixels == 28 * 28 * 1280
+  assert c.processor.max_pixels == max_pixels
   assert (c.model.dtype, c.model.param_dtype) == ("bfloat16", "float32")
 
 
