@@ -33,3 +33,47 @@ def tiny_config():
   `config_lib.load_config(path, ["model.text.num_layers=1", ...])`.
   """
   return config_lib.load_config(str(CONFIGS_DIR / "tiny.py"))
+
+
+# The whole-model parity suites (one per family): every attention backend that runs on CPU (splash
+# in Pallas interpret mode, cudnn through XLA's implementation of the same call), with blocks small
+# enough that the blockwise ones split every attention into many blocks.
+BACKENDS = {"dense": 512, "chunked": 16, "splash": 128, "cudnn": 512}
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(family_config, tmp_path_factory):
+  """(our ModelConfig, a tiny random transformers model, its saved folder) for the module's
+  `family_config`."""
+  from tests import hf_reference as ref
+  from zwz_jax.models import registry
+  cfg = registry.model_config(family_config.model)
+  hf = ref.hf_model(cfg)
+  path = tmp_path_factory.mktemp(f"hf_{registry.name_of(cfg)}")
+  hf.save_pretrained(path)
+  return cfg, hf, str(path)
+
+
+def _load(hf_checkpoint, backend: str | None = None):
+  import dataclasses
+  from zwz_jax.models import convert
+  from zwz_jax.sharding import make_mesh
+  cfg, hf, path = hf_checkpoint
+  if backend is not None:
+    cfg = dataclasses.replace(cfg, attention=backend, attention_block=BACKENDS[backend])
+  mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  return convert.load_hf_state(cfg, path, mesh), hf
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def models(request, hf_checkpoint):
+  """(our model under each attention backend, HF model) with identical weights, loaded through
+  the safetensors converter."""
+  return _load(hf_checkpoint, request.param)
+
+
+@pytest.fixture(scope="module")
+def auto_models(hf_checkpoint):
+  """The same with the config's own backend (auto: dense at these sizes), for tests that do not
+  depend on the attention."""
+  return _load(hf_checkpoint)

@@ -16,41 +16,10 @@ from zwz_jax.sharding import make_mesh
 TOL = 1e-4  # fp32, matmul precision "highest"
 
 
-# Every attention backend that runs on CPU (splash in Pallas interpret mode, cudnn through XLA's
-# implementation of the same call), with blocks small
-# enough that the blockwise ones split every attention into many blocks.
-BACKENDS = {"dense": 512, "chunked": 16, "splash": 128, "cudnn": 512}
-
-
 @pytest.fixture(scope="module")
-def hf_checkpoint(tiny_config, tmp_path_factory):
-  cfg = ModelConfig.from_config(tiny_config.model)
-  hf = ref.hf_model(cfg)
-  path = tmp_path_factory.mktemp("hf_tiny")
-  hf.save_pretrained(path)
-  return cfg, hf, str(path)
-
-
-def _load(hf_checkpoint, backend: str | None = None):
-  cfg, hf, path = hf_checkpoint
-  if backend is not None:
-    cfg = dataclasses.replace(cfg, attention=backend, attention_block=BACKENDS[backend])
-  mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  return convert.load_hf_state(cfg, path, mesh), hf
-
-
-@pytest.fixture(scope="module", params=list(BACKENDS))
-def models(request, hf_checkpoint):
-  """(our model under each attention backend, HF model) with identical weights, loaded through
-  the safetensors converter."""
-  return _load(hf_checkpoint, request.param)
-
-
-@pytest.fixture(scope="module")
-def auto_models(hf_checkpoint):
-  """The same with the config's own backend (auto: dense at these sizes), for tests that do not
-  depend on the attention."""
-  return _load(hf_checkpoint)
+def family_config(tiny_config):
+  """The family the shared parity fixtures (conftest: hf_checkpoint, models, auto_models) build."""
+  return tiny_config
 
 
 def test_two_images_of_different_sizes(models, tiny_config):

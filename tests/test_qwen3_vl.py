@@ -1,6 +1,5 @@
 """The Qwen3-VL student equals `transformers`' Qwen3VLForConditionalGeneration: vision tower and
 DeepStack features, every decoder layer, logits; conversion both ways; sharding; published sizes."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,41 +24,10 @@ def config():
   return load_config("configs/tiny_qwen3.py")
 
 
-# Every attention backend that runs on CPU (splash in Pallas interpret mode, cudnn through XLA's
-# implementation of the same call), with blocks small
-# enough that the blockwise ones split every attention into many blocks.
-BACKENDS = {"dense": 512, "chunked": 16, "splash": 128, "cudnn": 512}
-
-
 @pytest.fixture(scope="module")
-def hf_checkpoint(config, tmp_path_factory):
-  cfg = registry.model_config(config.model)
-  hf = ref.hf_model(cfg)
-  path = tmp_path_factory.mktemp("hf_tiny_qwen3")
-  hf.save_pretrained(path)
-  return cfg, hf, str(path)
-
-
-def _load(hf_checkpoint, backend: str | None = None):
-  cfg, hf, path = hf_checkpoint
-  if backend is not None:
-    cfg = dataclasses.replace(cfg, attention=backend, attention_block=BACKENDS[backend])
-  mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  return convert.load_hf_state(cfg, path, mesh), hf
-
-
-@pytest.fixture(scope="module", params=list(BACKENDS))
-def models(request, hf_checkpoint):
-  """(our model under each attention backend, HF model) with identical weights, loaded through
-  the safetensors converter."""
-  return _load(hf_checkpoint, request.param)
-
-
-@pytest.fixture(scope="module")
-def auto_models(hf_checkpoint):
-  """The same with the config's own backend (auto: dense at these sizes), for tests that do not
-  depend on the attention."""
-  return _load(hf_checkpoint)
+def family_config(config):
+  """The family the shared parity fixtures (conftest: hf_checkpoint, models, auto_models) build."""
+  return config
 
 
 def test_two_images_of_different_sizes(models, config):
