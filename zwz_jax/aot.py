@@ -306,14 +306,15 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
   kind = devices[0].device_kind
   hbm, peak, chips = hbm_bytes(kind), metrics_lib.peak_flops(devices[0]), len(devices)
   scans = registry.model_config(config.model).scan_layers
-  if scans:
+  unrolled = None
+  if scans and cost == "unrolled":
     unrolled = config.copy_and_resolve_references()
     unrolled.model.scan_layers = False
   reports = []
   for function in functions:
     with jax.set_mesh(mesh):
       programs = PROGRAMS[function](config, mesh)
-      twins = PROGRAMS[function](unrolled, mesh) if scans and cost == "unrolled" else [None] * len(programs)
+      twins = PROGRAMS[function](unrolled, mesh) if unrolled is not None else [None] * len(programs)
     for p, twin in zip(programs, twins):
       r = Report(function, p.shape, topology, dict(mesh.shape), kind, hbm, held=p.held,
                  model_flops=p.model_flops / chips, peak_flops=peak)
