@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zwz_jax.models import attention as attention_lib
-from zwz_jax.models.qwen2_5_vl import full_attention_segments
+from zwz_jax.models.layers import full_attention_segments
 
 TOL = 1e-5  # fp32, matmul precision "highest" (conftest)
 

@@ -55,7 +55,10 @@ def _check_figures(config, reports):
     assert r.fits and not r.error, r.error
     assert r.device_kind == "TPU v5 lite" and r.hbm == aot.HBM_BYTES["TPU v5 lite"]
     # The tiny decode loops may need no temporaries at all (everything lives in their outputs).
-    assert r.output > 0 and r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1
+    assert r.output > 0
+    costed = r.function == "sft" or not registry.model_config(config.model).scan_layers
+    if costed:
+      assert r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1
     assert r.held["params"] == pytest.approx(expected, rel=0.05)
     # The compiler holds at least what the shardings say (TPU tiles pad small arrays).
     assert r.argument >= sum(r.held.values())
@@ -66,7 +69,8 @@ def _check_figures(config, reports):
       # The donated state comes back in place: the outputs alias at least the state's bytes.
       assert r.alias >= r.held["params"] + r.held["opt_state"]
       # The compiled step does the model's matmuls (and little else) per chip.
-      assert 0.8 < r.flops / r.model_flops < 2.0, (r.flops, r.model_flops)
+      if costed:
+        assert 0.8 < r.flops / r.model_flops < 2.0, (r.flops, r.model_flops)
     else:
       assert r.held["opt_state"] == 0
 
@@ -82,7 +86,10 @@ def _check_figures(config, reports):
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
 def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   config = load_config(config_path, SMALL + list(mesh))
-  reports = aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS)
+  # Scanned programs take their cost figures from a second, unrolled compile: the SFT step's is
+  # enough to hold the figures to every micro-batch and layer; the rest compile once.
+  reports = (aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS[:1])
+             + aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS[1:], cost="none"))
   assert [r.function for r in reports] == list(aot.FUNCTIONS)
   _check_figures(config, reports)
   if reports[0].mesh["fsdp"] == 4:

@@ -1,7 +1,7 @@
 """Qwen3-VL in Flax NNX, numerically equal to `transformers`' `Qwen3VLForConditionalGeneration`.
 
-What differs from Qwen2.5-VL (`zwz_jax.models.qwen2_5_vl`, whose decoder loop, KV cache, logits and
-attention this module shares):
+What differs from Qwen2.5-VL (`zwz_jax.models.qwen2_5_vl`; both share `zwz_jax.models.layers` and
+the decoder loop of `zwz_jax.models.vlm`):
   vision  16 px patches with a bias; a learned 48x48 position table, bilinearly resampled to each
           image's patch grid and added to the patch embeddings (beside the 2D rotary embedding);
           LayerNorm and a GELU(tanh) MLP with biases; full attention in every block (no windows);
@@ -23,15 +23,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zwz_jax.models import attention as attention_lib
-from zwz_jax.models import qwen2_5_vl as base
-from zwz_jax.models.qwen2_5_vl import REMAT_POLICIES, DecoderLayer, RMSNorm, VisionAttention, _param, _zeros
+from zwz_jax.models import vlm
+from zwz_jax.models.layers import LayerNorm, VisionAttention, param, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VisionConfig(base.VisionTowerConfig):
+class VisionConfig(vlm.VisionTowerConfig):
   deepstack_visual_indexes: tuple[int, ...]
   patch_size: int = 16
   num_position_embeddings: int = 2304
@@ -64,7 +63,7 @@ class VisionConfig(base.VisionTowerConfig):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TextConfig(base.DecoderConfig):
+class TextConfig(vlm.DecoderConfig):
   head_dim: int
   rope_theta: float = 5000000.0
   max_position_embeddings: int = 262144
@@ -78,63 +77,35 @@ class TextConfig(base.DecoderConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(base.ModelConfig):
-  """Qwen2.5-VL's ModelConfig (fields, `from_config`) with Qwen3-VL's vision and text sections."""
+class ModelConfig(vlm.ModelConfig):
   vision: VisionConfig
   text: TextConfig
   vision_cls: ClassVar[type] = VisionConfig
   text_cls: ClassVar[type] = TextConfig
 
-  def validate(self) -> None:
+  def family_checks(self) -> list[tuple[bool, str]]:
     v, t = self.vision, self.text
     ds = v.deepstack_visual_indexes
-    checks = [
-        (v.hidden_size % v.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads"),
-        (v.head_dim % 4 == 0, "vision head_dim must be divisible by 4 (2D rotary)"),
+    return [
         (v.position_grid**2 == v.num_position_embeddings,
          "vision.num_position_embeddings must be a square (a side x side learned grid)"),
         (all(0 <= i < v.depth for i in ds), "vision.deepstack_visual_indexes must be block indices below vision.depth"),
         (len(ds) < t.num_layers, "text.num_layers must exceed the number of DeepStack features (one per early layer)"),
-        (t.num_heads % t.num_kv_heads == 0, "text.num_heads must be divisible by text.num_kv_heads"),
-        (len(t.mrope_section) == 3 and 2 * sum(t.mrope_section) == t.head_dim,
-         f"text.mrope_section {t.mrope_section} must be 3 sections summing to head_dim/2 = {t.head_dim // 2}"),
         (3 * max(t.mrope_section[1:]) <= sum(t.mrope_section),
          "text.mrope_section: interleaved height/width sections must fit in head_dim/2 frequencies"),
-        (self.remat in REMAT_POLICIES, f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}"),
-        (self.attention in attention_lib.BACKENDS,
-         f"attention {self.attention!r} is not one of {list(attention_lib.BACKENDS)}"),
-        (self.attention_block > 0, f"attention_block must be positive, got {self.attention_block}"),
     ]
-    for ok, msg in checks:
-      if not ok:
-        raise ValueError(f"model config: {msg}")
-
-
-class LayerNorm(nnx.Module):
-  """torch.nn.LayerNorm: statistics in float32, scale and bias."""
-
-  def __init__(self, dim: int, eps: float, param_dtype):
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
-    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), logical_axes=("norm",))
-    self.eps = eps
-
-  def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
 class VisionMLP(nnx.Module):
+  """GELU (tanh) MLP with biases."""
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs):
-    e, m = cfg.hidden_size, cfg.intermediate_size
-    self.fc1_kernel = _param(rngs, (e, m), ("vision_embed", "vision_mlp"), param_dtype)
-    self.fc1_bias = _zeros((m,), ("vision_mlp",), param_dtype)
-    self.fc2_kernel = _param(rngs, (m, e), ("vision_mlp", "vision_embed"), param_dtype)
-    self.fc2_bias = _zeros((e,), ("vision_embed",), param_dtype)
-    self.dtype = dtype
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, m, pdt = cfg.vision.hidden_size, cfg.vision.intermediate_size, cfg.param_dtype
+    self.fc1_kernel = param(rngs, (e, m), ("vision_embed", "vision_mlp"), pdt)
+    self.fc1_bias = zeros((m,), ("vision_mlp",), pdt)
+    self.fc2_kernel = param(rngs, (m, e), ("vision_mlp", "vision_embed"), pdt)
+    self.fc2_bias = zeros((e,), ("vision_embed",), pdt)
+    self.dtype = cfg.dtype
 
   def __call__(self, x):
     dt = self.dtype
@@ -144,11 +115,12 @@ class VisionMLP(nnx.Module):
 
 class VisionBlock(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, attention=attention_lib.Attention()):
-    self.norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype)
-    self.attn = VisionAttention(cfg, dtype, param_dtype, rngs, attention)
-    self.norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype)
-    self.mlp = VisionMLP(cfg, dtype, param_dtype, rngs)
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    v = cfg.vision
+    self.norm1 = LayerNorm(v.hidden_size, v.layer_norm_eps, cfg.param_dtype)
+    self.attn = VisionAttention(cfg, rngs)
+    self.norm2 = LayerNorm(v.hidden_size, v.layer_norm_eps, cfg.param_dtype)
+    self.mlp = VisionMLP(cfg, rngs)
 
   def __call__(self, x, cos, sin, segment_ids):
     x = x + self.attn(self.norm1(x), cos, sin, segment_ids, None)
@@ -162,16 +134,17 @@ class PatchMerger(nnx.Module):
   (`postshuffle`) normalise the concatenated group.
   """
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, *, postshuffle: bool):
-    merged = cfg.hidden_size * cfg.merge_unit
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, postshuffle: bool):
+    v, pdt = cfg.vision, cfg.param_dtype
+    merged = v.hidden_size * v.merge_unit
     self.postshuffle = postshuffle
-    self.norm = LayerNorm(merged if postshuffle else cfg.hidden_size, cfg.layer_norm_eps, param_dtype)
-    self.fc1_kernel = _param(rngs, (merged, merged), ("merger_in", "merger_hidden"), param_dtype)
-    self.fc1_bias = _zeros((merged,), ("merger_hidden",), param_dtype)
-    self.fc2_kernel = _param(rngs, (merged, cfg.out_hidden_size), ("merger_hidden", "embed"), param_dtype)
-    self.fc2_bias = _zeros((cfg.out_hidden_size,), ("embed",), param_dtype)
-    self.merge_unit = cfg.merge_unit
-    self.dtype = dtype
+    self.norm = LayerNorm(merged if postshuffle else v.hidden_size, v.layer_norm_eps, pdt)
+    self.fc1_kernel = param(rngs, (merged, merged), ("merger_in", "merger_hidden"), pdt)
+    self.fc1_bias = zeros((merged,), ("merger_hidden",), pdt)
+    self.fc2_kernel = param(rngs, (merged, v.out_hidden_size), ("merger_hidden", "embed"), pdt)
+    self.fc2_bias = zeros((v.out_hidden_size,), ("embed",), pdt)
+    self.merge_unit = v.merge_unit
+    self.dtype = cfg.dtype
 
   def __call__(self, x):
     dt = self.dtype
@@ -215,21 +188,18 @@ def position_interpolation(positions, segment_ids, side: int):
 
 class VisionTower(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none",
-               attention=attention_lib.Attention(), scan: bool = False):
-    self.cfg = cfg
-    self.dtype = dtype
-    self.remat = remat
-    self.scan = scan
-    self.patch_kernel = _param(rngs, (cfg.patch_dim, cfg.hidden_size), ("vision_patch", "vision_embed"),
-                               param_dtype)
-    self.patch_bias = _zeros((cfg.hidden_size,), ("vision_embed",), param_dtype)
-    self.pos_embed = _param(rngs, (cfg.num_position_embeddings, cfg.hidden_size), ("vision_pos", "vision_embed"),
-                            param_dtype)
-    self.blocks = nnx.List([VisionBlock(cfg, dtype, param_dtype, rngs, attention) for _ in range(cfg.depth)])
-    self.merger = PatchMerger(cfg, dtype, param_dtype, rngs, postshuffle=False)
-    self.deepstack_mergers = nnx.List([PatchMerger(cfg, dtype, param_dtype, rngs, postshuffle=True)
-                                       for _ in cfg.deepstack_visual_indexes])
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    v, pdt = cfg.vision, cfg.param_dtype
+    self.cfg = v
+    self.dtype = cfg.dtype
+    self.remat = cfg.remat
+    self.scan = cfg.scan_layers
+    self.patch_kernel = param(rngs, (v.patch_dim, v.hidden_size), ("vision_patch", "vision_embed"), pdt)
+    self.patch_bias = zeros((v.hidden_size,), ("vision_embed",), pdt)
+    self.pos_embed = param(rngs, (v.num_position_embeddings, v.hidden_size), ("vision_pos", "vision_embed"), pdt)
+    self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(v.depth)])
+    self.merger = PatchMerger(cfg, rngs, postshuffle=False)
+    self.deepstack_mergers = nnx.List([PatchMerger(cfg, rngs, postshuffle=True) for _ in v.deepstack_visual_indexes])
 
   def __call__(self, pixel_values, positions, segment_ids):
     """(B, P, patch_dim) patches in merge-block order -> (merged tokens (B, P / 4, out_hidden),
@@ -243,7 +213,7 @@ class VisionTower(nnx.Module):
     table = constrain(self.pos_embed[...], (None, None))  # small; gathered whole on every device
     pos = jnp.sum(jnp.take(table, index, axis=0) * weight[..., None].astype(table.dtype), axis=2)
     x = constrain(x + pos.astype(dt), ("act_batch", "act_length", "act_embed"))
-    cos, sin = base.vision_rope(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = vision_rope(positions, cfg.head_dim, cfg.rope_theta)
 
     def body(blk, x, _):
       return constrain(blk(x, cos, sin, segment_ids), ("act_batch", "act_length", "act_embed")), None
@@ -258,19 +228,7 @@ class VisionTower(nnx.Module):
     return self.merger(x), deepstack
 
 
-class Qwen3_VL(base.Qwen2_5_VL):
+class Qwen3_VL(vlm.VisionLanguageModel):
   """Qwen3-VL for conditional generation: the vision tower above, the Qwen3 decoder, LM head."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):  # pylint: disable=super-init-not-called
-    self.cfg = cfg
-    t, dt, pdt = cfg.text, cfg.dtype, cfg.param_dtype
-    self.visual = VisionTower(cfg.vision, dt, pdt, rngs, cfg.remat, cfg.attention_op, cfg.scan_layers)
-    self.embed = _param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pdt)
-    self.layers = nnx.List([DecoderLayer(t, dt, pdt, rngs, cfg.attention_op) for _ in range(t.num_layers)])
-    self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, pdt)
-    if not t.tie_word_embeddings:
-      self.lm_head = _param(rngs, (t.hidden_size, t.vocab_size), ("embed", "vocab"), pdt)
-
-  def encode_images(self, pixel_values, vision_positions, vision_segment_ids):
-    return self.visual(pixel_values, vision_positions, vision_segment_ids)
-
+  vision_tower_cls = VisionTower
