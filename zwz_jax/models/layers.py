@@ -209,7 +209,9 @@ class TextAttention(nnx.Module):
       out, p = attend(return_probs=True)
       p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
       probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
-    out = jnp.einsum("blhd,hde->ble", out.reshape(b, l, h, d), self.o_kernel[...].astype(dt))
+    # One (h * d) contraction: as an einsum over (h, d), XLA on CPU may transpose the weight (a copy
+    # of it on every decode step) rather than the attention output.
+    out = out.reshape(b, l, h * d) @ self.o_kernel[...].astype(dt).reshape(h * d, -1)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache, probs

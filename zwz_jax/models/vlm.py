@@ -210,6 +210,9 @@ class VisionLanguageModel(nnx.Module):
     # Runs of identical layers: the DeepStack-injected ones, the one whose attention is returned,
     # the rest. The returned-attention layer runs alone, outside the scan.
     cuts = [len(inject)] + ([attention_layer, attention_layer + 1] if attention_layer is not None else [])
+    # A one-token decode step runs its layers unrolled: scanned, each layer would copy its weights
+    # out of the stack on every step, doubling the weight traffic a memory-bound step is made of.
+    scan = self.cfg.scan_layers and t > 1
     hidden, probs = [x], None
     for start, stop in runs(n, cuts):
       if start == attention_layer:
@@ -220,7 +223,7 @@ class VisionLanguageModel(nnx.Module):
         continue
       adds = jnp.stack(inject[start:stop]) if start < len(inject) else None
       (x, cache), ys = run_layers(self.layers[start:stop], body, (x, cache), (jnp.arange(start, stop), adds),
-                                  scan=self.cfg.scan_layers, remat=self.cfg.remat)
+                                  scan=scan, remat=self.cfg.remat)
       if return_hidden:
         hidden.extend(ys[j] for j in range(stop - start))
     out = self.norm(x)
