@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Tests run on CPU with 8 fake devices so sharding code sees a real mesh.
 TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
-PYTEST_ARGS ?= -q -n 2 --durations=15
+# loadgroup: tests that share one expensive fixture run (marked xdist_group) stay on one worker.
+PYTEST_ARGS ?= -q -n 2 --dist loadgroup --durations=15
 TESTS ?= tests
 # libtpu (the [tpu] extra, for launch/compile.py) is installed beside the CPU backend: tests and
 # the demo stay on the CPU platform so it does not look for a TPU at start.

@@ -24,6 +24,15 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 CONFIGS_DIR = REPO_ROOT / "configs"
 
+# The modules with the longest tests (launched jobs, TPU compiles) first: pytest-xdist hands tests
+# out in collection order, and a long test collected last leaves the other worker idle at the end.
+HEAVY_FIRST = ("test_grpo.py", "test_train.py", "test_demo.py", "test_compile.py", "test_qwen3_vl.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = lambda item: HEAVY_FIRST.index(item.path.name) if item.path.name in HEAVY_FIRST else len(HEAVY_FIRST)
+  items.sort(key=rank)  # stable: each module keeps its order
+
 
 @pytest.fixture(scope="session")
 def tiny_config():

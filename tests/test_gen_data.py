@@ -37,6 +37,7 @@ def reference_run(tmp_path_factory):
   return pathlib.Path(shared_dir(tmp_path_factory, "gen_data_reference", gen))
 
 
+@pytest.mark.xdist_group("gen_data_reference")  # shares the fixture run: one worker
 def test_scene_run_writes_valid_records(reference_run):
   manifest = records.read_manifest(str(reference_run))
   recs = read_all(reference_run)
@@ -53,6 +54,7 @@ def test_scene_run_writes_valid_records(reference_run):
   assert stages["questions_dropped/check"] > 0
 
 
+@pytest.mark.xdist_group("gen_data_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_equals_uninterrupted_run(reference_run, tmp_path):
   killed = gen(tmp_path, "--debug_kill_after_images=3", check=False)
   assert killed.returncode == -9, killed.stderr[-2000:]
@@ -63,6 +65,7 @@ def test_resume_after_kill_equals_uninterrupted_run(reference_run, tmp_path):
   assert a["stages"] == b["stages"] and a["shards"] == b["shards"]
 
 
+@pytest.mark.xdist_group("gen_data_reference")  # shares the fixture run: one worker
 def test_two_workers_merged_equal_one_run(reference_run, tmp_path):
   for i in range(2):
     gen(tmp_path, f"--shard_index={i}", "--num_shards=2")

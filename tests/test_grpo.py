@@ -284,6 +284,7 @@ def reference(sft, skewed_dir, tmp_path_factory):
   return shared_dir(tmp_path_factory, "grpo_reference", build)
 
 
+@pytest.mark.xdist_group("grpo_reference")  # shares the fixture run: one worker
 def test_mean_reward_rises(reference):
   """From the SFT student on 8 fake devices (fsdp=8): mean reward 0.32 over steps 1-2 and 0.70
   over steps 9-10 when this test was written; asserted: a gain of 0.2 or more."""
@@ -297,6 +298,7 @@ def test_mean_reward_rises(reference):
   assert [r["step"] for r in _metrics(reference, "eval/")] == [5, 10]
 
 
+@pytest.mark.xdist_group("grpo_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_continues_identically(sft, skewed_dir, reference, tmp_path):
   killed = _grpo(tmp_path, sft, skewed_dir, "--debug_kill_after_step=5")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

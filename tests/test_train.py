@@ -153,6 +153,7 @@ def reference_run(records_dir, tmp_path_factory):
   return shared_dir(tmp_path_factory, "train_reference", build)
 
 
+@pytest.mark.xdist_group("train_reference")  # shares the fixture run: one worker
 def test_periodic_eval_writes_metrics(reference_run):
   rows = [json.loads(l) for l in open(os.path.join(reference_run, "metrics.jsonl"))]
   evals = [r for r in rows if "eval/loss" in r]
@@ -160,6 +161,7 @@ def test_periodic_eval_writes_metrics(reference_run):
   assert all(np.isfinite(r["eval/loss"]) and 0 <= r["eval/accuracy"] <= 1 for r in evals)
 
 
+@pytest.mark.xdist_group("train_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_is_bit_exact(records_dir, reference_run, tmp_path):
   # Killed after step 5: the async checkpoint of step 4 may be half written (it is then ignored);
   # step 2's is complete, since a save waits for the previous one.
@@ -199,6 +201,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.xdist_group("train_reference")  # shares the fixture run: one worker
 def test_two_processes_match_one(records_dir, reference_run, tmp_path):
   """Two JAX processes (4 CPU devices each, gloo collectives on loopback) == one process with 8."""
   port = _free_port()

@@ -48,6 +48,7 @@ def reference(bench, tmp_path_factory):
   return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_reference", build))
 
 
+@pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_report_equals_hand_computation(reference):
   rows = [json.loads(l) for l in open(reference / "ckpt" / "predictions.jsonl")]
   assert len(rows) == 20 and len({(r["id"], r["view"]) for r in rows}) == 20
@@ -69,6 +70,7 @@ def test_report_equals_hand_computation(reference):
   assert len(list((reference / "ckpt" / "heatmaps").glob("*.png"))) == 8
 
 
+@pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_bad_items_are_recorded_not_fatal(reference):
   rows = {(r["id"], r["view"]): r for r in map(json.loads, open(reference / "ckpt" / "predictions.jsonl"))}
   errors = {k: r["error"] for k, r in rows.items() if r["error"]}
@@ -82,6 +84,7 @@ def test_bad_items_are_recorded_not_fatal(reference):
   assert len(report["errors"]["regional"]) == 2
 
 
+@pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
   killed = _eval(bench, tmp_path, "--debug_kill_after_batches=2")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

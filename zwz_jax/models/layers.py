@@ -1,8 +1,8 @@
 """The layers both student families share: parameter helpers, norms, rotary embeddings, the vision
-attention, the text decoder layer (GQA with M-RoPE) and the stacked KV cache.
+attention, block and patch merger, the text decoder layer (GQA with M-RoPE) and the stacked KV cache.
 
 A family module (`qwen2_5_vl`, `qwen3_vl`) holds only what differs: its config fields, its vision
-MLP / block / merger / tower. What a layer does differently per family is a config field (q/k/v
+MLP and norms, its vision tower. What a layer does differently per family is a config field (q/k/v
 biases, q/k norms, interleaved M-RoPE), not a subclass. All attention goes through
 `zwz_jax.models.attention`.
 """
@@ -123,6 +123,51 @@ class VisionAttention(nnx.Module):
     out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids)
     out = out.reshape(b, p, h, d)
     return jnp.einsum("bphd,hde->bpe", out, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+
+class VisionBlock(nnx.Module):
+  """Pre-norm vision block: norm, attention (windows or the whole example), residual; norm, MLP,
+  residual. The family gives its norm (dim -> module) and MLP ((cfg, rngs) -> module)."""
+
+  def __init__(self, cfg, rngs: nnx.Rngs, *, norm, mlp):
+    self.norm1 = norm(cfg.vision.hidden_size)
+    self.attn = VisionAttention(cfg, rngs)
+    self.norm2 = norm(cfg.vision.hidden_size)
+    self.mlp = mlp(cfg, rngs)
+
+  def __call__(self, x, cos, sin, segment_ids, block: int | None = None):
+    x = x + self.attn(self.norm1(x), cos, sin, segment_ids, block)
+    return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+  """Each group of `merge_unit` neighbouring patches -> one LLM token: a norm, then a GELU MLP.
+
+  The norm (the family's, dim -> module) applies to each patch before the group is concatenated,
+  or with `postshuffle` (Qwen3-VL's DeepStack mergers) to the concatenated group.
+  """
+
+  def __init__(self, cfg, rngs: nnx.Rngs, *, norm, postshuffle: bool = False):
+    v, pdt = cfg.vision, cfg.param_dtype
+    merged = v.hidden_size * v.merge_unit
+    self.postshuffle = postshuffle
+    self.norm = norm(merged if postshuffle else v.hidden_size)
+    self.fc1_kernel = param(rngs, (merged, merged), ("merger_in", "merger_hidden"), pdt)
+    self.fc1_bias = zeros((merged,), ("merger_hidden",), pdt)
+    self.fc2_kernel = param(rngs, (merged, v.out_hidden_size), ("merger_hidden", "embed"), pdt)
+    self.fc2_bias = zeros((v.out_hidden_size,), ("embed",), pdt)
+    self.merge_unit = v.merge_unit
+    self.dtype = cfg.dtype
+
+  def __call__(self, x):
+    dt = self.dtype
+    b, p, e = x.shape
+    if self.postshuffle:
+      x = self.norm(x.reshape(b, p // self.merge_unit, e * self.merge_unit))
+    else:
+      x = self.norm(x).reshape(b, p // self.merge_unit, e * self.merge_unit)
+    x = jax.nn.gelu(x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt), approximate=False)
+    return x @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
+
 
 def mrope_axes(section, interleaved: bool) -> np.ndarray:
   """For each rotary frequency (head_dim / 2 of them), the id stream it takes its angle from:

@@ -4,7 +4,7 @@ Vision tower: 3D patch embed (a linear map of the flattened 2x14x14x3 patch), 2D
 window attention with a few full-attention blocks, RMSNorm, SwiGLU, 2x2 patch merger.
 Text decoder: Qwen2 (GQA with q/k/v biases, M-RoPE over temporal/height/width ids, RMSNorm, SwiGLU).
 Image features replace the `<|image_pad|>` token embeddings.
-This module holds what is Qwen2.5-VL's own (its config fields and vision tower); the layers both
+This module holds what is Qwen2.5-VL's own (its config fields, vision MLP and tower); the layers both
 families share are in `zwz_jax.models.layers`, the decoder loop in `zwz_jax.models.vlm`.
 
 Layout of the vision input (built on the host by `zwz_jax.data.batch`): patches of each example are
@@ -16,6 +16,7 @@ static shapes throughout. Padding patches have segment id 0 and never reach the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zwz_jax.models import vlm
-from zwz_jax.models.layers import RMSNorm, VisionAttention, param, vision_rope, zeros
+from zwz_jax.models.layers import PatchMerger, RMSNorm, VisionBlock, param, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
@@ -104,42 +105,6 @@ class VisionMLP(nnx.Module):
     return (jax.nn.silu(gate) * up) @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
 
 
-class VisionBlock(nnx.Module):
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    v = cfg.vision
-    self.norm1 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg.param_dtype)
-    self.attn = VisionAttention(cfg, rngs)
-    self.norm2 = RMSNorm(v.hidden_size, v.rms_norm_eps, cfg.param_dtype)
-    self.mlp = VisionMLP(cfg, rngs)
-
-  def __call__(self, x, cos, sin, segment_ids, block):
-    x = x + self.attn(self.norm1(x), cos, sin, segment_ids, block)
-    return x + self.mlp(self.norm2(x))
-
-
-class PatchMerger(nnx.Module):
-  """RMSNorm, then each 2x2 group of neighbouring patches -> one LLM token through a GELU MLP."""
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    v, pdt = cfg.vision, cfg.param_dtype
-    merged = v.hidden_size * v.merge_unit
-    self.norm = RMSNorm(v.hidden_size, 1e-6, pdt)
-    self.fc1_kernel = param(rngs, (merged, merged), ("merger_in", "merger_hidden"), pdt)
-    self.fc1_bias = zeros((merged,), ("merger_hidden",), pdt)
-    self.fc2_kernel = param(rngs, (merged, v.out_hidden_size), ("merger_hidden", "embed"), pdt)
-    self.fc2_bias = zeros((v.out_hidden_size,), ("embed",), pdt)
-    self.merge_unit = v.merge_unit
-    self.dtype = cfg.dtype
-
-  def __call__(self, x):
-    dt = self.dtype
-    b, p, e = x.shape
-    x = self.norm(x).reshape(b, p // self.merge_unit, e * self.merge_unit)
-    x = jax.nn.gelu(x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt), approximate=False)
-    return x @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
-
-
 class VisionTower(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -149,8 +114,9 @@ class VisionTower(nnx.Module):
     self.remat = cfg.remat
     self.scan = cfg.scan_layers
     self.patch_kernel = param(rngs, (v.patch_dim, v.hidden_size), ("vision_patch", "vision_embed"), cfg.param_dtype)
-    self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(v.depth)])
-    self.merger = PatchMerger(cfg, rngs)
+    norm = functools.partial(RMSNorm, eps=v.rms_norm_eps, param_dtype=cfg.param_dtype)
+    self.blocks = nnx.List([VisionBlock(cfg, rngs, norm=norm, mlp=VisionMLP) for _ in range(v.depth)])
+    self.merger = PatchMerger(cfg, rngs, norm=functools.partial(RMSNorm, eps=1e-6, param_dtype=cfg.param_dtype))
 
   def __call__(self, pixel_values, positions, segment_ids):
     """(B, P, patch_dim) window-ordered patches -> ((B, P / merge_unit, out_hidden) merged tokens,

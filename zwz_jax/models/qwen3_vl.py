@@ -17,6 +17,7 @@ processor's merge-block order, unpadded, and every block attends over the whole 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zwz_jax.models import vlm
-from zwz_jax.models.layers import LayerNorm, VisionAttention, param, vision_rope, zeros
+from zwz_jax.models.layers import LayerNorm, PatchMerger, VisionBlock, param, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
@@ -113,50 +114,6 @@ class VisionMLP(nnx.Module):
     return h @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
 
 
-class VisionBlock(nnx.Module):
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    v = cfg.vision
-    self.norm1 = LayerNorm(v.hidden_size, v.layer_norm_eps, cfg.param_dtype)
-    self.attn = VisionAttention(cfg, rngs)
-    self.norm2 = LayerNorm(v.hidden_size, v.layer_norm_eps, cfg.param_dtype)
-    self.mlp = VisionMLP(cfg, rngs)
-
-  def __call__(self, x, cos, sin, segment_ids):
-    x = x + self.attn(self.norm1(x), cos, sin, segment_ids, None)
-    return x + self.mlp(self.norm2(x))
-
-
-class PatchMerger(nnx.Module):
-  """Each 2x2 group of patches -> one LLM token: LayerNorm, then a GELU MLP.
-
-  The final merger normalises each patch before the 2x2 concatenation; the DeepStack mergers
-  (`postshuffle`) normalise the concatenated group.
-  """
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, postshuffle: bool):
-    v, pdt = cfg.vision, cfg.param_dtype
-    merged = v.hidden_size * v.merge_unit
-    self.postshuffle = postshuffle
-    self.norm = LayerNorm(merged if postshuffle else v.hidden_size, v.layer_norm_eps, pdt)
-    self.fc1_kernel = param(rngs, (merged, merged), ("merger_in", "merger_hidden"), pdt)
-    self.fc1_bias = zeros((merged,), ("merger_hidden",), pdt)
-    self.fc2_kernel = param(rngs, (merged, v.out_hidden_size), ("merger_hidden", "embed"), pdt)
-    self.fc2_bias = zeros((v.out_hidden_size,), ("embed",), pdt)
-    self.merge_unit = v.merge_unit
-    self.dtype = cfg.dtype
-
-  def __call__(self, x):
-    dt = self.dtype
-    b, p, e = x.shape
-    if self.postshuffle:
-      x = self.norm(x.reshape(b, p // self.merge_unit, e * self.merge_unit))
-    else:
-      x = self.norm(x).reshape(b, p // self.merge_unit, e * self.merge_unit)
-    x = jax.nn.gelu(x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt), approximate=False)
-    return x @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
-
-
 def position_interpolation(positions, segment_ids, side: int):
   """Bilinear (align_corners) taps into the side x side learned position table for every patch.
 
@@ -197,9 +154,11 @@ class VisionTower(nnx.Module):
     self.patch_kernel = param(rngs, (v.patch_dim, v.hidden_size), ("vision_patch", "vision_embed"), pdt)
     self.patch_bias = zeros((v.hidden_size,), ("vision_embed",), pdt)
     self.pos_embed = param(rngs, (v.num_position_embeddings, v.hidden_size), ("vision_pos", "vision_embed"), pdt)
-    self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(v.depth)])
-    self.merger = PatchMerger(cfg, rngs, postshuffle=False)
-    self.deepstack_mergers = nnx.List([PatchMerger(cfg, rngs, postshuffle=True) for _ in v.deepstack_visual_indexes])
+    norm = functools.partial(LayerNorm, eps=v.layer_norm_eps, param_dtype=pdt)
+    self.blocks = nnx.List([VisionBlock(cfg, rngs, norm=norm, mlp=VisionMLP) for _ in range(v.depth)])
+    self.merger = PatchMerger(cfg, rngs, norm=norm)
+    self.deepstack_mergers = nnx.List([PatchMerger(cfg, rngs, norm=norm, postshuffle=True)
+                                       for _ in v.deepstack_visual_indexes])
 
   def __call__(self, pixel_values, positions, segment_ids):
     """(B, P, patch_dim) patches in merge-block order -> (merged tokens (B, P / 4, out_hidden),
