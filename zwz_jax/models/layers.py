@@ -2,8 +2,9 @@
 attention, block and patch merger, the text decoder layer (GQA with M-RoPE) and the stacked KV cache.
 
 A family module (`qwen2_5_vl`, `qwen3_vl`) holds only what differs: its config fields, its vision
-MLP and norms, its vision tower. What a layer does differently per family is a config field (q/k/v
-biases, q/k norms, interleaved M-RoPE), not a subclass. All attention goes through
+MLP and norms, its vision tower. What a shared layer does differently per family is a config field
+(q/k/v biases, q/k norms, interleaved M-RoPE) or a part the family passes in (the vision norm and
+MLP), not a subclass. All attention goes through
 `zwz_jax.models.attention`.
 """
 from __future__ import annotations

@@ -20,7 +20,6 @@ import functools
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from zwz_jax.models import vlm
@@ -116,6 +115,7 @@ class VisionTower(nnx.Module):
     self.patch_kernel = param(rngs, (v.patch_dim, v.hidden_size), ("vision_patch", "vision_embed"), cfg.param_dtype)
     norm = functools.partial(RMSNorm, eps=v.rms_norm_eps, param_dtype=cfg.param_dtype)
     self.blocks = nnx.List([VisionBlock(cfg, rngs, norm=norm, mlp=VisionMLP) for _ in range(v.depth)])
+    # The reference's merger norm has a fixed eps, whatever vision.rms_norm_eps says.
     self.merger = PatchMerger(cfg, rngs, norm=functools.partial(RMSNorm, eps=1e-6, param_dtype=cfg.param_dtype))
 
   def __call__(self, pixel_values, positions, segment_ids):
