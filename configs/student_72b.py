@@ -3,13 +3,19 @@
 Weights come from the HF checkpoint via launch/convert.py; set the tokenizer with
 --config.processor.tokenizer=PATH (see configs/_qwen2_5_vl.py).
 
-Slice: not yet compiled; check one with launch/compile.py --topology=... before a run.
+Slice: v5p:2x4x4 (v5p-64, 32 chips), the smallest v5p slice it fits, with the default mesh (fsdp
+over every chip), data.global_batch_size=64 and train.grad_accum_steps=2 (micro-batches of 32
+examples, one per chip): 83.8 GiB per chip at the largest bucket (1664, 6144) (launch/compile.py).
+Half the chips would not do: the fp32 parameters and Adam moments alone would take 51 GiB per chip,
+and the temporaries that scale with them (the scanned layers' stacked copy, its gradient, the
+accumulated gradient) double too. On a larger slice set train.grad_accum_steps so that a micro-batch
+still divides over the chips (1 on 64 chips).
 """
 import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 
 
 def get_config():
-  return _qwen2_5_vl.qwen2_5_vl_config(
+  c = _qwen2_5_vl.qwen2_5_vl_config(
       hidden_size=8192,
       intermediate_size=29568,
       num_layers=80,
@@ -18,3 +24,5 @@ def get_config():
       vocab_size=152064,
       tie_word_embeddings=False,
   )
+  c.train.grad_accum_steps = 2
+  return c

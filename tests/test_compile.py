@@ -104,6 +104,23 @@ def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   assert evaluation.shape["new_tokens"] == config.eval.max_new_tokens
 
 
+def test_extrapolated_cost_equals_the_unrolled_compile():
+  """Two shallow unrolled compiles, extrapolated over the text depth, give the FLOPs of the whole
+  unrolled step exactly (XLA's figures add up over instructions) and its cost-model time closely
+  (the compiler schedules a deeper program a little differently)."""
+  config = load_config("configs/tiny.py", SMALL + ["model.text.num_layers=6", "mesh.fsdp=-1",
+                                                   "train.grad_accum_steps=2"])
+  assert config.model.scan_layers
+  assert [d for d, _ in aot._cost_twins(config, "extrapolated")] == [1, 2]
+  unrolled = config.copy_and_resolve_references()
+  unrolled.model.scan_layers = False
+  full, = aot.compile_config(unrolled, "v5e:2x2", ("sft",))
+  extrapolated, = aot.compile_config(config, "v5e:2x2", ("sft",), cost="extrapolated")
+  assert full.flops > 0 and full.est_seconds > 0
+  assert extrapolated.flops == pytest.approx(full.flops, rel=1e-5)
+  assert extrapolated.est_seconds == pytest.approx(full.est_seconds, rel=0.05)
+
+
 def _compile_cli(*args):
   cmd = [sys.executable, "launch/compile.py", *args]
   return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})

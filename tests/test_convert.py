@@ -1,7 +1,8 @@
 """HF safetensors -> NNX: both naming schemes, bf16 shards, streaming into a mesh, clear errors."""
 import json
 import os
-import tracemalloc
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -82,20 +83,35 @@ def test_bf16_sharded_checkpoint_streams_into_a_mesh(setup, tmp_path):
   np.testing.assert_array_equal(single["layers.1.attn.q_kernel"].reshape(-1, w.shape[0]).T, w)
 
 
-def test_host_memory_peaks_near_one_tensor(tiny_config, tmp_path):
+# Measured in a fresh process: tracemalloc counts every thread's allocations, and threads left by
+# earlier tests in a worker (checkpoint writers, data readers) made the peak depend on test order.
+_PEAK_SCRIPT = """
+import sys, tracemalloc
+import jax
+from zwz_jax.config import load_config
+from zwz_jax.models import convert
+from zwz_jax.models.qwen2_5_vl import ModelConfig
+from zwz_jax.sharding import make_mesh
+cfg = ModelConfig.from_config(load_config("configs/tiny.py", sys.argv[2:]).model)
+mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+tracemalloc.start()
+convert.load_hf_state(cfg, sys.argv[1], mesh)
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+def test_host_memory_peaks_near_one_tensor(tmp_path):
   """Streaming: host allocations stay near the largest tensor, far below the checkpoint size."""
-  config = load_config("configs/tiny.py", ["model.text.num_layers=12", "model.text.hidden_size=256",
-                                           "model.text.intermediate_size=1024",
-                                           "model.text.mrope_section=(4,6,6)", "model.text.num_heads=8",
-                                           "model.vision.out_hidden_size=256"])
-  cfg = ModelConfig.from_config(config.model)
+  overrides = ["model.text.num_layers=12", "model.text.hidden_size=256", "model.text.intermediate_size=1024",
+               "model.text.mrope_section=(4,6,6)", "model.text.num_heads=8", "model.vision.out_hidden_size=256"]
+  cfg = ModelConfig.from_config(load_config("configs/tiny.py", overrides).model)
   ref.hf_model(cfg).save_pretrained(tmp_path)
   with safetensors_io.SafetensorsCheckpoint(str(tmp_path)) as ckpt:
     sizes = [int(np.prod(ckpt.shape(k))) * 4 for k in ckpt.keys()]
-  tracemalloc.start()
-  convert.load_hf_state(cfg, str(tmp_path), _one_device())
-  _, peak = tracemalloc.get_traced_memory()
-  tracemalloc.stop()
+  out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path), *overrides], capture_output=True,
+                       text=True, check=False, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 0, out.stderr[-3000:]
+  peak = int(out.stdout.split()[-1])
   # A loader that materialises the checkpoint first would peak above sum(sizes) (plus a copy).
   assert sum(sizes) > 30 * max(sizes)
   print(f"host peak {peak / 2**20:.1f} MiB, largest tensor {max(sizes) / 2**20:.1f} MiB, "

@@ -282,16 +282,46 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) 
                   _held({"params": state}, batch))
 
 
-COSTS = ("unrolled", "none")
+COSTS = ("extrapolated", "unrolled", "none")
 
 
-def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), cost: str = "unrolled") -> list[Report]:
+def _cost_twins(config, cost: str) -> list[tuple[int, Any]]:
+  """(text layers, config) of the unrolled compiles that give a scanned program's cost figures.
+
+  "unrolled": one twin with every layer unrolled. "extrapolated": two twins, unrolled, with the
+  fewest text layers the family allows (k) and one more: XLA's cost figures add up over
+  instructions, so the whole decoder costs C(k) + (n - k) * (C(k + 1) - C(k)). The vision tower
+  stays whole in both; a 72-billion-parameter step then compiles like a 3B one."""
+  from zwz_jax.models import registry
+  n = int(config.model.text.num_layers)
+  depths = [n]
+  if cost == "extrapolated":
+    for k in range(1, n - 1):
+      shallow = config.copy_and_resolve_references()
+      shallow.model.text.num_layers = k
+      try:
+        registry.model_config(shallow.model)  # e.g. Qwen3-VL: more layers than DeepStack features
+      except ValueError:
+        continue
+      depths = [k, k + 1]
+      break
+  twins = []
+  for depth in depths:
+    twin = config.copy_and_resolve_references()
+    twin.model.scan_layers = False
+    twin.model.text.num_layers = depth
+    twins.append((depth, twin))
+  return twins
+
+
+def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), cost: str = "extrapolated") -> list[Report]:
   """Compiles each function of `config` for `topology`; one Report per program.
 
   XLA's cost analysis counts a loop body once, so a program that scans over layers
-  (`model.scan_layers`) reports one layer's FLOPs per run. cost="unrolled": take FLOPs and the
-  cost-model time from a second compile of the same function with the layers unrolled (memory
-  and compile time stay the scanned program's); "none": no compiler FLOPs or time for such programs.
+  (`model.scan_layers`) reports one layer's FLOPs per run. Its FLOPs and cost-model time come from
+  unrolled twins (`_cost_twins`: "extrapolated" from two shallow ones, "unrolled" from one at full
+  depth; memory and compile time stay the scanned program's); cost="none": no compiler FLOPs or
+  time for such programs.
   """
   from zwz_jax.models import registry
   from zwz_jax.sharding import make_mesh
@@ -306,16 +336,14 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
   kind = devices[0].device_kind
   hbm, peak, chips = hbm_bytes(kind), metrics_lib.peak_flops(devices[0]), len(devices)
   scans = registry.model_config(config.model).scan_layers
-  unrolled = None
-  if scans and cost == "unrolled":
-    unrolled = config.copy_and_resolve_references()
-    unrolled.model.scan_layers = False
+  twins = _cost_twins(config, cost) if scans and cost != "none" else []
+  n = int(config.model.text.num_layers)
   reports = []
   for function in functions:
     with jax.set_mesh(mesh):
       programs = PROGRAMS[function](config, mesh)
-      twins = PROGRAMS[function](unrolled, mesh) if unrolled is not None else [None] * len(programs)
-    for p, twin in zip(programs, twins):
+      twin_programs = [PROGRAMS[function](twin, mesh) for _, twin in twins]
+    for i, p in enumerate(programs):
       r = Report(function, p.shape, topology, dict(mesh.shape), kind, hbm, held=p.held,
                  model_flops=p.model_flops / chips, peak_flops=peak)
       t0 = time.perf_counter()
@@ -330,11 +358,16 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
         r.alias, r.temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
         if not scans:
           r.flops, r.est_seconds = _cost(compiled, p.loop_trips)
-        elif twin is not None:
+        elif twins:
           try:
-            r.flops, r.est_seconds = _cost(twin.lowered.compile(), twin.loop_trips)
+            costs = [_cost(t[i].lowered.compile(), t[i].loop_trips) for t in twin_programs]
           except Exception:  # pylint: disable=broad-except
-            pass  # the unrolled twin may not fit where the scanned program does: no estimate
+            costs = []  # an unrolled twin may not fit where the scanned program does: no estimate
+          if len(costs) == 1:
+            r.flops, r.est_seconds = costs[0]
+          elif costs:
+            (k, _), ((f0, s0), (f1, s1)) = twins[0], costs
+            r.flops, r.est_seconds = f0 + (n - k) * (f1 - f0), s0 + (n - k) * (s1 - s0)
       reports.append(r)
   return reports
 
