@@ -41,11 +41,11 @@ def main(argv) -> int:
   parser.add_argument("--topology", required=True, help="a TPU slice, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4, v4:2x2x1")
   parser.add_argument("--functions", default="", help=f"comma-separated of {aot.FUNCTIONS}, or 'all'")
   parser.add_argument("--json", action="store_true", help="one JSON object per program instead of the table")
-  parser.add_argument("--cost", default="extrapolated", choices=aot.COSTS,
-                      help="FLOPs and cost-model time of a program that scans over layers: from two unrolled "
-                           "compiles with the fewest text layers and one more, extrapolated to the full depth; "
-                           "from one compile with every layer unrolled (slow for deep models); or none "
-                           "(memory figures only)")
+  parser.add_argument("--cost", default="unrolled", choices=aot.COSTS,
+                      help="FLOPs and cost-model time of a program that scans over layers: from a second "
+                           "compile with every layer unrolled; extrapolated from two unrolled compiles with "
+                           "the fewest text layers and one more (for deep models: exact FLOPs, a time on the "
+                           "high side); or none (memory figures only)")
   args = parser.parse_args(rest)
   try:
     config = load_config(config_path, overrides)
