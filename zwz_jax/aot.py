@@ -292,28 +292,26 @@ def _cost_twins(config, cost: str) -> list[tuple[int, Any]]:
   fewest text layers the family allows (k) and one more, for models too deep to compile unrolled:
   XLA's figures add up over instructions, so the whole decoder costs C(k) + (n - k) * (C(k + 1) -
   C(k)). The FLOPs come out exact; the time comes out high (Qwen2.5-VL-7B SFT step on v5p:4x4x4:
-  605 ms against 468 ms unrolled), most likely as a one- or two-layer program has no next layer to hide its
-  parameter all-gathers behind. The vision tower stays whole in both."""
+  605 ms against 468 ms unrolled), most likely as a one- or two-layer program has no next layer to
+  hide its parameter all-gathers behind. The vision tower stays whole in both."""
   from zwz_jax.models import registry
+
+  def twin(depth: int):
+    c = config.copy_and_resolve_references()
+    c.model.scan_layers = False
+    c.model.text.num_layers = depth
+    return c
+
   n = int(config.model.text.num_layers)
-  depths = [n]
   if cost == "extrapolated":
     for k in range(1, n - 1):
-      shallow = config.copy_and_resolve_references()
-      shallow.model.text.num_layers = k
+      shallow = twin(k)
       try:
         registry.model_config(shallow.model)  # e.g. Qwen3-VL: more layers than DeepStack features
       except ValueError:
         continue
-      depths = [k, k + 1]
-      break
-  twins = []
-  for depth in depths:
-    twin = config.copy_and_resolve_references()
-    twin.model.scan_layers = False
-    twin.model.text.num_layers = depth
-    twins.append((depth, twin))
-  return twins
+      return [(k, shallow), (k + 1, twin(k + 1))]
+  return [(n, twin(n))]
 
 
 def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), cost: str = "unrolled") -> list[Report]:
