@@ -301,6 +301,24 @@ def _splash_block(n: int, block: int) -> int:
   return min(max(128, block // 128 * 128), -(-n // 128) * 128)
 
 
+# The Mosaic kernels declare no cost, so XLA's cost analysis leaves them out. Each call names its
+# work in a scope that the compiled HLO keeps on every kernel it becomes (forward, remat, dq, dkv):
+# `launch/compile.py` adds it to the compiler's figures (`zwz_jax.aot.kernel_cost`).
+SPLASH_COST_SCOPE = "splash_cost"
+# Matmuls per computed score block, relative to the forward's two (QK^T, PV): the dq kernel
+# recomputes the scores and forms dP and dQ; the dkv kernel recomputes them and forms dP, dV, dK.
+SPLASH_PHASES = {"fwd": 1.0, "dq": 1.5, "dkv": 2.0}
+
+
+def splash_blocks(tp: int, sp: int, bq: int, bk: int, causal: bool) -> int:
+  """Score blocks a splash kernel computes: those its static mask leaves visible (segment ids mask
+  inside a block but skip nothing)."""
+  nq, nk = tp // bq, sp // bk
+  if not causal:
+    return nq * nk
+  return sum(min(nk, -(-(i + 1) * bq // bk)) for i in range(nq))
+
+
 def _splash(q, k, v, qs, ks, causal: bool, block: int):
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
@@ -323,11 +341,18 @@ def _splash(q, k, v, qs, ks, causal: bool, block: int):
   kernel = sa.make_splash_mqa(sa.MultiHeadMask([head_mask] * g), block_sizes=sizes, head_shards=1,
                               q_seq_shards=1, interpret=_platform() != "tpu")
 
+  blocks = splash_blocks(tp, sp, bq, bk, causal)
+
   def local(q, k, v, qs, ks):
     # One MQA kernel call per (example, KV head): the G query heads of a group share its keys.
     per_head = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=sa.SegmentIds(qs, ks)),
                         in_axes=(0, 0, 0, None, None))
-    return jax.vmap(per_head)(q, k, v, qs, ks)
+    heads = math.prod(q.shape[:3])  # this device's examples x KV heads x group
+    flops = 4 * heads * blocks * bq * bk * d
+    # Q and O stream once per head, a K and a V tile per computed block.
+    nbytes = q.dtype.itemsize * heads * d * (2 * tp + 2 * blocks * bk)
+    with jax.named_scope(f"{SPLASH_COST_SCOPE}_{flops}_{nbytes}"):
+      return jax.vmap(per_head)(q, k, v, qs, ks)
 
   q = jnp.transpose(q, (0, 2, 3, 1, 4))  # (B, Hkv, G, T, D)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, S, D)
