@@ -5,8 +5,9 @@ a named slice ("v5p:4x4x4"); the config's mesh is laid over them and every funct
 `jax.ShapeDtypeStruct` inputs that carry the real shardings (no weights, no data), then compiled by
 the real TPU compiler. Per chip we report what the step holds (parameters, optimizer state, batch:
 from the input shardings), the compiler's temporaries and total against the chip's HBM, its FLOPs
-and cost-model time, and the MFU they imply. A program that does not fit is reported with the
-compiler's message instead of figures.
+and cost-model time (the splash attention kernels, which XLA's cost analysis does not see, added
+from the work each names: `kernel_cost`), and the MFU they imply. A program that does not fit is
+reported with the compiler's message instead of figures.
 
 Functions: `sft` (the train step, once per bucket of data.buckets), `grpo_update` (the RL update
 on prompts x num_generations / num_minibatches rows of prompt + response), `rollout` (prefill +
