@@ -378,11 +378,15 @@ def _cost(compiled, loop_trips: int, device) -> tuple[float, float]:
   """(FLOPs, cost-model seconds) of a compiled program, its splash kernels included. Train steps:
   the micro-batch scan holds nearly all the work, so both scale by its trips. Samplers: the prefill
   plus one decode step (the decode loop is not scaled)."""
-  cost = compiled.cost_analysis() or {}
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = _cost_analysis(compiled)
   seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0)  # < 0: no estimate
   kernel_flops, kernel_seconds = kernel_cost(compiled.as_text(), device)
   return (float(cost.get("flops", 0.0)) + kernel_flops) * loop_trips, (seconds + kernel_seconds) * loop_trips
+
+
+def _cost_analysis(compiled) -> dict:
+  cost = compiled.cost_analysis() or {}
+  return cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per program in older jax
 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%[\w.-]+ = ", re.M)
@@ -397,7 +401,6 @@ def kernel_cost(hlo_text: str, device) -> tuple[float, float]:
   model gives a Mosaic kernel that declares that work (`mosaic_rates`). Loop bodies count once, as
   in XLA's own figures."""
   flops = seconds = 0.0
-  rate = bandwidth = None
   starts = [m.start() for m in _INSTRUCTION.finditer(hlo_text)] + [len(hlo_text)]
   for a, b in zip(starts, starts[1:]):
     instruction = hlo_text[a:b]
@@ -406,8 +409,7 @@ def kernel_cost(hlo_text: str, device) -> tuple[float, float]:
     m = _SPLASH_OP.search(instruction)
     if m is None:
       continue
-    if rate is None:
-      rate, bandwidth = mosaic_rates(device)
+    rate, bandwidth = mosaic_rates(device)  # probed once per chip kind
     f = int(m.group(1)) * attention.SPLASH_PHASES[m.group(3)]
     flops += f
     seconds += max(f / rate, int(m.group(2)) / bandwidth)
@@ -432,8 +434,7 @@ def mosaic_rates(device) -> tuple[float, float]:
     def seconds(flops: int, nbytes: int) -> float:
       call = pl.pallas_call(copy, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
                             cost_estimate=pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=nbytes))
-      cost = jax.jit(call).lower(x).compile().cost_analysis()
-      return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["optimal_seconds"])
+      return float(_cost_analysis(jax.jit(call).lower(x).compile())["optimal_seconds"])
 
     probe = 10**12
     _RATES[device.device_kind] = (probe / seconds(probe, 1), probe / seconds(1, probe))

@@ -310,7 +310,7 @@ SPLASH_COST_SCOPE = "splash_cost"
 SPLASH_PHASES = {"fwd": 1.0, "dq": 1.5, "dkv": 2.0}
 
 
-def splash_blocks(tp: int, sp: int, bq: int, bk: int, causal: bool) -> int:
+def _splash_blocks(tp: int, sp: int, bq: int, bk: int, causal: bool) -> int:
   """Score blocks a splash kernel computes: those its static mask leaves visible (segment ids mask
   inside a block but skip nothing)."""
   nq, nk = tp // bq, sp // bk
@@ -341,7 +341,7 @@ def _splash(q, k, v, qs, ks, causal: bool, block: int):
   kernel = sa.make_splash_mqa(sa.MultiHeadMask([head_mask] * g), block_sizes=sizes, head_shards=1,
                               q_seq_shards=1, interpret=_platform() != "tpu")
 
-  blocks = splash_blocks(tp, sp, bq, bk, causal)
+  blocks = _splash_blocks(tp, sp, bq, bk, causal)
 
   def local(q, k, v, qs, ks):
     # One MQA kernel call per (example, KV head): the G query heads of a group share its keys.
