@@ -253,3 +253,29 @@ def test_splash_kernels_are_costed_like_the_attention_they_replace():
 
   (causal_kernel, _), _ = cost("splash", causal=True, grad=True)
   assert causal_kernel == 4.5 * per_chip * 3 / 4  # 3 of the 2 x 2 blocks hold a visible pair
+
+
+def test_a_program_the_cost_model_gives_no_time_has_none():
+  """XLA's cost model gives some TPU programs no time: a negative optimal_seconds (a Qwen3-VL-2B
+  step on v5e:2x2: -1478). The splash kernels' time alone would then read as the step's (there,
+  an MFU of 206%), so such a program has no time; its FLOPs still count the kernels."""
+  device = aot.topology_devices("v5e:2x2")[0]
+  kernel = ('%custom-call.7 = bf16[1,512,128]{2,1,0} custom-call(%p0, %p1, %p2), custom_call_target="tpu_custom_call", '
+            'metadata={op_name="jit(step)/splash_cost_1000000_4096/shard_map/splash_mha_fwd_no_residuals"}\n')
+
+  class Compiled:
+    def __init__(self, cost):
+      self.cost = cost
+
+    def cost_analysis(self):
+      return self.cost
+
+    def as_text(self):
+      return kernel
+
+  flops, seconds = aot.kernel_cost(kernel, device)
+  assert flops == 1e6 and seconds > 0
+  assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": 2e-3}), 4, device) == (
+      4 * (10.0 + flops), pytest.approx(4 * (2e-3 + seconds)))
+  assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": -1477.7}), 4, device) == (4 * (10.0 + flops), 0.0)
+  assert aot._cost(Compiled({"flops": 10.0}), 4, device) == (4 * (10.0 + flops), 0.0)

@@ -377,11 +377,14 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
 def _cost(compiled, loop_trips: int, device) -> tuple[float, float]:
   """(FLOPs, cost-model seconds) of a compiled program, its splash kernels included. Train steps:
   the micro-batch scan holds nearly all the work, so both scale by its trips. Samplers: the prefill
-  plus one decode step (the decode loop is not scaled)."""
+  plus one decode step (the decode loop is not scaled). Seconds are 0 (no estimate) where the cost
+  model gives the program none (absent or negative, as for a Qwen3-VL-2B step on v5e): the kernels'
+  time alone would pass for the step's."""
   cost = _cost_analysis(compiled)
-  seconds = max(float(cost.get("optimal_seconds", 0.0)), 0.0)  # < 0: no estimate
+  seconds = float(cost.get("optimal_seconds", -1.0))
   kernel_flops, kernel_seconds = kernel_cost(compiled.as_text(), device)
-  return (float(cost.get("flops", 0.0)) + kernel_flops) * loop_trips, (seconds + kernel_seconds) * loop_trips
+  flops = (float(cost.get("flops", 0.0)) + kernel_flops) * loop_trips
+  return flops, (seconds + kernel_seconds) * loop_trips if seconds > 0 else 0.0
 
 
 def _cost_analysis(compiled) -> dict:
