@@ -7,6 +7,10 @@ Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
 data.global_batch_size=64 (one example per chip): 32.7 GiB per chip at the largest bucket, the
 paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
 The cost model's step at the largest bucket: 9.9 s, 51% MFU (--cost=extrapolated).
+The smallest v5p slice: v5p:2x2x1 (4 chips) with --config.train.grad_accum_steps=16, 92.1 / 95.7 GiB
+per chip. On v6e one example at the largest bucket needs 29.8 GiB of temporaries: with the state,
+over the 31.25 GiB of a chip on v6e:8x8 (31.7 GiB); it fits v6e:8x16 (128 chips) with
+--config.mesh.tensor=2 (22.96 / 31.25 GiB).
 """
 import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 

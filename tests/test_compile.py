@@ -279,3 +279,15 @@ def test_a_program_the_cost_model_gives_no_time_has_none():
       4 * (10.0 + flops), pytest.approx(4 * (2e-3 + seconds)))
   assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": -1477.7}), 4, device) == (4 * (10.0 + flops), 0.0)
   assert aot._cost(Compiled({"flops": 10.0}), 4, device) == (4 * (10.0 + flops), 0.0)
+
+
+def test_a_mesh_axis_the_slice_has_no_physical_axis_for_splits_one():
+  """tensor=2 on v6e:8x16: no product of the physical axes (8, 16) is 2, which jax.make_mesh
+  refuses; the mesh splits a physical axis instead, so the two tensor shards are neighbours."""
+  from zwz_jax.sharding import make_mesh
+  devices = aot.topology_devices("v6e:8x16")
+  mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 2}, devices=devices)
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 64, "tensor": 2}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+  for a, b in mesh.devices.reshape(-1, 2):  # a tensor pair: one hop apart
+    assert sum(abs(x - y) for x, y in zip(a.coords, b.coords)) == 1

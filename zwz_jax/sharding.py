@@ -70,7 +70,15 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   if math.prod(sizes) != len(devices):
     raise ShardingError(
         f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  types = (AxisType.Auto,) * 3
+  try:
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=types, devices=devices)
+  except NotImplementedError:
+    # An axis no product of the slice's physical axes equals (tensor=2 on v6e:8x16): split a physical
+    # axis, so that the axis still runs between neighbouring chips.
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_device_mesh(tuple(sizes), devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=types)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
