@@ -77,6 +77,31 @@ def test_backend_equals_dense_forward_and_gradients(name, backend, block):
     assert _rel(g, ref) <= TOL, f"d{name_}"
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_dense_backward_equals_autodiff_of_the_textbook_formula(name):
+  """dense, the reference the other backends are held to, has a written-out backward: it must equal
+  autodiff of softmax(masked q k^T / sqrt(d)) v, head grouping as transformers' repeat_kv."""
+  q, k, v, qs, ks, causal, offset = case = _case(name)
+
+  def textbook(q, k, v, cotangent):
+    def f(q, k, v):
+      b, t, hkv, g, d = q.shape
+      kr, vr = jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2)  # (B, S, H, D), head h = kv * g + j
+      scores = jnp.einsum("bthd,bshd->bhts", q.reshape(b, t, hkv * g, d), kr) / np.sqrt(d)
+      mask = attention_lib.visible(jnp.asarray(qs), jnp.asarray(ks), causal, offset)
+      probs = jax.nn.softmax(jnp.where(mask[:, None], scores, -jnp.inf), axis=-1)
+      return jnp.einsum("bhts,bshd->bthd", probs, vr).reshape(q.shape)
+    out, vjp = jax.vjp(f, q, k, v)
+    return out, vjp(cotangent)
+
+  cotangent = jnp.asarray(np.random.default_rng(7).normal(size=q.shape), jnp.float32)
+  ref_out, ref_grads = jax.jit(textbook)(q, k, v, cotangent)
+  out, grads = _forward_and_grads("dense", 512, case)
+  assert _rel(out, ref_out) <= TOL
+  for name_, g, ref in zip("qkv", grads, ref_grads):
+    assert _rel(g, ref) <= TOL, f"d{name_}"
+
+
 def test_chunked_skips_no_visible_pair_and_pads_to_blocks():
   """Lengths that are not block multiples, and a causal block pattern with skipped blocks, still
   equal dense; one query sees one key (the first) exactly."""

@@ -113,12 +113,46 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
 
 
 def _dense(q, k, v, mask, return_probs: bool):
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(mask[:, None, None], logits, _NEG)
-  probs32 = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs32.astype(q.dtype), v)
-  return (out, probs32) if return_probs else out
+  # Heads lead, (B, Hkv, G, T, D) and (B, Hkv, S, D): the score and output matmuls are then plain
+  # batched matmuls; the token-major einsums made XLA:CPU copy every (T x S) operand to a new layout.
+  qh, kh, vh = jnp.moveaxis(q, 1, 3), jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)
+  if return_probs:
+    out, probs32 = _dense_heads(qh, kh, vh, mask)
+    return jnp.moveaxis(out, 3, 1), probs32
+  return jnp.moveaxis(_dense_core(qh, kh, vh, mask), 3, 1)
+
+
+def _dense_heads(qh, kh, vh, mask):
+  """(output (B, Hkv, G, T, D), float32 probabilities (B, Hkv, G, T, S))."""
+  logits = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32) * qh.shape[-1] ** -0.5
+  probs32 = jax.nn.softmax(jnp.where(mask[:, None, None], logits, _NEG), axis=-1)
+  return jnp.einsum("bkgts,bksd->bkgtd", probs32.astype(qh.dtype), vh), probs32
+
+
+@jax.custom_vjp
+def _dense_core(qh, kh, vh, mask):
+  return _dense_heads(qh, kh, vh, mask)[0]
+
+
+def _dense_core_fwd(qh, kh, vh, mask):
+  out, probs32 = _dense_heads(qh, kh, vh, mask)
+  return out, (qh, kh, vh, mask, probs32, out)
+
+
+def _dense_core_bwd(res, dout):
+  # The softmax backward written out (dS = P * (dP - rowsum(dO * O))): autodiff of softmax(where())
+  # took several more passes over the (T x S) scores; this one is the dense path's whole cost on CPU.
+  qh, kh, vh, mask, p, out = res
+  dv = jnp.einsum("bkgts,bkgtd->bksd", p.astype(dout.dtype), dout)
+  dp = jnp.einsum("bkgtd,bksd->bkgts", dout, vh, preferred_element_type=jnp.float32)
+  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  ds = (p * (dp - delta) * qh.shape[-1] ** -0.5).astype(qh.dtype)
+  dq = jnp.einsum("bkgts,bksd->bkgtd", ds, kh)
+  dk = jnp.einsum("bkgts,bkgtd->bksd", ds, qh)
+  return dq, dk, dv, None
+
+
+_dense_core.defvjp(_dense_core_fwd, _dense_core_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
