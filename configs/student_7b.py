@@ -8,9 +8,12 @@ data.global_batch_size=64 (one example per chip): 32.7 GiB per chip at the large
 paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
 The cost model's step at the largest bucket: 9.9 s, 51% MFU (--cost=extrapolated).
 The smallest v5p slice: v5p:2x2x1 (4 chips) with --config.train.grad_accum_steps=16, 92.1 / 95.7 GiB
-per chip. On v6e one example at the largest bucket needs 29.8 GiB of temporaries: with the state,
-over the 31.25 GiB of a chip on v6e:8x8 (31.7 GiB); it fits v6e:8x16 (128 chips) with
---config.mesh.tensor=2 (22.96 / 31.25 GiB).
+per chip. The smallest v6e slice: v6e:8x8 (64 chips) with --config.mesh.tensor=2 and
+--config.train.grad_accum_steps=2, 28.2 / 31.25 GiB per chip (fsdp alone there: 31.7 GiB; on
+v6e:4x8, 33.6 GiB). No v5e slice holds one example at the largest bucket (v5e:16x16 with
+--config.mesh.tensor=4: 23.8 / 15.75 GiB). On v5e drop it: with
+"--config.data.buckets=((1024, 3072), (1664, 6144), (6144, 24576))" and
+--config.train.grad_accum_steps=2, v5e:4x8 (32 chips) takes 15.0 / 15.75 GiB per chip.
 """
 import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 
