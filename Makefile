@@ -35,5 +35,7 @@ demo: $(STAMP)
 	$(CPU_ONLY) $(PY) launch/demo.py
 
 # Every script in bench/, then one markdown table of side-by-side ratios in out/bench/report.md.
+# On a GPU machine JAX picks the GPU; elsewhere the CPU platform, so libtpu does not look for a TPU.
+BENCH_ENV := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(CPU_ONLY))
 bench: $(STAMP)
-	$(PY) bench/report.py --out=out/bench
+	$(BENCH_ENV) $(PY) bench/report.py --out=out/bench
