@@ -20,6 +20,7 @@ def get_config():
       mrope_section=(6, 5, 5))
   c.model.dtype = "float32"
   c.model.remat = "none"
+  c.model.scan_layers = False  # as configs/tiny.py
   c.model.text.max_position_embeddings = 4096
   # The tiny tokenizer (zwz_jax.data.tiny_tokenizer) places Qwen's special tokens here.
   c.model.image_token_id = 505

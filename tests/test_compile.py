@@ -76,12 +76,11 @@ def _check_figures(config, reports):
 
 
 @pytest.mark.parametrize("config_path,mesh", [
-    # One decoder layer and one window + one full-attention vision block: a shorter compile, with
-    # nothing to scan.
+    # One decoder layer and one window + one full-attention vision block, unrolled: a shorter compile.
     ("configs/eval_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1", "model.vision.depth=2",
-                              "model.vision.fullatt_block_indexes=(1,)", "model.scan_layers=False")),
+                              "model.vision.fullatt_block_indexes=(1,)")),
     # Two micro-batches and scanned layers (their cost figures: test_extrapolated_cost_*).
-    ("configs/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2")),
+    ("configs/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2", "model.scan_layers=True")),
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
 def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   config = load_config(config_path, SMALL + list(mesh))
@@ -108,8 +107,8 @@ def test_extrapolated_cost_equals_the_unrolled_compile(config_path, twins):
   text depth, give the FLOPs of the whole unrolled step exactly (XLA's figures add up over
   instructions) and, at this size, its cost-model time closely (at 7B size the time comes out high:
   see aot._cost_twins); both cover every layer and micro-batch (XLA counts a loop body once)."""
-  config = load_config(config_path, SMALL + ["model.text.num_layers=6", "mesh.fsdp=-1", "train.grad_accum_steps=2"])
-  assert config.model.scan_layers
+  config = load_config(config_path, SMALL + ["model.text.num_layers=6", "mesh.fsdp=-1", "train.grad_accum_steps=2",
+                                             "model.scan_layers=True"])
   assert [d for d, _ in aot._cost_twins(config, "extrapolated")] == twins
   unrolled = config.copy_and_resolve_references()
   unrolled.model.scan_layers = False
@@ -279,6 +278,9 @@ def test_a_program_the_cost_model_gives_no_time_has_none():
       4 * (10.0 + flops), pytest.approx(4 * (2e-3 + seconds)))
   assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": -1477.7}), 4, device) == (4 * (10.0 + flops), 0.0)
   assert aot._cost(Compiled({"flops": 10.0}), 4, device) == (4 * (10.0 + flops), 0.0)
+  # --json reports such a program's MFU as null (json.dumps would write NaN, which is not JSON).
+  untimed = aot.Report("sft", {}, "v5e:2x2", {}, device.device_kind, 16e9, flops=1e12, peak_flops=197e12)
+  assert json.loads(json.dumps(untimed.to_dict(), allow_nan=False))["mfu"] is None
 
 
 def test_a_mesh_axis_the_slice_has_no_physical_axis_for_splits_one():

@@ -141,6 +141,7 @@ def test_round_trip_through_hf_safetensors(auto_models, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   got = convert.model_config_from_hf(str(tmp_path))
   got.dtype = got.param_dtype = "float32"
+  got.scan_layers = ours.cfg.scan_layers  # how to run it, not in an HF config
   assert registry.model_config(got) == ours.cfg
 
 

@@ -135,7 +135,8 @@ class Report:
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
-    out.update(total=self.total, fits=self.fits, mfu=self.mfu)
+    # No time, no MFU: null, since NaN is not JSON.
+    out.update(total=self.total, fits=self.fits, mfu=self.mfu if math.isfinite(self.mfu) else None)
     return out
 
 

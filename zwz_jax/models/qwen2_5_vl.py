@@ -23,7 +23,7 @@ import jax
 from flax import nnx
 
 from zwz_jax.models import vlm
-from zwz_jax.models.layers import PatchMerger, RMSNorm, VisionBlock, param, vision_rope, zeros
+from zwz_jax.models.layers import PatchMerger, RMSNorm, VisionBlock, param, silu, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
@@ -101,7 +101,7 @@ class VisionMLP(nnx.Module):
     dt = self.dtype
     gate = x @ self.gate_kernel[...].astype(dt) + self.gate_bias[...].astype(dt)
     up = x @ self.up_kernel[...].astype(dt) + self.up_bias[...].astype(dt)
-    return (jax.nn.silu(gate) * up) @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
+    return (silu(gate) * up) @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
 
 
 class VisionTower(nnx.Module):
