@@ -11,9 +11,9 @@ paper's resolution (25,088 tokens, 65,536 patches) (launch/compile.py); the cost
 The smallest v5p slice: v5p:2x2x2 (8 chips) with --config.train.grad_accum_steps=8, 62.4 / 95.7 GiB
 per chip (on 4 chips, 99.2 GiB). The smallest v6e slice: v6e:8x8 (64 chips) with
 --config.mesh.tensor=2 and --config.train.grad_accum_steps=2, 28.7 / 31.25 GiB per chip (on
-v6e:4x8, 35.9 GiB). As for the 7B, no v5e chip holds one example at the largest bucket, and
-the third, (6144, 16384), just misses v5e:8x8 (15.9 / 15.75 GiB per chip with fsdp alone); try
---config.mesh.tensor=2 on v5e:8x16 (not compiled yet).
+v6e:4x8, 35.9 GiB). As for the 7B, no v5e chip holds one example at the largest bucket; the
+third, (6144, 16384), fits v5e:4x8 (32 chips) with --config.mesh.tensor=2 and
+--config.train.grad_accum_steps=4, 13.9 / 15.75 GiB per chip (fsdp alone: 15.9 on v5e:8x8).
 """
 import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
 
