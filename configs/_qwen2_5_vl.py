@@ -118,6 +118,8 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   tr.grad_clip = 1.0  # global norm; 0 disables
   tr.grad_accum_steps = 1  # micro-batches per step (the global batch is split, not repeated)
   tr.z_loss = 0.0
+  # Tokens per block of the LM head and loss: (rows, block, vocab) logits are held at a time.
+  tr.lm_head_block = 512
   # Learning-rate multiplier per module; 0 freezes it (no update, no optimizer state).
   tr.lr_scale = ml_collections.ConfigDict(dict(vision=1.0, merger=1.0, text=1.0))
   # "" = random init; a HF safetensors folder; a training workdir (its latest parameters, e.g. SFT

@@ -35,6 +35,10 @@ def default_functions(config) -> tuple[str, ...]:
   return out + (("eval",) if "eval" in config else ())
 
 
+def _shape(report) -> str:
+  return " x ".join(f"{k}={v}" for k, v in report.shape.items())
+
+
 def main(argv) -> int:
   config_path, overrides, rest = parse_argv(argv, default_config="configs/tiny.py")
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,10 +66,12 @@ def main(argv) -> int:
     kind = reports[0].device_kind if reports else ""
     print(f"{config_path} on {args.topology} ({kind}, {len(reports)} programs), per chip:")
     print(aot.format_table(reports))
+  for r in reports:
+    if r.cost_error:
+      print(f"\n{r.function} ({_shape(r)}): no FLOPs or time, {r.cost_error}", file=sys.stderr)
   failed = [r for r in reports if not r.fits]
   for r in failed:
-    shape = " x ".join(f"{k}={v}" for k, v in r.shape.items())
-    print(f"\n{r.function} ({shape}) does not fit {args.topology}: "
+    print(f"\n{r.function} ({_shape(r)}) does not fit {args.topology}: "
           f"{r.error or f'{r.total / aot.GiB:.2f} GiB > {r.hbm / aot.GiB:.2f} GiB of HBM'}", file=sys.stderr)
   return 1 if failed else 0
 

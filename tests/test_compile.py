@@ -56,9 +56,6 @@ def _check_figures(config, reports):
     assert r.device_kind == "TPU v5 lite" and r.hbm == aot.HBM_BYTES["TPU v5 lite"]
     # The tiny decode loops may need no temporaries at all (everything lives in their outputs).
     assert r.output > 0
-    costed = not registry.model_config(config.model).scan_layers  # scanned: see the extrapolation test
-    if costed:
-      assert r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1
     assert r.held["params"] == pytest.approx(expected, rel=0.05)
     # The compiler holds at least what the shardings say (TPU tiles pad small arrays).
     assert r.argument >= sum(r.held.values())
@@ -68,9 +65,6 @@ def _check_figures(config, reports):
       assert r.held["opt_state"] == pytest.approx(2 * expected, rel=0.05)
       # The donated state comes back in place: the outputs alias at least the state's bytes.
       assert r.alias >= r.held["params"] + r.held["opt_state"]
-      # The compiled step does the model's matmuls (and little else) per chip.
-      if costed:
-        assert 0.8 < r.flops / r.model_flops < 2.0, (r.flops, r.model_flops)
     else:
       assert r.held["opt_state"] == 0
 
@@ -79,7 +73,7 @@ def _check_figures(config, reports):
     # One decoder layer and one window + one full-attention vision block, unrolled: a shorter compile.
     ("configs/eval_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1", "model.vision.depth=2",
                               "model.vision.fullatt_block_indexes=(1,)")),
-    # Two micro-batches and scanned layers (their cost figures: test_extrapolated_cost_*).
+    # Two micro-batches and scanned layers (cost figures: test_extrapolated_cost_*, test_cost_figures_*).
     ("configs/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2", "model.scan_layers=True")),
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
 def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
@@ -109,14 +103,46 @@ def test_extrapolated_cost_equals_the_unrolled_compile(config_path, twins):
   see aot._cost_twins); both cover every layer and micro-batch (XLA counts a loop body once)."""
   config = load_config(config_path, SMALL + ["model.text.num_layers=6", "mesh.fsdp=-1", "train.grad_accum_steps=2",
                                              "model.scan_layers=True"])
+  import jax
+  from zwz_jax.sharding import make_mesh
   assert [d for d, _ in aot._cost_twins(config, "extrapolated")] == twins
-  unrolled = config.copy_and_resolve_references()
-  unrolled.model.scan_layers = False
-  full, = aot.compile_config(unrolled, "v5e:2x2", ("sft",))
+  (_, unrolled), = aot._cost_twins(config, "unrolled")
+  devices = aot.topology_devices("v5e:2x2")
+  with jax.set_mesh(mesh := make_mesh(config.mesh, devices=devices)):
+    full, = aot.PROGRAMS["sft"](unrolled, mesh)
+  flops, seconds = aot._cost(full.lowered.compile(compiler_options=aot.TWIN_COMPILER_OPTIONS), devices[0],
+                             full.loop_trips, full.counted_loops)
   extrapolated, = aot.compile_config(config, "v5e:2x2", ("sft",), cost="extrapolated")
-  assert full.est_seconds > 0 and 0.8 < full.flops / full.model_flops < 2.0, (full.flops, full.model_flops)
-  assert extrapolated.flops == pytest.approx(full.flops, rel=1e-5)
-  assert extrapolated.est_seconds == pytest.approx(full.est_seconds, rel=0.05)
+  assert seconds > 0 and 1.0 < flops / extrapolated.model_flops < 1.3, (flops, extrapolated.model_flops)
+  assert extrapolated.flops == pytest.approx(flops, rel=1e-5)
+  assert extrapolated.est_seconds == pytest.approx(seconds, rel=0.05)
+
+
+def test_cost_figures_count_no_loop_body_once():
+  """XLA's cost analysis counts a loop body once, so a loop hides work from the figures: the LM
+  head's blockwise loop, or the TPU partitioner's windowed einsums (an all-gather or reduce-scatter
+  and its matmul as a loop over the shards: a 7B step on 16 v5p chips counted half its FLOPs).
+  `_cost` refuses a program holding a loop it does not multiply out; the cost twin holds none but
+  the micro-batch scan, and does at least the model's matmuls."""
+  import jax
+  from zwz_jax.sharding import make_mesh
+  config = load_config("configs/tiny.py", SMALL + ["train.lm_head_block=32", "train.grad_accum_steps=2",
+                                                   "mesh.fsdp=-1", "model.text.num_layers=1", "model.vision.depth=2",
+                                                   "model.vision.fullatt_block_indexes=(1,)"])
+  devices = aot.topology_devices("v5e:2x2")
+  mesh = make_mesh(config.mesh, devices=devices)
+  (_, twin_config), = aot._cost_twins(config, "unrolled")
+  with jax.set_mesh(mesh):
+    program, = aot.PROGRAMS["sft"](config, mesh)
+    twin, = aot.PROGRAMS["sft"](twin_config, mesh)
+  compiled = program.lowered.compile()
+  assert set(aot.loop_names(compiled.as_text())) == {"jit(_step)/while", "jit(_step)/while/body/closed_call/jvp()/while",
+                                                     "jit(_step)/while/body/closed_call/transpose(jvp())/while"}
+  with pytest.raises(aot.UncountedLoop, match=r"^2 loop\(s\) .*jvp\(\)/while"):
+    aot._cost(compiled, devices[0], program.loop_trips, program.counted_loops)
+  flops, seconds = aot._cost(twin.lowered.compile(compiler_options=aot.TWIN_COMPILER_OPTIONS), devices[0],
+                             twin.loop_trips, twin.counted_loops)
+  assert seconds > 0 and 1.0 < flops * len(devices) / program.model_flops < 1.3, (flops, program.model_flops)
 
 
 def _compile_cli(*args):
@@ -234,7 +260,7 @@ def test_splash_kernels_are_costed_like_the_attention_they_replace():
     f = jax.grad(loss, argnums=(0, 1, 2)) if grad else loss
     with jax.set_mesh(mesh):
       compiled = jax.jit(f).lower(*args).compile()
-    return aot.kernel_cost(compiled.as_text(), devices[0]), aot._cost(compiled, 1, devices[0])
+    return aot.kernel_cost(compiled.as_text(), devices[0]), aot._cost(compiled, devices[0])
 
   per_chip = 4 * (b // 2) * (hkv // 2) * g * t * t * d  # QK^T and PV of the local heads, full mask
   (fwd_kernel, fwd_seconds), (fwd_total, _) = cost("splash")
@@ -274,10 +300,10 @@ def test_a_program_the_cost_model_gives_no_time_has_none():
 
   flops, seconds = aot.kernel_cost(kernel, device)
   assert flops == 1e6 and seconds > 0
-  assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": 2e-3}), 4, device) == (
+  assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": 2e-3}), device, 4) == (
       4 * (10.0 + flops), pytest.approx(4 * (2e-3 + seconds)))
-  assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": -1477.7}), 4, device) == (4 * (10.0 + flops), 0.0)
-  assert aot._cost(Compiled({"flops": 10.0}), 4, device) == (4 * (10.0 + flops), 0.0)
+  assert aot._cost(Compiled({"flops": 10.0, "optimal_seconds": -1477.7}), device, 4) == (4 * (10.0 + flops), 0.0)
+  assert aot._cost(Compiled({"flops": 10.0}), device, 4) == (4 * (10.0 + flops), 0.0)
   # --json reports such a program's MFU as null (json.dumps would write NaN, which is not JSON).
   untimed = aot.Report("sft", {}, "v5e:2x2", {}, device.device_kind, 16e9, flops=1e12, peak_flops=197e12)
   assert json.loads(json.dumps(untimed.to_dict(), allow_nan=False))["mfu"] is None

@@ -117,6 +117,7 @@ class Report:
   peak_flops: float = 0.0
   compile_seconds: float = 0.0
   error: str = ""  # the compiler's message when it does not fit or does not compile
+  cost_error: str = ""  # why there are no FLOPs and time (a cost twin that did not compile or count)
 
   @property
   def total(self) -> int:
@@ -202,6 +203,7 @@ class _Program:
   model_flops: float = 0.0  # analytic, whole step (0: not known)
   # XLA's cost analysis counts a loop body once: the train step's micro-batch scan runs this often.
   loop_trips: int = 1
+  counted_loops: str = "^$"  # op_names (regex) of the loops `_cost` accounts for
 
 
 def _held(state: dict, batch: dict) -> dict:
@@ -218,7 +220,8 @@ def _train_program(trainer, mesh, shapes: dict, shape: dict) -> _Program:
   from zwz_jax.train import metrics as metrics_lib
   batch = place_batch(mesh, {k: shapes[k] for k in trainer.batch_keys})
   return _Program(shape, trainer._train_step.lower(trainer.abstract_state, batch), _held(trainer.abstract_state, batch),
-                  metrics_lib.batch_train_flops(trainer.model_cfg, batch), int(trainer.config.train.grad_accum_steps))
+                  metrics_lib.batch_train_flops(trainer.model_cfg, batch), int(trainer.config.train.grad_accum_steps),
+                  r"^jit\(_step\)/while$")  # the micro-batch scan
 
 
 def _sft(config, mesh) -> list[_Program]:
@@ -282,27 +285,35 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) 
   cfg = sampler_lib.SamplingConfig(stop_ids=(0,), **sampling)
   shape = {"rows": prompts * samples, "tokens": tokens, "patches": patches, "new_tokens": sampling["max_new_tokens"]}
   return _Program(shape, sampler_lib._generate.lower(graphdef, state, batch, rng, cfg, samples),
-                  _held({"params": state}, batch))
+                  _held({"params": state}, batch), counted_loops=r"^jit\(_generate\)/while$")  # the decode loop
 
 
 COSTS = ("unrolled", "extrapolated", "none")
 
+# XLA's cost analysis counts a loop body once. The cost twins therefore run without loops: layers
+# unrolled, the LM head in one block, and no windowed einsum (the TPU partitioner's decomposition of
+# an all-gather or reduce-scatter and its matmul into a loop over the shards: with it, a 7B step on
+# 16 chips counted about half of its FLOPs). What loop is left is counted by `_cost`.
+TWIN_COMPILER_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                         "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
 
 def _cost_twins(config, cost: str) -> list[tuple[int, Any]]:
-  """(text layers, config) of the unrolled compiles that give a scanned program's cost figures.
+  """(text layers, config) of the loop-free compiles that give a program's cost figures.
 
-  "unrolled": one twin with every layer unrolled. "extrapolated": two twins, unrolled, with the
-  fewest text layers the family allows (k) and one more, for models too deep to compile unrolled:
-  XLA's figures add up over instructions, so the whole decoder costs C(k) + (n - k) * (C(k + 1) -
-  C(k)). The FLOPs come out exact; the time comes out high (Qwen2.5-VL-7B SFT step on v5p:4x4x4:
-  605 ms against 468 ms unrolled), most likely as a one- or two-layer program has no next layer to
-  hide its parameter all-gathers behind. The vision tower stays whole in both."""
+  "unrolled": one twin at full depth. "extrapolated": two twins with the fewest text layers the
+  family allows (k) and one more, for models too deep to compile unrolled: XLA's figures add up
+  over instructions, so the whole decoder costs C(k) + (n - k) * (C(k + 1) - C(k)). The FLOPs come
+  out exact; the time comes out high (Qwen2.5-VL-7B SFT step on v5p:4x4x4: 605 ms against 468 ms
+  unrolled), most likely as a one- or two-layer program has no next layer to hide its parameter
+  all-gathers behind. The vision tower stays whole in both."""
   from zwz_jax.models import registry
 
   def twin(depth: int):
     c = config.copy_and_resolve_references()
     c.model.scan_layers = False
     c.model.text.num_layers = depth
+    c.train.lm_head_block = 2**31 - 1  # one block, whatever the length
     return c
 
   n = int(config.model.text.num_layers)
@@ -320,13 +331,10 @@ def _cost_twins(config, cost: str) -> list[tuple[int, Any]]:
 def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), cost: str = "unrolled") -> list[Report]:
   """Compiles each function of `config` for `topology`; one Report per program.
 
-  XLA's cost analysis counts a loop body once, so a program that scans over layers
-  (`model.scan_layers`) reports one layer's FLOPs per run. Its FLOPs and cost-model time come from
-  unrolled twins (`_cost_twins`: "unrolled" from one at full depth, "extrapolated" from two shallow
-  ones; memory and compile time stay the scanned program's); cost="none": no compiler FLOPs or
-  time for such programs.
+  Memory and compile time are the program's own. Its FLOPs and cost-model time come from loop-free
+  twins (`_cost_twins`: "unrolled" from one at full depth, "extrapolated" from two shallow ones), as
+  XLA's cost analysis counts a loop body once; cost="none": no FLOPs or time.
   """
-  from zwz_jax.models import registry
   from zwz_jax.sharding import make_mesh
   from zwz_jax.train import metrics as metrics_lib
   unknown = [f for f in functions if f not in PROGRAMS]
@@ -338,8 +346,7 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
   mesh = make_mesh(config.mesh, devices=devices)
   kind = devices[0].device_kind
   hbm, peak, chips = hbm_bytes(kind), metrics_lib.peak_flops(devices[0]), len(devices)
-  scans = registry.model_config(config.model).scan_layers
-  twins = _cost_twins(config, cost) if scans and cost != "none" else []
+  twins = _cost_twins(config, cost) if cost != "none" else []
   n = int(config.model.text.num_layers)
   reports = []
   for function in functions:
@@ -359,31 +366,50 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
         m = compiled.memory_analysis()
         r.argument, r.output = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
         r.alias, r.temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
-        if not scans:
-          r.flops, r.est_seconds = _cost(compiled, p.loop_trips, devices[0])
-        elif twins:
-          try:
-            costs = [_cost(t[i].lowered.compile(), t[i].loop_trips, devices[0]) for t in twin_programs]
-          except Exception:  # pylint: disable=broad-except
-            costs = []  # an unrolled twin may not fit where the scanned program does: no estimate
-          if len(costs) == 1:
-            r.flops, r.est_seconds = costs[0]
-          elif costs:
-            (k, _), ((f0, s0), (f1, s1)) = twins[0], costs
-            r.flops, r.est_seconds = f0 + (n - k) * (f1 - f0), s0 + (n - k) * (s1 - s0)
+        try:
+          costs = [_cost(t[i].lowered.compile(compiler_options=TWIN_COMPILER_OPTIONS), devices[0], t[i].loop_trips,
+                         t[i].counted_loops) for t in twin_programs]
+        except Exception as e:  # pylint: disable=broad-except
+          # A twin may not fit where the program does, or hold a loop the figures would miss.
+          costs, r.cost_error = [], f"a cost twin did not compile or count: {_short(str(e))}"
+        if len(costs) == 1:
+          r.flops, r.est_seconds = costs[0]
+        elif costs:
+          (k, _), ((f0, s0), (f1, s1)) = twins[0], costs
+          r.flops, r.est_seconds = f0 + (n - k) * (f1 - f0), s0 + (n - k) * (s1 - s0)
       reports.append(r)
   return reports
 
 
-def _cost(compiled, loop_trips: int, device) -> tuple[float, float]:
-  """(FLOPs, cost-model seconds) of a compiled program, its splash kernels included. Train steps:
-  the micro-batch scan holds nearly all the work, so both scale by its trips. Samplers: the prefill
-  plus one decode step (the decode loop is not scaled). Seconds are 0 (no estimate) where the cost
-  model gives the program none (absent or negative, as for a Qwen3-VL-2B step on v5e): the kernels'
-  time alone would pass for the step's."""
+class UncountedLoop(Exception):
+  """A compiled cost twin holds a loop whose body XLA's cost analysis would count once."""
+
+
+_WHILE = re.compile(r"^\s*(?:ROOT )?%[\w.-]+ = .*? while\(.*$", re.M)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def loop_names(hlo_text: str) -> list[str]:
+  """The op_name of every while loop in a compiled program's HLO ("" where it has none)."""
+  return [m.group(1) if (m := _OP_NAME.search(line)) else "" for line in _WHILE.findall(hlo_text)]
+
+
+def _cost(compiled, device, loop_trips: int = 1, counted_loops: str = "^$") -> tuple[float, float]:
+  """(FLOPs, cost-model seconds) of a compiled twin, its splash kernels included. Train steps: the
+  micro-batch scan (`counted_loops`) holds nearly all the work, so both scale by its trips.
+  Samplers: the prefill plus one decode step (the decode loop is not scaled). Any other loop
+  raises UncountedLoop.
+  Seconds are 0 (no estimate) where the cost model gives the program none (absent or negative,
+  as for a Qwen3-VL-2B step on v5e): the kernels' time alone would pass for the step's."""
+  text = compiled.as_text()
+  stray = [name for name in loop_names(text) if not re.search(counted_loops, name)]
+  if stray:
+    names = sorted(set(stray))
+    raise UncountedLoop(f"{len(stray)} loop(s) whose body XLA's cost analysis counts once: {names[:4]}"
+                        + (f" and {len(names) - 4} more" if len(names) > 4 else ""))
   cost = _cost_analysis(compiled)
   seconds = float(cost.get("optimal_seconds", -1.0))
-  kernel_flops, kernel_seconds = kernel_cost(compiled.as_text(), device)
+  kernel_flops, kernel_seconds = kernel_cost(text, device)
   flops = (float(cost.get("flops", 0.0)) + kernel_flops) * loop_trips
   return flops, (seconds + kernel_seconds) * loop_trips if seconds > 0 else 0.0
 

@@ -240,7 +240,8 @@ class GRPOTrainer(loop.Trainer):
     hidden = model(**{k: batch[k] for k in MODEL_INPUTS}, head=False)
     steps = batch["response"].shape[1]
     return token_stats(hidden[:, -steps - 1:-1], model.logits, batch["response"],
-                       temperature=float(self.config.grpo.temperature), entropy=entropy)
+                       temperature=float(self.config.grpo.temperature), entropy=entropy,
+                       block=int(self.config.train.lm_head_block))
 
   def _logprobs_fn(self, params, batch):
     return self._response_stats(params, batch)["logp"]

@@ -114,7 +114,7 @@ class Trainer:
     model = self.space.model(params)
     hidden = model(**{k: batch[k] for k in MODEL_INPUTS}, head=False)
     loss, n, correct = answer_loss_sums(hidden, model.logits, batch["input_ids"], batch["labels_mask"],
-                                        self.config.train.z_loss)
+                                        self.config.train.z_loss, block=int(self.config.train.lm_head_block))
     return loss, n, {"correct": correct}
 
   def _metrics(self, loss, denom, sums) -> dict:
