@@ -5,7 +5,8 @@ Weights come from the HF checkpoint via launch/convert.py; set the tokenizer wit
 
 Slice: v5p:2x4x4 (v5p-64, 32 chips), the smallest v5p slice it fits, with the default mesh (fsdp
 over every chip), data.global_batch_size=64 and train.grad_accum_steps=2 (micro-batches of 32
-examples, one per chip): 83.8 GiB per chip at the largest bucket (1664, 6144) (launch/compile.py).
+examples, one per chip): 83.8 GiB per chip at the largest bucket (1664, 6144), est. 6.8 s per step
+(48% MFU, launch/compile.py --cost=extrapolated).
 Half the chips would not do: the fp32 parameters and Adam moments alone would take 51 GiB per chip,
 and the temporaries that scale with them (the scanned layers' stacked copy, its gradient, the
 accumulated gradient) double too. On a larger slice set train.grad_accum_steps so that a micro-batch

@@ -6,7 +6,7 @@ Weights come from the HF checkpoint via launch/convert.py; set the tokenizer wit
 Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
 data.global_batch_size=64 (one example per chip): 32.7 GiB per chip at the largest bucket, the
 paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
-The cost model's step at the largest bucket: 9.9 s, 51% MFU (--cost=extrapolated).
+The cost model's step at the largest bucket: 10.1 s, 50% MFU (--cost=extrapolated).
 The smallest v5p slice: v5p:2x2x1 (4 chips) with --config.train.grad_accum_steps=16, 92.1 / 95.7 GiB
 per chip. The smallest v6e slice: v6e:8x8 (64 chips) with --config.mesh.tensor=2 and
 --config.train.grad_accum_steps=2, 28.2 / 31.25 GiB per chip (fsdp alone there: 31.7 GiB; on

@@ -6,7 +6,7 @@ tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
 Slices (launch/compile.py, largest bucket (1664, 5120), one example per chip per micro-batch): the
 defaults (data.global_batch_size=64, fsdp over every chip, no accumulation) are for 64 chips; the
 smallest slices take --config.train.grad_accum_steps=64/chips: v5p:2x2x1 (4 chips, 16 micro-batches)
-15.5 / 95.7 GiB per chip, est. 3.6 s per step (35% MFU); v5e:2x4 (8 chips, 8) 12.8 / 15.75 GiB;
+15.5 / 95.7 GiB per chip, est. 3.7 s per step (34% MFU); v5e:2x4 (8 chips, 8) 12.8 / 15.75 GiB;
 v6e:2x2 (4 chips, 16) 17.4 / 31.25 GiB.
 """
 import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path

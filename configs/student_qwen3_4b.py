@@ -6,7 +6,7 @@ tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
 Slices (launch/compile.py, largest bucket (1664, 5120), one example per chip per micro-batch): the
 defaults (data.global_batch_size=64, fsdp over every chip, no accumulation) are for 64 chips; the
 smallest slices take --config.train.grad_accum_steps=64/chips: v5p:2x2x1 (4 chips, 16 micro-batches)
-33.4 / 95.7 GiB per chip, est. 6.1 s per step (35% MFU); v5e:4x4 (16 chips, 4) 11.6 / 15.75 GiB;
+33.4 / 95.7 GiB per chip, est. 6.2 s per step (34% MFU); v5e:4x4 (16 chips, 4) 11.6 / 15.75 GiB;
 v6e:2x4 (8 chips, 8) 19.3 / 31.25 GiB.
 """
 import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
