@@ -7,7 +7,7 @@ tokenizer with --config.processor.tokenizer=PATH (see configs/_qwen3_vl.py).
 Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
 data.global_batch_size=64 (one example per chip): 32.8 GiB per chip at the largest bucket, the
 paper's resolution (25,088 tokens, 65,536 patches) (launch/compile.py); the cost model's step there:
-14.7 s, 51% MFU (--cost=extrapolated).
+15.1 s, 50% MFU (--cost=extrapolated).
 The smallest v5p slice: v5p:2x2x2 (8 chips) with --config.train.grad_accum_steps=8, 62.4 / 95.7 GiB
 per chip (on 4 chips, 99.2 GiB). The smallest v6e slice: v6e:8x8 (64 chips) with
 --config.mesh.tensor=2 and --config.train.grad_accum_steps=2, 28.7 / 31.25 GiB per chip (on
