@@ -49,13 +49,15 @@ def _param_bytes_per_chip(config) -> float:
   return total
 
 
-def _check_figures(config, reports):
+def _check_figures(config, reports, costed: bool):
   expected = _param_bytes_per_chip(config)
   for r in reports:
     assert r.fits and not r.error, r.error
     assert r.device_kind == "TPU v5 lite" and r.hbm == aot.HBM_BYTES["TPU v5 lite"]
     # The tiny decode loops may need no temporaries at all (everything lives in their outputs).
     assert r.output > 0
+    if costed:
+      assert not r.cost_error and r.flops > 0 and r.est_seconds > 0 and 0 < r.mfu < 1, r.cost_error
     assert r.held["params"] == pytest.approx(expected, rel=0.05)
     # The compiler holds at least what the shardings say (TPU tiles pad small arrays).
     assert r.argument >= sum(r.held.values())
@@ -65,6 +67,9 @@ def _check_figures(config, reports):
       assert r.held["opt_state"] == pytest.approx(2 * expected, rel=0.05)
       # The donated state comes back in place: the outputs alias at least the state's bytes.
       assert r.alias >= r.held["params"] + r.held["opt_state"]
+      # The compiled step does the model's matmuls (and little else) per chip.
+      if costed:
+        assert 0.8 < r.flops / r.model_flops < 2.0, (r.flops, r.model_flops)
     else:
       assert r.held["opt_state"] == 0
 
@@ -78,9 +83,12 @@ def _check_figures(config, reports):
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
 def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   config = load_config(config_path, SMALL + list(mesh))
-  reports = aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS, cost="none")
+  # The unrolled case is costed too (its twins: the same depth, loop-free); the scanned one's cost
+  # figures: test_extrapolated_cost_*.
+  costed = not registry.model_config(config.model).scan_layers
+  reports = aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS, cost="unrolled" if costed else "none")
   assert [r.function for r in reports] == list(aot.FUNCTIONS)
-  _check_figures(config, reports)
+  _check_figures(config, reports, costed)
   if reports[0].mesh["fsdp"] == 4:
     # fsdp over all 4 chips: nearly every parameter byte is split 4 ways (norms may be replicated).
     n = sum(math.prod(a.shape) for a in _space(config).abstract.values())
@@ -110,8 +118,7 @@ def test_extrapolated_cost_equals_the_unrolled_compile(config_path, twins):
   devices = aot.topology_devices("v5e:2x2")
   with jax.set_mesh(mesh := make_mesh(config.mesh, devices=devices)):
     full, = aot.PROGRAMS["sft"](unrolled, mesh)
-  flops, seconds = aot._cost(full.lowered.compile(compiler_options=aot.TWIN_COMPILER_OPTIONS), devices[0],
-                             full.loop_trips, full.counted_loops)
+  flops, seconds = aot.twin_cost(full, devices[0])
   extrapolated, = aot.compile_config(config, "v5e:2x2", ("sft",), cost="extrapolated")
   assert seconds > 0 and 1.0 < flops / extrapolated.model_flops < 1.3, (flops, extrapolated.model_flops)
   assert extrapolated.flops == pytest.approx(flops, rel=1e-5)
@@ -140,8 +147,7 @@ def test_cost_figures_count_no_loop_body_once():
                                                      "jit(_step)/while/body/closed_call/transpose(jvp())/while"}
   with pytest.raises(aot.UncountedLoop, match=r"^2 loop\(s\) .*jvp\(\)/while"):
     aot._cost(compiled, devices[0], program.loop_trips, program.counted_loops)
-  flops, seconds = aot._cost(twin.lowered.compile(compiler_options=aot.TWIN_COMPILER_OPTIONS), devices[0],
-                             twin.loop_trips, twin.counted_loops)
+  flops, seconds = aot.twin_cost(twin, devices[0])
   assert seconds > 0 and 1.0 < flops * len(devices) / program.model_flops < 1.3, (flops, program.model_flops)
 
 

@@ -367,8 +367,7 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
         r.argument, r.output = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
         r.alias, r.temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
         try:
-          costs = [_cost(t[i].lowered.compile(compiler_options=TWIN_COMPILER_OPTIONS), devices[0], t[i].loop_trips,
-                         t[i].counted_loops) for t in twin_programs]
+          costs = [twin_cost(t[i], devices[0]) for t in twin_programs]
         except Exception as e:  # pylint: disable=broad-except
           # A twin may not fit where the program does, or hold a loop the figures would miss.
           costs, r.cost_error = [], f"a cost twin did not compile or count: {_short(str(e))}"
@@ -379,6 +378,12 @@ def compile_config(config, topology: str, functions: Sequence[str] = ("sft",), c
           r.flops, r.est_seconds = f0 + (n - k) * (f1 - f0), s0 + (n - k) * (s1 - s0)
       reports.append(r)
   return reports
+
+
+def twin_cost(program: _Program, device) -> tuple[float, float]:
+  """(FLOPs, cost-model seconds) of a cost twin's program, compiled as the twins are."""
+  return _cost(program.lowered.compile(compiler_options=TWIN_COMPILER_OPTIONS), device, program.loop_trips,
+               program.counted_loops)
 
 
 class UncountedLoop(Exception):
