@@ -75,8 +75,7 @@ def run_case(name, overrides, sizes, n_text, repeats, peak, json_path=""):
   ex = {"input_ids": ids, "positions": positions, "pixel_values": np.concatenate(pixels),
         "grid_thw": np.stack(grids)}
   win = v.window_patches
-  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
-                               merge_size=v.spatial_merge_size, window_size=v.window_size)
+  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], v)
   batch = batching.build_batch([ex], vision_cfg=v, image_token_id=cfg.image_token_id,
                                max_tokens=len(ids), max_patches=-(-len(lay["patches"]) // win) * win)
   keys = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",

@@ -60,8 +60,7 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
     half = max(1, int(n_text * s) // 2)
     exs.append(ref.example(config, img, [list(rng.integers(0, 400, half)), list(rng.integers(0, 400, half))]))
   v = cfg.vision
-  lays = [batching.layout_vision(e["pixel_values"], e["grid_thw"], patch_size=v.patch_size,
-                                 merge_size=v.spatial_merge_size, window_size=v.window_size) for e in exs]
+  lays = [batching.layout_vision(e["pixel_values"], e["grid_thw"], v) for e in exs]
   batch = batching.build_batch(exs, vision_cfg=v, image_token_id=cfg.image_token_id,
                                max_tokens=max(len(e["input_ids"]) for e in exs),
                                max_patches=_round_up(max(len(l["patches"]) for l in lays), v.window_patches),

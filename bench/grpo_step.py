@@ -28,12 +28,12 @@ from bench import timing  # noqa: E402
 from bench.forward import CASES as FORWARD_CASES  # noqa: E402
 from tests.record_fixtures import write_records  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
+from zwz_jax.data import batch as batching  # noqa: E402
 from zwz_jax.data import pipeline  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
 from zwz_jax.eval import sampler  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
 from zwz_jax.train import grpo  # noqa: E402
-from zwz_jax.train.sft import MODEL_INPUTS  # noqa: E402
 
 COMMON = ["grpo.dynamic_sampling=false", "train.warmup_steps=0", "train.end_lr_frac=1.0"]
 # name -> overrides of configs/tiny_grpo.py (small: fewer prompts so a step stays near seconds).
@@ -45,7 +45,7 @@ CASES = {
 
 def repeat_prompts(prompts: dict, n: int) -> dict:
   """The prompt batch with every row repeated n times (the plain sampler's view of a rollout)."""
-  return {k: np.repeat(np.asarray(prompts[k]), n, axis=1 if k == "positions" else 0) for k in MODEL_INPUTS}
+  return batching.repeat_rows({k: prompts[k] for k in batching.MODEL_INPUTS}, n)
 
 
 def run_case(name, overrides, record_dir, args):

@@ -6,15 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 from PIL import Image
 
 from zwz_jax.data import processor
+from zwz_jax.data.batch import MODEL_INPUTS
 from zwz_jax.models import convert, qwen3_vl
-from zwz_jax.sharding import logical_to_spec
+from zwz_jax.train.loop import batch_spec
 
-MODEL_INPUTS = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
-                "vision_segment_ids", "image_token_index")
 
 
 def hf_model(model_cfg, seed: int = 0) -> transformers.PreTrainedModel:
@@ -81,9 +80,7 @@ def forward(model, batch, mesh=None):
   fwd = jax.jit(lambda m, b: m(**b, return_hidden=True))
   if mesh is None:
     return fwd(model, arrays)
-  spec = {k: logical_to_spec(("act_batch",) + (None,) * (arrays[k].ndim - 1)) for k in MODEL_INPUTS}
-  spec["positions"] = PartitionSpec(None, *logical_to_spec(("act_batch", None)))
-  arrays = {k: jax.device_put(a, NamedSharding(mesh, spec[k])) for k, a in arrays.items()}
+  arrays = {k: jax.device_put(a, NamedSharding(mesh, batch_spec(k, a.ndim))) for k, a in arrays.items()}
   with jax.set_mesh(mesh):
     return fwd(model, arrays)
 

@@ -246,12 +246,47 @@ def test_grounding_modes(data_dir, tokenizer):
 
 
 def test_padded_patch_count_matches_layout(tiny_config):
-  v = tiny_config.model.vision
+  v = batch_lib.VisionLayout.from_config(tiny_config.model)
   for grid in ([1, 14, 16], [1, 10, 24], [1, 2, 64], [1, 6, 6], [2, 8, 12]):
     x = np.zeros((int(np.prod(grid)), 1176), np.float32)
-    lay = batch_lib.layout_vision(x, np.array([grid]), patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                  window_size=v.window_size)
-    assert pipeline.padded_patches(np.array([grid]), v) == len(lay["patches"])
+    lay = batch_lib.layout_vision(x, np.array([grid]), v)
+    assert v.padded_patches(np.array([grid])) == len(lay["patches"])
+
+
+def test_row_helpers_equal_building_the_rows(tiny_config, tokenizer):
+  """Taking, concatenating, repeating, padding and splitting rows of a built batch equals building
+  those rows: the row helpers find every key's rows (M-RoPE positions hold them on axis 1)."""
+  import jax.numpy as jnp
+  from PIL import Image
+  proc = processor_lib.Processor.from_config(tiny_config, tokenizer)
+  rng = np.random.default_rng(0)
+  exs = [proc([Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8))], f"question {i}?", "B")
+         for i, (w, h) in enumerate([(64, 48), (40, 90), (120, 60)])]
+  v = batch_lib.VisionLayout.from_config(tiny_config.model)
+  tokens = max(len(e["input_ids"]) for e in exs)
+  patches = -(-max(v.padded_patches(e["grid_thw"]) for e in exs) // v.window_patches) * v.window_patches
+  build = lambda rows: batch_lib.build_batch(rows, vision_cfg=v, image_token_id=int(tiny_config.model.image_token_id),
+                                             max_tokens=tokens, max_patches=patches)
+
+  def same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+  full = build(exs)
+  assert batch_lib.num_rows(full) == 3 and full["positions"].shape[:2] == (3, 3)
+  same(batch_lib.take_rows(full, [2, 0]), build([exs[2], exs[0]]))
+  same(batch_lib.concat_rows([build(exs[:1]), build(exs[1:])]), full)
+  four = build([exs[0], exs[0], exs[1], exs[1]])
+  same(batch_lib.repeat_rows(build(exs[:2]), 2), four)
+  padded = batch_lib.pad_rows(build(exs[:2]), 2)
+  same(batch_lib.take_rows(padded, slice(0, 2)), build(exs[:2]))
+  empty = batch_lib.take_rows(padded, slice(2, 4))
+  assert not empty["attention_mask"].any() and not empty["vision_segment_ids"].any()
+  assert (empty["image_token_index"] == -1).all()  # a padding row has no image slots
+  micro = batch_lib.split_rows({k: jnp.asarray(x) for k, x in four.items()}, 2)
+  for i in range(2):
+    same({k: x[i] for k, x in micro.items()}, batch_lib.take_rows(four, slice(2 * i, 2 * i + 2)))
 
 
 def test_bucket_config_errors(data_dir, tokenizer):

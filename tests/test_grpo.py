@@ -14,6 +14,7 @@ import pytest
 from tests import record_fixtures
 from tests.shared import shared_dir
 from zwz_jax.config import ConfigError, load_config
+from zwz_jax.data import batch as batching
 from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
 from zwz_jax.sharding import make_mesh
@@ -145,7 +146,7 @@ def _cached_logprobs(trainer, params, prompts, tokens):
   """Teacher-forced cached decode of `tokens` (B * n, T) after their prompts: the sampler's path."""
   from zwz_jax.eval import sampler
   n = trainer.config.grpo.num_generations
-  batch = {k: np.repeat(np.asarray(prompts[k]), n, axis=1 if k == "positions" else 0) for k in sampler.MODEL_INPUTS}
+  batch = batching.repeat_rows({k: prompts[k] for k in batching.MODEL_INPUTS}, n)
   b, l = batch["input_ids"].shape
   steps = tokens.shape[1]
 

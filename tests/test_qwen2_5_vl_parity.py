@@ -34,8 +34,7 @@ def test_two_images_of_different_sizes(models, tiny_config):
   hf_logits, hf_layers, hf_feats, _ = ref.hf_forward(hf, ex)
   n = len(ex["input_ids"])
 
-  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
-                               merge_size=v.spatial_merge_size, window_size=v.window_size)
+  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], v)
   vision = np.asarray(aux["vision"])[0, lay["token_index"]]
   assert vision.shape == hf_feats.shape
   assert ref.rel_err(vision, hf_feats) <= TOL

@@ -41,8 +41,7 @@ def test_two_images_of_different_sizes(models, config):
   logits, aux = ref.forward(ours, batch)
   hf_logits, hf_layers, hf_feats, hf_deepstack = ref.hf_forward(hf, ex)
   n = len(ex["input_ids"])
-  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
-                               merge_size=v.spatial_merge_size, window_size=v.window_size)
+  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], v)
   # No windows: the batch keeps the processor's patch order, unpadded.
   np.testing.assert_array_equal(lay["token_index"], np.arange(len(hf_feats)))
   vision = np.asarray(aux["vision"])[0, lay["token_index"]]
@@ -51,7 +50,7 @@ def test_two_images_of_different_sizes(models, config):
   # The DeepStack features reach the first decoder layers: check them through the model's output
   # below, and the tower's own output here.
   _, ds = jax.jit(lambda m, b: m.visual(b["pixel_values"], b["vision_positions"], b["vision_segment_ids"]))(
-      ours, {k: jnp.asarray(batch[k]) for k in ref.MODEL_INPUTS})
+      ours, {k: jnp.asarray(batch[k]) for k in batching.MODEL_INPUTS})
   assert len(ds) == len(hf_deepstack) == len(v.deepstack_visual_indexes)
   for j, (a, b) in enumerate(zip(ds, hf_deepstack)):
     assert ref.rel_err(np.asarray(a)[0, lay["token_index"]], b) <= TOL, f"deepstack {j}"

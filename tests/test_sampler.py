@@ -65,7 +65,7 @@ def test_cached_decode_equals_uncached_recompute(setup):
   gen_pos = np.broadcast_to((start[:, None] + np.arange(n))[None], (3, b, n))
   full["positions"] = np.concatenate([full["positions"], gen_pos], axis=2)
   full["image_token_index"] = np.concatenate([full["image_token_index"], np.full((b, n), -1, np.int32)], axis=1)
-  logits = ours(**{k: jnp.asarray(full[k]) for k in sampler.MODEL_INPUTS})
+  logits = ours(**{k: jnp.asarray(full[k]) for k in batching.MODEL_INPUTS})
   # Each generated token is the argmax of the uncached forward at the position before it.
   np.testing.assert_array_equal(np.argmax(np.asarray(logits)[:, l - 1:l + n - 1], -1), tokens)
 
@@ -101,7 +101,7 @@ def test_sharded_generation_equals_single_device(setup):
   gdef, state = nnx.split(ours)
   sharded = nnx.merge(gdef, jax.device_put(state, state_shardings(state, mesh)))
   placed = {k: jax.device_put(jnp.asarray(v), NamedSharding(mesh, batch_spec(k, np.ndim(v))))
-            for k, v in batch.items() if k in sampler.MODEL_INPUTS}
+            for k, v in batch.items() if k in batching.MODEL_INPUTS}
   with jax.set_mesh(mesh):
     got, _ = sampler.generate(sharded, placed, sampler.SamplingConfig(max_new_tokens=6))
   np.testing.assert_array_equal(got, want)

@@ -57,7 +57,7 @@ def family(request):
 def test_scanned_equals_unrolled_outputs_and_gradients(name, remat):
   family = _config(name)
   unrolled, scanned = _pair(family, remat=remat)
-  batch = {k: jnp.asarray(v) for k, v in _batch(family, unrolled).items() if k in ref.MODEL_INPUTS}
+  batch = {k: jnp.asarray(v) for k, v in _batch(family, unrolled).items() if k in batching.MODEL_INPUTS}
 
   @jax.jit
   def run(model):
@@ -88,7 +88,7 @@ def test_cached_generation_and_coverage_layer(family):
   tokens0, _ = sampler.generate(unrolled, batch, cfg)
   tokens1, _ = sampler.generate(scanned, batch, cfg)
   np.testing.assert_array_equal(tokens1, tokens0)
-  inputs = {k: jnp.asarray(v) for k, v in batch.items() if k in ref.MODEL_INPUTS}
+  inputs = {k: jnp.asarray(v) for k, v in batch.items() if k in batching.MODEL_INPUTS}
   query = jnp.full((2,), batch["input_ids"].shape[1] - 1)
   outs = [jax.jit(lambda m: m(**inputs, attention_layer=1, attention_query=query))(m) for m in (unrolled, scanned)]
   assert _rel(outs[1][0], outs[0][0]) <= TOL

@@ -150,25 +150,26 @@ def batch_shapes(config, rows: int, tokens: int, patches: int) -> dict[str, jax.
   """Shapes and dtypes of a `batch.build_batch` output (labels_mask included) of `rows` examples:
   taken from the batch builder itself, so the contract has one definition."""
   from zwz_jax.data import batch as batch_lib
-  from zwz_jax.data import pipeline
-  empty = batch_lib.build_batch([], vision_cfg=pipeline._VisionDims.from_config(config.model),
+  empty = batch_lib.build_batch([], vision_cfg=batch_lib.VisionLayout.from_config(config.model),
                                 image_token_id=int(config.model.image_token_id), max_tokens=tokens,
                                 max_patches=patches)
   out = {}
   for key, x in empty.items():
-    shape = (3, rows) + x.shape[2:] if key == "positions" else (rows,) + x.shape[1:]
-    out[key] = jax.ShapeDtypeStruct(shape, x.dtype)
+    shape = list(x.shape)
+    shape[batch_lib.row_axis(key)] = rows
+    out[key] = jax.ShapeDtypeStruct(tuple(shape), x.dtype)
   return out
 
 
 def place_batch(mesh, shapes: dict) -> dict:
   """Batch shardings as the trainer places batches (batch axes over data x fsdp); replicated when
   the rows do not divide over them (evaluation batches may be smaller than the slice)."""
+  from zwz_jax.data.batch import row_axis
   from zwz_jax.train.loop import batch_spec
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   out = {}
   for key, s in shapes.items():
-    rows = s.shape[1] if key == "positions" else s.shape[0]
+    rows = s.shape[row_axis(key)]
     spec = batch_spec(key, len(s.shape)) if rows % n == 0 else PartitionSpec()
     out[key] = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, spec))
   return out
@@ -177,17 +178,17 @@ def place_batch(mesh, shapes: dict) -> dict:
 def eval_resolution(config) -> tuple[int, int]:
   """(max_tokens, max_patches) of an eval prompt with one square image at processor.max_pixels,
   rounded as the ZoomBench evaluator rounds its shapes."""
-  from zwz_jax.data import pipeline, processor
+  from zwz_jax.data import batch as batch_lib
+  from zwz_jax.data import processor
   v, p = config.model.vision, config.processor
   factor = int(v.patch_size) * int(v.spatial_merge_size)
   side = int(math.sqrt(int(p.max_pixels)))
   h, w = processor.smart_resize(side, side, factor, int(p.min_pixels), int(p.max_pixels))
   grid = np.array([[1, h // int(v.patch_size), w // int(v.patch_size)]])
-  dims = pipeline._VisionDims.from_config(config.model)
-  window = pipeline.window_patches(dims)
-  merged = int(grid.prod()) // int(v.spatial_merge_size) ** 2
+  layout = batch_lib.VisionLayout.from_config(config.model)
+  merged = int(grid.prod()) // layout.merge_unit
   up = lambda x, m: -(-x // m) * m
-  return up(merged + EVAL_TEXT_TOKENS, 64), up(pipeline.padded_patches(grid, dims), 4 * window)
+  return up(merged + EVAL_TEXT_TOKENS, 64), up(layout.padded_patches(grid), 4 * layout.window_patches)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,8 +213,9 @@ def _held(state: dict, batch: dict) -> dict:
 
 
 def _buckets(config):
+  from zwz_jax.data import batch as batch_lib
   from zwz_jax.data import pipeline
-  return pipeline.check_buckets(config.data.buckets, pipeline._VisionDims.from_config(config.model))
+  return pipeline.check_buckets(config.data.buckets, batch_lib.VisionLayout.from_config(config.model))
 
 
 def _train_program(trainer, mesh, shapes: dict, shape: dict) -> _Program:
@@ -275,7 +277,7 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) 
   from zwz_jax.eval import sampler as sampler_lib
   from zwz_jax.models import registry
   from zwz_jax.train.params import ParamSpace
-  from zwz_jax.train.sft import MODEL_INPUTS
+  from zwz_jax.data.batch import MODEL_INPUTS
   space = ParamSpace(registry.factory(registry.model_config(config.model), int(config.seed)), mesh)
   graphdef, state = nnx.split(space.model(space.abstract))
   shapes = batch_shapes(config, prompts, tokens, patches)

@@ -1,31 +1,130 @@
-"""Host-side batching: processed examples -> the static-shape arrays the model consumes.
+"""The batch contract: what the model consumes, built on the host from processed examples.
 
-Each example's patches are laid out in window order with every attention window padded to
-`window_patches` (see `zwz_jax.models.qwen2_5_vl`), so window attention is a reshape on device.
-`image_token_index` maps every `<|image_pad|>` token of the prompt to its merged vision token in that
-layout, which undoes the window permutation without any device-side gather of indices from HF's
-`reverse_indices`; it is -1 everywhere else, so an `<|image_pad|>` the model generates stays text.
+A batch is a dict of numpy (or device) arrays, one row per example: `MODEL_INPUTS` (the keys
+`VisionLanguageModel.__call__` takes), plus `labels_mask` for SFT and the rollout keys for RL. Every
+key holds its rows on axis 0 except the M-RoPE `positions` (3, B, L), which hold them on axis 1;
+`row_axis` says which, and the row helpers below (take, concatenate, repeat, pad) are the only code
+that needs to know.
+
+Each example's patches are laid out in window order with every attention window padded to the
+family's `window_patches` (see `zwz_jax.models.qwen2_5_vl`), so window attention is a reshape on
+device. `image_token_index` maps every `<|image_pad|>` token of the prompt to its merged vision token
+in that layout, which undoes the window permutation without any device-side gather of indices from
+HF's `reverse_indices`; it is -1 everywhere else, so an `<|image_pad|>` the model generates stays text.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
 
 from zwz_jax.data import processor
 
+MODEL_INPUTS = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
+                "vision_segment_ids", "image_token_index")
+_FILL = {"image_token_index": -1}  # padding rows and tokens: not an image slot
 
-def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, *, patch_size: int, merge_size: int,
-                  window_size: int) -> dict[str, np.ndarray]:
+
+def row_axis(key: str) -> int:
+  """The axis holding a batch key's rows."""
+  return 1 if key == "positions" else 0
+
+
+def num_rows(batch: dict) -> int:
+  key = next(iter(batch))
+  return np.shape(batch[key])[row_axis(key)]
+
+
+def take_rows(batch: dict, rows) -> dict:
+  """Rows `rows` (a slice or indices) of every key."""
+  return {k: v[:, rows] if row_axis(k) else v[rows] for k, v in batch.items()}
+
+
+def concat_rows(batches: Sequence[dict]) -> dict:
+  return {k: np.concatenate([b[k] for b in batches], axis=row_axis(k)) for k in batches[0]}
+
+
+def repeat_rows(batch: dict, n: int) -> dict:
+  """Each row n times in a row (rows i * n .. i * n + n - 1 are copies of row i)."""
+  return {k: np.repeat(np.asarray(v), n, axis=row_axis(k)) for k, v in batch.items()}
+
+
+def pad_rows(batch: dict, n: int) -> dict:
+  """n empty rows appended (zeros; -1 for image_token_index)."""
+  out = {}
+  for k, v in batch.items():
+    widths = [(0, 0)] * np.ndim(v)
+    widths[row_axis(k)] = (0, n)
+    out[k] = np.pad(v, widths, constant_values=_FILL.get(k, 0))
+  return out
+
+
+def split_rows(batch: dict, k: int) -> dict:
+  """(k, rows / k, ...) micro-batches of every key, stacked on a new leading axis (works on jax arrays)."""
+  out = {}
+  for key, x in batch.items():
+    a = row_axis(key)
+    x = x.reshape(x.shape[:a] + (k, -1) + x.shape[a + 1:])
+    out[key] = x if a == 0 else x.swapaxes(0, a)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionLayout:
+  """The family's vision facts the layout needs, as a jax-free picklable value (grain workers hold
+  it). Taken from the family's `VisionConfig`, so window sizes are defined once, there."""
+  patch_size: int
+  temporal_patch_size: int
+  merge_size: int
+  window_size: int
+  in_channels: int
+  window_merged: int  # side of a window in merged tokens
+  window_patches: int  # patches per padded window
+
+  @classmethod
+  def of(cls, vision_cfg) -> VisionLayout:
+    """From a family's VisionConfig (or a VisionLayout)."""
+    if isinstance(vision_cfg, VisionLayout):
+      return vision_cfg
+    v = vision_cfg
+    return cls(int(v.patch_size), int(v.temporal_patch_size), int(v.spatial_merge_size), int(v.window_size),
+               int(v.in_channels), int(v.window_merged), int(v.window_patches))
+
+  @classmethod
+  def from_config(cls, model_cfg) -> VisionLayout:
+    """From `config.model` (a ConfigDict), through the family's config class."""
+    from zwz_jax.models import registry  # the model side, only where a ConfigDict must be read
+    return cls.of(registry.model_config(model_cfg).vision)
+
+  @property
+  def patch_dim(self) -> int:
+    return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+  @property
+  def merge_unit(self) -> int:
+    return self.merge_size**2
+
+  def padded_patches(self, grid_thw) -> int:
+    """Window-padded patch count of `layout_vision` for these grids, without laying them out."""
+    total = 0
+    for t, h, w in np.asarray(grid_thw).reshape(-1, 3):
+      lh, lw = int(h) // self.merge_size, int(w) // self.merge_size
+      total += int(t) * math.ceil(lh / self.window_merged) * math.ceil(lw / self.window_merged) * self.window_patches
+    return total
+
+
+def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, vision) -> dict[str, np.ndarray]:
   """Window-ordered, window-padded patches of one example (all its images, concatenated).
 
+  vision: a `VisionLayout` or the family's VisionConfig.
   Returns patches (P, D), positions (P, 2), segment_ids (P,) (one id per image frame, 0 = padding),
   and token_index (num_merged_tokens,): for each merged token in the processor's (HF) order, its
   index among the merged outputs of this layout.
   """
-  unit = merge_size**2
-  side = window_size // patch_size // merge_size * merge_size
-  window_patches = side * side
+  lay = VisionLayout.of(vision)
+  unit, merge_size, window_patches = lay.merge_unit, lay.merge_size, lay.window_patches
   dim = pixel_values.shape[1]
   if window_patches == unit:  # windows of one merged token (Qwen3-VL): the processor's order, unpadded
     return _layout_unwindowed(pixel_values, grid_thw, merge_size)
@@ -38,8 +137,8 @@ def layout_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, *, patch_size:
     n = t * h * w
     img = pixel_values[start:start + n]
     pos = processor.vision_rope_positions(grid, merge_size)
-    order, window_ids = processor.window_index(grid, merge_size=merge_size, window_size=window_size,
-                                               patch_size=patch_size)
+    order, window_ids = processor.window_index(grid, merge_size=merge_size, window_size=lay.window_size,
+                                               patch_size=lay.patch_size)
     frame_of = order // ((h // merge_size) * (w // merge_size))
     slots = np.empty(n // unit, np.int64)
     for win in np.unique(window_ids):  # window ids increase along `order`
@@ -88,17 +187,17 @@ def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, ma
                 max_patches: int, pad_id: int = 0, pad_side: str = "right") -> dict[str, np.ndarray]:
   """Pads processed examples (from `processor.Processor`) to (max_tokens, max_patches).
 
-  Output keys match `Qwen2_5_VL.__call__`, plus `labels_mask` when the examples carry one.
+  vision_cfg: a `VisionLayout` or the family's VisionConfig. Output keys: `MODEL_INPUTS`, plus
+  `labels_mask` when the examples carry one.
   pad_side "left" right-aligns the tokens (batched generation: every row continues at the end).
   """
   if pad_side not in ("right", "left"):
     raise ValueError(f"pad_side must be 'right' or 'left', got {pad_side!r}")
-  v = vision_cfg
-  side = v.window_size // v.patch_size // v.spatial_merge_size * v.spatial_merge_size
-  if max_patches % (side * side):
-    raise ValueError(f"max_patches={max_patches} must be a multiple of the window ({side * side} patches)")
+  v = VisionLayout.of(vision_cfg)
+  if max_patches % v.window_patches:
+    raise ValueError(f"max_patches={max_patches} must be a multiple of the window ({v.window_patches} patches)")
   b = len(examples)
-  dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
+  dim = v.patch_dim
   out = {
       "input_ids": np.full((b, max_tokens), pad_id, np.int32),
       "positions": np.zeros((3, b, max_tokens), np.int32),
@@ -115,8 +214,7 @@ def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, ma
     ids = np.asarray(ex["input_ids"])
     if len(ids) > max_tokens:
       raise ValueError(f"example {i}: {len(ids)} tokens exceed the token budget max_tokens={max_tokens}")
-    lay = layout_vision(np.asarray(ex["pixel_values"]), np.asarray(ex["grid_thw"]).reshape(-1, 3),
-                        patch_size=v.patch_size, merge_size=v.spatial_merge_size, window_size=v.window_size)
+    lay = layout_vision(np.asarray(ex["pixel_values"]), np.asarray(ex["grid_thw"]).reshape(-1, 3), v)
     p = len(lay["patches"])
     if p > max_patches:
       raise ValueError(f"example {i}: {p} window-padded patches exceed the patch budget max_patches={max_patches}")

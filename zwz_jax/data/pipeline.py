@@ -53,25 +53,7 @@ class Skipped:
 # ----------------------------------------------------------------------------------------------
 
 
-def window_patches(vision_cfg) -> int:
-  """Patches per attention window after padding (the unit max_patches must be a multiple of)."""
-  v = vision_cfg
-  side = v.window_size // v.patch_size // v.spatial_merge_size * v.spatial_merge_size
-  return side * side
-
-
-def padded_patches(grid_thw, vision_cfg) -> int:
-  """Window-padded patch count of `batch.layout_vision` for these grids, without laying them out."""
-  v = vision_cfg
-  win = v.window_size // v.spatial_merge_size // v.patch_size
-  total = 0
-  for t, h, w in np.asarray(grid_thw).reshape(-1, 3):
-    lh, lw = int(h) // v.spatial_merge_size, int(w) // v.spatial_merge_size
-    total += int(t) * math.ceil(lh / win) * math.ceil(lw / win) * window_patches(v)
-  return total
-
-
-def check_buckets(buckets, vision_cfg) -> tuple[tuple[int, int], ...]:
+def check_buckets(buckets, vision: batch_lib.VisionLayout) -> tuple[tuple[int, int], ...]:
   """data.buckets as int pairs; raises naming the key if they cannot work."""
   try:
     out = tuple((int(t), int(p)) for t, p in buckets)
@@ -79,13 +61,13 @@ def check_buckets(buckets, vision_cfg) -> tuple[tuple[int, int], ...]:
     raise ValueError(f"data.buckets must be (max_tokens, max_patches) pairs, got {buckets!r}") from None
   if not out:
     raise ValueError("data.buckets is empty: give at least one (max_tokens, max_patches) pair")
-  unit = window_patches(vision_cfg)
+  unit = vision.window_patches
   for t, p in out:
     if t <= 0 or p <= 0:
       raise ValueError(f"data.buckets: {(t, p)} must be positive")
     if p % unit:
       raise ValueError(f"data.buckets: max_patches={p} in {(t, p)} is not a multiple of the attention "
-                       f"window ({unit} patches = (window_size // patch_size)**2)")
+                       f"window ({unit} patches)")
   for a, b in zip(out, out[1:]):
     # Sorted on both axes, so the last bucket fits everything any bucket fits.
     if not (a[0] <= b[0] and a[1] <= b[1] and a != b):
@@ -133,7 +115,7 @@ class Preprocessor:
     # RL rollouts: the prompt alone (the policy writes the answer), plus what the reward needs.
     self.prompts_only = prompts_only
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
-    self.vision = _VisionDims.from_config(config.model)
+    self.vision = batch_lib.VisionLayout.from_config(config.model)
     self.max_tokens, self.max_patches = check_buckets(d.buckets, self.vision)[-1]
 
   def target_text(self, record: records.Record) -> str:
@@ -161,7 +143,7 @@ class Preprocessor:
     except ValueError as e:  # extreme aspect ratio, answer merging with the prompt, ...
       return Skipped(record.id, "unprocessable", f"{e}{at}")
     tokens = len(example["input_ids"])
-    patches = padded_patches(example["grid_thw"], self.vision)
+    patches = self.vision.padded_patches(example["grid_thw"])
     if tokens > self.max_tokens or patches > self.max_patches:
       return Skipped(record.id, "too_long", f"{tokens} tokens / {patches} window-padded patches > "
                      f"largest bucket {(self.max_tokens, self.max_patches)} in data.buckets{at}")
@@ -169,25 +151,6 @@ class Preprocessor:
     if self.prompts_only:
       example["answer"], example["options"] = record.answer, tuple(record.options)
     return example
-
-
-@dataclasses.dataclass(frozen=True)
-class _VisionDims:
-  """The vision config fields batching needs, as a picklable value."""
-  patch_size: int
-  temporal_patch_size: int
-  spatial_merge_size: int
-  window_size: int
-  in_channels: int
-
-  @classmethod
-  def from_config(cls, model_cfg):
-    """From `config.model`. A family without attention windows (Qwen3-VL) is laid out with a
-    "window" of one merged token: the processor's patch order, unpadded."""
-    v = model_cfg.vision
-    window = v.window_size if "window_size" in v else v.patch_size * v.spatial_merge_size
-    return cls(int(v.patch_size), int(v.temporal_patch_size), int(v.spatial_merge_size), int(window),
-               int(v.in_channels))
 
 
 def _peek_id(raw: bytes) -> str:
@@ -259,7 +222,7 @@ class _Batcher:
   """Examples -> build_batch output in the smallest bucket fitting all of them, plus "ids"."""
 
   def __init__(self, config, buckets, bucket_sync, pad_side: str = "right"):
-    self.vision = _VisionDims.from_config(config.model)
+    self.vision = batch_lib.VisionLayout.from_config(config.model)
     self.image_token_id = int(config.model.image_token_id)
     self.buckets = buckets
     self.bucket_sync = bucket_sync
@@ -267,7 +230,7 @@ class _Batcher:
 
   def bucket(self, examples) -> int:
     tokens = max((len(ex["input_ids"]) for ex in examples), default=0)
-    patches = max((padded_patches(ex["grid_thw"], self.vision) for ex in examples), default=0)
+    patches = max((self.vision.padded_patches(ex["grid_thw"]) for ex in examples), default=0)
     index = next(i for i, (t, p) in enumerate(self.buckets) if tokens <= t and patches <= p)
     if self.bucket_sync is not None:  # every process calls it once per batch, even with no examples
       index = int(self.bucket_sync(index))
@@ -282,11 +245,7 @@ class _Batcher:
     ids = [ex["id"] for ex in examples]
     pad = (size or len(examples)) - len(examples)
     if pad:
-      for k, v in out.items():
-        axis = 1 if k == "positions" else 0
-        widths = [(0, 0)] * v.ndim
-        widths[axis] = (0, pad)
-        out[k] = np.pad(v, widths, constant_values=-1 if k == "image_token_index" else 0)
+      out = batch_lib.pad_rows(out, pad)
       ids += [""] * pad
     out["ids"] = np.asarray(ids, dtype=str)
     if examples and "answer" in examples[0]:  # prompts for rollouts: the references, per row
@@ -409,7 +368,7 @@ def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_co
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
   size = local_batch_size(config, process_count)
-  buckets = check_buckets(d.buckets, _VisionDims.from_config(config.model))
+  buckets = check_buckets(d.buckets, batch_lib.VisionLayout.from_config(config.model))
   if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
     raise ValueError(
         f"data.buckets has {len(buckets)} buckets but there are {process_count} processes, which must "
@@ -457,7 +416,7 @@ class EvalBatches:
       raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
     self._config = config
     self.batch_size = local_batch_size(config, process_count)
-    buckets = check_buckets(config.data.buckets, _VisionDims.from_config(config.model))
+    buckets = check_buckets(config.data.buckets, batch_lib.VisionLayout.from_config(config.model))
     self._fixed_bucket = None
     if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
       self._fixed_bucket = len(buckets) - 1  # processes cannot compare: all take the largest

@@ -458,14 +458,12 @@ class ModelGenerateFn:
     return {"input_ids": ids, "positions": positions, "pixel_values": pixel_values, "grid_thw": grid_thw}
 
   def batch(self, conv: Conversation) -> dict:
-    v = self.model.cfg.vision
+    v = batching.VisionLayout.of(self.model.cfg.vision)
     ex = self.example(conv)
-    lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], patch_size=v.patch_size,
-                                 merge_size=v.spatial_merge_size, window_size=v.window_size)
     # Shapes rounded up so a growing conversation reuses a few compiled programs.
     return batching.build_batch([ex], vision_cfg=v, image_token_id=self.model.cfg.image_token_id,
                                 max_tokens=_round_up(len(ex["input_ids"]), 64),
-                                max_patches=_round_up(max(len(lay["patches"]), 1), 4 * v.window_patches),
+                                max_patches=_round_up(max(v.padded_patches(ex["grid_thw"]), 1), 4 * v.window_patches),
                                 pad_side="left")
 
   def __call__(self, conv: Conversation) -> str:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zwz_jax.train.sft import MODEL_INPUTS
+from zwz_jax.data.batch import MODEL_INPUTS
 
 
 @dataclasses.dataclass(frozen=True)

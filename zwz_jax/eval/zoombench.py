@@ -122,15 +122,13 @@ class DualViewEvaluator:
 
   def _predict(self, ready, window) -> list[dict]:
     exs = [r[3] for r in ready]
-    lays = [batching.layout_vision(e["pixel_values"], e["grid_thw"], patch_size=self.model.cfg.vision.patch_size,
-                                   merge_size=self.model.cfg.vision.spatial_merge_size,
-                                   window_size=self.model.cfg.vision.window_size) for e in exs]
+    layout = batching.VisionLayout.of(self.model.cfg.vision)
     # Shapes rounded up so that only a few distinct programs are compiled.
     max_tokens = _round_up(max(len(e["input_ids"]) for e in exs), 64)
-    max_patches = _round_up(max(len(l["patches"]) for l in lays), 4 * window)
+    max_patches = _round_up(max(layout.padded_patches(e["grid_thw"]) for e in exs), 4 * window)
     n = len(exs)
     pad = [exs[-1]] * (self.batch_size - n)  # fixed batch size: one program per shape bucket
-    batch = batching.build_batch(exs + pad, vision_cfg=self.model.cfg.vision,
+    batch = batching.build_batch(exs + pad, vision_cfg=layout,
                                  image_token_id=self.model.cfg.image_token_id, max_tokens=max_tokens,
                                  max_patches=max_patches, pad_side="left")
     t0 = time.perf_counter()
@@ -152,7 +150,7 @@ class DualViewEvaluator:
     import jax.numpy as jnp
     from zwz_jax.eval import coverage as cov_lib
     last = np.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[1] - 1, np.int32)
-    inputs = {k: jnp.asarray(batch[k]) for k in self.sampler.MODEL_INPUTS}
+    inputs = {k: jnp.asarray(batch[k]) for k in batching.MODEL_INPUTS}
     probs = np.asarray(self._attention(self.model, inputs, jnp.asarray(last))["attention"])
     out = []
     for i, (item, view, img, ex) in enumerate(ready):

@@ -35,12 +35,6 @@ class VisionConfig(vlm.VisionTowerConfig):
   rms_norm_eps: float = 1e-6
   tokens_per_second: int = 2
 
-  @property
-  def window_patches(self) -> int:
-    """Patches per attention window (the window is square, in units of merged tokens)."""
-    side = self.window_size // self.patch_size // self.spatial_merge_size * self.spatial_merge_size
-    return side * side
-
   def matmul_flops(self, grid, window_patches: int | None = None) -> float:
     """Forward matmul FLOPs of the tower on one (t, h, w) patch grid (attention counted with
     `window_patches` keys per query in window blocks, default the unpadded window)."""

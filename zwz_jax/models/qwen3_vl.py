@@ -42,10 +42,6 @@ class VisionConfig(vlm.VisionTowerConfig):
     """Batch layout only: a "window" of one merged token keeps the processor's patch order."""
     return self.patch_size * self.spatial_merge_size
 
-  @property
-  def window_patches(self) -> int:
-    return self.merge_unit
-
   def matmul_flops(self, grid, window_patches: int | None = None) -> float:
     """Forward matmul FLOPs of the tower on one (t, h, w) patch grid; full attention in every block
     (window_patches, a Qwen2.5-VL notion, is ignored)."""

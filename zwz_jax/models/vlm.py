@@ -48,6 +48,17 @@ class VisionTowerConfig:
   def merge_unit(self) -> int:
     return self.spatial_merge_size**2
 
+  # Each family defines `window_size` (pixels; Qwen3-VL: one merged patch, i.e. no windows).
+  @property
+  def window_merged(self) -> int:
+    """Side of an attention window in merged tokens."""
+    return self.window_size // self.patch_size // self.spatial_merge_size
+
+  @property
+  def window_patches(self) -> int:
+    """Patches per attention window (square); the batch layout pads every window to this."""
+    return (self.window_merged * self.spatial_merge_size) ** 2
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecoderConfig:

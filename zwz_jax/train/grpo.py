@@ -28,12 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from zwz_jax.config import ConfigError
+from zwz_jax.data import batch as batch_lib
+from zwz_jax.data.batch import MODEL_INPUTS
 from zwz_jax.eval import judge as judge_lib
 from zwz_jax.eval import sampler as sampler_lib
 from zwz_jax.sharding import ShardingError, make_mesh
 from zwz_jax.train import loop
 from zwz_jax.train.lm_head import token_stats
-from zwz_jax.train.sft import MODEL_INPUTS
 
 ROLLOUT_KEYS = ("response", "response_mask", "old_logp", "advantages")
 AGGREGATIONS = ("token", "sequence")
@@ -128,20 +129,16 @@ def rollout_sequences(prompts: dict, tokens, lengths, num_generations: int) -> d
   Each row is its prompt followed by its response; `response_mask` marks the generated tokens up
   to and including the stop token, and the model inputs cover prompt + response.
   """
-  n = num_generations
-  rep = lambda x, axis=0: np.repeat(np.asarray(x), n, axis=axis)
+  p = batch_lib.repeat_rows({k: prompts[k] for k in MODEL_INPUTS}, num_generations)
   steps = tokens.shape[1]
   response_mask = np.arange(steps)[None] < np.asarray(lengths)[:, None]
-  positions = rep(prompts["positions"], 1)
   return {
-      "input_ids": np.concatenate([rep(prompts["input_ids"]), np.where(response_mask, tokens, 0)], 1).astype(np.int32),
-      "positions": np.concatenate([positions, response_positions(positions, rep(prompts["attention_mask"]), steps)], 2),
-      "attention_mask": np.concatenate([rep(prompts["attention_mask"]), response_mask], 1).astype(np.int32),
-      "pixel_values": rep(prompts["pixel_values"]),
-      "vision_positions": rep(prompts["vision_positions"]),
-      "vision_segment_ids": rep(prompts["vision_segment_ids"]),
+      **p,
+      "input_ids": np.concatenate([p["input_ids"], np.where(response_mask, tokens, 0)], 1).astype(np.int32),
+      "positions": np.concatenate([p["positions"], response_positions(p["positions"], p["attention_mask"], steps)], 2),
+      "attention_mask": np.concatenate([p["attention_mask"], response_mask], 1).astype(np.int32),
       # -1: a generated <|image_pad|> id is text (as the sampler embedded it), not an image slot.
-      "image_token_index": np.concatenate([rep(prompts["image_token_index"]), np.full(tokens.shape, -1, np.int32)], 1),
+      "image_token_index": np.concatenate([p["image_token_index"], np.full(tokens.shape, -1, np.int32)], 1),
       "response": np.asarray(tokens, np.int32),
       "response_mask": response_mask,
   }
@@ -155,10 +152,10 @@ def _pad_to(rows: dict, tokens: int, patches: int) -> dict:
   more = patches - rows["pixel_values"].shape[1]
   out = dict(rows)
   if extra:
-    for k in ("input_ids", "attention_mask"):
-      out[k] = np.pad(rows[k], ((0, 0), (extra, 0)))
-    out["image_token_index"] = np.pad(rows["image_token_index"], ((0, 0), (extra, 0)), constant_values=-1)
-    out["positions"] = np.pad(rows["positions"], ((0, 0), (0, 0), (extra, 0)))
+    for k in ("input_ids", "attention_mask", "image_token_index", "positions"):
+      widths = [(0, 0)] * rows[k].ndim
+      widths[batch_lib.row_axis(k) + 1] = (extra, 0)  # the token axis follows the rows
+      out[k] = np.pad(rows[k], widths, constant_values=-1 if k == "image_token_index" else 0)
   if more:
     for k in ("pixel_values", "vision_positions", "vision_segment_ids"):
       out[k] = np.pad(rows[k], [(0, 0), (0, more)] + [(0, 0)] * (rows[k].ndim - 2))
@@ -315,7 +312,7 @@ class GRPOTrainer(loop.Trainer):
       keep = informative_groups(rewards, n) if g.dynamic_sampling else np.ones(len(rewards) // n, bool)
       shapes.append((rows["input_ids"].shape[1] - tokens.shape[1], rows["pixel_values"].shape[1]))
       for i, informative in enumerate(keep):
-        (kept if informative else dropped).append(_take_rows(rows, slice(i * n, (i + 1) * n)))
+        (kept if informative else dropped).append(batch_lib.take_rows(rows, slice(i * n, (i + 1) * n)))
       # Every process runs the same number of rounds (sampling is a collective over the mesh).
       if _min_over_processes(len(kept)) >= want or rounds >= int(g.max_sampling_rounds):
         break
@@ -328,7 +325,7 @@ class GRPOTrainer(loop.Trainer):
     # Rounds may have used different buckets: pad all to the largest (the same on every process).
     tokens_max, patches_max = (max(s[i] for s in shapes) for i in (0, 1))
     groups = [_pad_to(gr, tokens_max, patches_max) for gr in groups]
-    out = {k: np.concatenate([gr[k] for gr in groups], axis=1 if k == "positions" else 0) for k in groups[0]}
+    out = batch_lib.concat_rows(groups)
     cat = {k: np.concatenate(v) for k, v in stats.items()}
     seen = len(cat["reward"]) // n
     info = {"reward_mean": _mean(cat["reward"]), "reward_std": float(np.std(cat["reward"])),
@@ -393,15 +390,10 @@ def _min_over_processes(value: int) -> int:
   return int(np.min(multihost_utils.process_allgather(np.int32(value))))
 
 
-def _take_rows(rows: dict, sl: slice) -> dict:
-  """Rows `sl` of every array (M-RoPE positions hold the batch on axis 1)."""
-  return {k: v[:, sl] if k == "positions" else v[sl] for k, v in rows.items()}
-
-
 def _minibatches(rows: dict, num: int):
-  size = rows["input_ids"].shape[0] // num
+  size = batch_lib.num_rows(rows) // num
   for i in range(num):
-    yield _take_rows(rows, slice(i * size, (i + 1) * size))
+    yield batch_lib.take_rows(rows, slice(i * size, (i + 1) * size))
 
 
 def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:

@@ -22,23 +22,23 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from zwz_jax.data.batch import MODEL_INPUTS, row_axis, split_rows
 from zwz_jax.models import convert, registry
 from zwz_jax.sharding import ShardingError, logical_to_spec, make_mesh
 from zwz_jax.train import checkpoint as ckpt_lib
 from zwz_jax.train import metrics as metrics_lib
 from zwz_jax.train import optim
 from zwz_jax.train.params import ParamSpace, flatten
-from zwz_jax.train.sft import MODEL_INPUTS, answer_loss_sums
+from zwz_jax.train.sft import answer_loss_sums
 
 BATCH_KEYS = MODEL_INPUTS + ("labels_mask",)
 
 
 def batch_spec(key: str, ndim: int) -> PartitionSpec:
-  """Batch arrays are split over (data, fsdp) on their batch axis (axis 1 for M-RoPE positions)."""
-  spec = list(logical_to_spec(("act_batch",) + (None,) * (ndim - 1)))
-  if key == "positions":
-    spec = [None] + spec[:-1]
-  return PartitionSpec(*spec)
+  """Batch arrays are split over (data, fsdp) on their row axis."""
+  axes = [None] * ndim
+  axes[row_axis(key)] = "act_batch"
+  return logical_to_spec(tuple(axes))
 
 
 @dataclasses.dataclass
@@ -134,12 +134,7 @@ class Trainer:
     if k == 1:
       grads, loss, n, sums = sums_and_grads(batch)
     else:  # micro-batches in sequence: activations of one at a time
-      def split(key, x):
-        if key == "positions":
-          return jnp.moveaxis(x.reshape(x.shape[0], k, -1, *x.shape[2:]), 1, 0)
-        return x.reshape(k, -1, *x.shape[1:])
-
-      micro = {key: split(key, x) for key, x in batch.items()}
+      micro = split_rows(batch, k)
 
       def body(carry, mb):
         return jax.tree.map(jnp.add, carry, sums_and_grads(mb)), None

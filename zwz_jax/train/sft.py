@@ -5,9 +5,6 @@ import jax.numpy as jnp
 
 from zwz_jax.train.lm_head import token_stats
 
-MODEL_INPUTS = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
-                "vision_segment_ids", "image_token_index")
-
 
 def answer_loss_sums(hidden, logits_fn, input_ids, labels_mask, z_loss: float = 0.0, block: int = 512):
   """Summed next-token cross-entropy over answer tokens, their count, and how many the argmax gets.
