@@ -30,7 +30,7 @@ from bench.forward import CASES  # noqa: E402
 from tests import hf_reference as ref  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
 from zwz_jax.data import batch as batching  # noqa: E402
-from zwz_jax.eval import sampler  # noqa: E402
+from zwz_jax.generate import sampler  # noqa: E402
 from zwz_jax.models import convert  # noqa: E402
 from zwz_jax.models.qwen2_5_vl import ModelConfig  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402

@@ -31,7 +31,7 @@ from zwz_jax.config import load_config  # noqa: E402
 from zwz_jax.data import batch as batching  # noqa: E402
 from zwz_jax.data import pipeline  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.eval import sampler  # noqa: E402
+from zwz_jax.generate import sampler  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
 from zwz_jax.train import grpo  # noqa: E402
 

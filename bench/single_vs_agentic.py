@@ -33,7 +33,8 @@ from bench.forward import CASES  # noqa: E402
 from tests.record_fixtures import write_records  # noqa: E402
 from zwz_jax.config import load_config  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.eval import agentic, benchmarks, sampler  # noqa: E402
+from zwz_jax.eval import agentic, benchmarks  # noqa: E402
+from zwz_jax.generate import sampler  # noqa: E402
 from zwz_jax.models import registry  # noqa: E402
 
 KS = (0, 1, 2)  # K=0: the agent's prompt and budget without zooming, to separate the two costs

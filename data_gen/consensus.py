@@ -1,27 +1,18 @@
 """Answer verification by majority vote, and the 4-option multiple-choice question built from it.
 
 A question is kept when at least `min_agreement` of its sampled answers (6 of 8 in the paper) fall in
-one group. Groups come from `normalise_answer` (surface variants such as "Blue." and "blue", "3" and
-"three"), optionally merged further by a semantic `grouper` (the paper groups with an LLM).
+one group. Groups come from `zwz_jax.answers.normalise_answer` (surface variants such as "Blue." and
+"blue", "3" and "three"; the judge compares answers by the same function), optionally merged further
+by a semantic `grouper` (the paper groups with an LLM).
 """
 from __future__ import annotations
 
 import dataclasses
 import random
-import re
-import unicodedata
 from typing import Callable, Sequence
 
+from zwz_jax.answers import normalise_answer
 from zwz_jax.records import OPTION_LETTERS
-
-_ARTICLES = {"a", "an", "the"}
-_SPELLING = {"grey": "gray", "colour": "color", "colours": "colors", "centre": "center", "metre": "meter"}
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-_NUMBER_WORDS = set(_UNITS) | set(_TENS) | set(_SCALES) | {"dozen"}
 
 
 class NotEnoughOptions(ValueError):
@@ -33,58 +24,6 @@ class NotEnoughOptions(ValueError):
 
   def __reduce__(self):
     return type(self), (self.have, self.need)
-
-
-def _words_to_number(words: list[str]) -> int:
-  total, current = 0, 0
-  for w in words:
-    if w in _UNITS:
-      current += _UNITS[w]
-    elif w in _TENS:
-      current += _TENS[w]
-    elif w == "dozen":
-      current = (current or 1) * 12
-    elif w == "hundred":
-      current = (current or 1) * 100
-    else:  # thousand, million
-      total += (current or 1) * _SCALES[w]
-      current = 0
-  return total + current
-
-
-def _numbers(tokens: list[str]) -> list[str]:
-  out, run = [], []
-  for i, t in enumerate(tokens):
-    # "and" continues a number only between number words ("one hundred and five").
-    joins = t == "and" and run and i + 1 < len(tokens) and tokens[i + 1] in _NUMBER_WORDS
-    if t in _NUMBER_WORDS or joins:
-      if t != "and":
-        run.append(t)
-      continue
-    if run:
-      out.append(str(_words_to_number(run)))
-      run = []
-    out.append(t)
-  if run:
-    out.append(str(_words_to_number(run)))
-  return out
-
-
-def normalise_answer(text: str | None) -> str:
-  """Case, punctuation, articles and whitespace folded; number words as digits; "" for no answer."""
-  if not text:
-    return ""
-  s = unicodedata.normalize("NFKC", str(text)).casefold()
-  s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,000 -> 1000
-  s = s.replace("%", " percent ").replace("&", " and ")
-  chars = []
-  for i, c in enumerate(s):
-    keep_point = c == "." and 0 < i < len(s) - 1 and s[i - 1].isdigit() and s[i + 1].isdigit()
-    chars.append(" " if unicodedata.category(c).startswith("P") and not keep_point else c)
-  tokens = [_SPELLING.get(t, t) for t in "".join(chars).split()]
-  content = [t for t in tokens if t not in _ARTICLES]
-  tokens = content or tokens  # an answer that is only "A" stays "a"
-  return " ".join(_numbers(tokens))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import os
 import random
-import re
 import signal
 from typing import Mapping
 
@@ -27,7 +26,7 @@ from data_gen import pool as pool_lib
 from data_gen import prompts
 from data_gen import writer as writer_lib
 from data_gen.teachers.base import Request, Teacher, TeacherError
-from zwz_jax import records
+from zwz_jax import answers, records
 
 Counts = collections.Counter
 
@@ -53,12 +52,6 @@ def _import(spec: str, key: str):
     return getattr(importlib.import_module(module), attr)
   except (ImportError, AttributeError, ValueError) as e:
     raise ValueError(f"config {key}={spec!r}: cannot import ({e}); expected 'package.module:function'") from None
-
-
-def _option_letter(text: str) -> str | None:
-  """The option letter an answer starts with ("B", "B.", "(B) red", "Answer: B")."""
-  m = re.match(r"^\W*(?:answer\W*)?\(?([A-J])\b", text.strip(), flags=re.IGNORECASE)
-  return m.group(1).upper() if m else None
 
 
 def _rng(seed: int, *parts) -> random.Random:
@@ -215,7 +208,7 @@ class Pipeline:
     if c.mc.num_options == 0:
       return (), " ".join(str(cons.answer).split())
     distractors = list(cons.minority)
-    if len({consensus_lib.normalise_answer(x) for x in distractors}) < c.mc.num_options - 1:
+    if len({answers.normalise_answer(x) for x in distractors}) < c.mc.num_options - 1:
       k = c.mc.num_options - 1
       req = Request(images=(crop[0],), prompt=prompts.distractors_prompt(q, cons.answer, k, dimension=d),
                     task="distractors", n=1, temperature=c.mc.temperature,
@@ -242,10 +235,8 @@ class Pipeline:
                                    "options": list(r.options), "dimension": r.dimension}))
     kept = []
     for r, outs in zip(recs, self._teacher(c.student).generate(reqs)):
-      if r.options:
-        right = sum(_option_letter(o) == r.answer for o in outs)
-      else:
-        right = sum(consensus_lib.normalise_answer(o) == consensus_lib.normalise_answer(r.answer) for o in outs)
+      # Judged as evaluation judges the trained student (zwz_jax.answers).
+      right = sum(bool(answers.judge(o, r.answer, options=r.options).correct) for o in outs)
       if right >= c.drop_if_correct:
         counts["questions_dropped/too_easy"] += 1
       else:

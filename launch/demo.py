@@ -60,15 +60,15 @@ def answer_prior(train_dir: str, items) -> float:
   """Accuracy of answering each item with its dimension's most frequent training answer."""
   from array_record.python import array_record_module
   from zwz_jax import records
-  from zwz_jax.eval import judge
+  from zwz_jax import answers
   counts = collections.defaultdict(collections.Counter)
   for path in records.shard_paths(train_dir):
     reader = array_record_module.ArrayRecordReader(path)
     for raw in reader.read_all():
       r = records.decode(raw, where=path)
-      counts[r.dimension][judge.normalise_text(r.answer_text)] += 1
+      counts[r.dimension][answers.normalise_answer(r.answer_text)] += 1
     reader.close()
-  right = [judge.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
+  right = [answers.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
                        options=it.options, answer_type=it.answer_type).correct for it in items if not it.error]
   return sum(right) / max(len(right), 1)
 

@@ -39,7 +39,8 @@ def main(argv):
     raise SystemExit("set --config.eval.benchmark to a benchmark parquet/JSON file or a record directory")
 
   from zwz_jax.data import processor
-  from zwz_jax.eval import agentic, benchmarks, sampler, zoombench
+  from zwz_jax.eval import agentic, benchmarks, zoombench
+  from zwz_jax.generate import sampler
   from zwz_jax.sharding import make_mesh
   from zwz_jax.train.checkpoint import load_model
 

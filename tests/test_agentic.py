@@ -149,7 +149,7 @@ def test_evaluate(arr, tiny_config):
 
 
 def test_model_generate_fn_runs(arr, tiny_config):
-  from zwz_jax.eval import sampler
+  from zwz_jax.generate import sampler
   from zwz_jax.models import registry
   model = registry.from_config(tiny_config, seed=0)
   tok = processor.load_tokenizer("", tiny_config)

@@ -10,7 +10,7 @@ from PIL import Image
 from tests import record_fixtures
 from zwz_jax import records
 from zwz_jax.eval import benchmarks as B
-from zwz_jax.eval import judge as J
+from zwz_jax import answers as J
 
 
 def _png(w, h, colour=(200, 30, 30)):

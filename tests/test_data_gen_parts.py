@@ -15,23 +15,32 @@ from data_gen import pool as pool_lib
 from data_gen import prompts
 from data_gen.boxes import Box
 from data_gen.parsing import ParseError
-from zwz_jax import records
+from zwz_jax import answers, records
 
 # ----------------------------------------------------------------------------------------------
 # Consensus
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a, b", [("Blue.", "blue"), ("3", "three"), ("The dog", "dog"),
-                                  ("  Red   car ", "red car!"), ("twenty-one", "21"), ("1,000", "1000"),
-                                  ("Grey", "gray"), ("an apple", "Apple"), ("one hundred and five", "105")])
+SURFACE_VARIANTS = [("Blue.", "blue"), ("3", "three"), ("The dog", "dog"), ("  Red   car ", "red car!"),
+                    ("twenty-one", "21"), ("1,000", "1000"), ("Grey", "gray"), ("an apple", "Apple"),
+                    ("one hundred and five", "105"), ("the colour", "color")]
+
+
+@pytest.mark.parametrize("a, b", SURFACE_VARIANTS)
 def test_normalise_answer_folds_surface_variants(a, b):
-  assert cons.normalise_answer(a) == cons.normalise_answer(b)
+  assert answers.normalise_answer(a) == answers.normalise_answer(b)
+
+
+@pytest.mark.parametrize("a, b", SURFACE_VARIANTS)
+def test_the_judge_accepts_what_the_vote_groups(a, b):
+  """The 6-of-8 vote and the judge share one notion of the same answer (zwz_jax.answers)."""
+  assert answers.judge(a, b).correct and answers.judge(b, a).correct
 
 
 @pytest.mark.parametrize("a, b", [("3", "4"), ("3.5", "35"), ("red", "dark red"), ("A", "B")])
 def test_normalise_answer_keeps_real_differences(a, b):
-  assert cons.normalise_answer(a) != cons.normalise_answer(b)
+  assert answers.normalise_answer(a) != answers.normalise_answer(b)
 
 
 def test_consensus_six_of_eight_is_kept_with_surface_variants_grouped():
@@ -94,7 +103,7 @@ def test_multiple_choice_dedupes_and_keeps_order_of_sources():
   rng = random.Random(0)
   options, letter = cons.make_multiple_choice(
       "blue", ["Blue.", "red", "Red", "", "green", "the green", "yellow", "purple"], rng)
-  assert len(options) == 4 and len(set(map(cons.normalise_answer, options))) == 4
+  assert len(options) == 4 and len(set(map(answers.normalise_answer, options))) == 4
   assert options[records.OPTION_LETTERS.index(letter)] == "blue"
   assert set(options) == {"blue", "red", "green", "yellow"}  # first three distinct, in given order
 

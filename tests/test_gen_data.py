@@ -121,7 +121,7 @@ def test_consensus_answers_match_scene_metadata(scene_pool, tmp_path):
   truth = oracle.generate([Request(images=(), prompt="", task="answer", context={
       "image_key": r.source["path"], "crop_box": list(r.bbox), "question": r.question, "dimension": r.dimension})
       for r in recs])
-  from data_gen.consensus import normalise_answer
+  from zwz_jax.answers import normalise_answer
   right = sum(normalise_answer(r.answer_text) == normalise_answer(t[0]) for r, t in zip(recs, truth))
   # 10% noisy samples and a 6-of-8 majority: a wrong majority needs 6 wrong votes out of 8.
   assert len(recs) > 30 and right == len(recs), (right, len(recs))
@@ -217,7 +217,7 @@ def test_images_in_flight_do_not_change_the_output(scene_pool, tmp_path):
 
 def test_open_answers_are_the_multiple_choice_answers_without_options(scene_pool, tmp_path):
   """mc.num_options=0 writes the same verified questions with the consensus answer as text; the
-  difficulty filter then judges the student's open answers by normalised text."""
+  difficulty filter then judges the student's open answers with the evaluation judge (zwz_jax.answers)."""
   mc = _run(_config(tmp_path / "mc", scene_pool), {"scene": SceneTeacher.from_config(_config(
       tmp_path / "mc", scene_pool).teachers.scene)})[1]
   cfg = _config(tmp_path / "open", scene_pool, "mc.num_options=0")

@@ -144,7 +144,7 @@ def test_trainer_logprobs_equal_the_samplers(rollout):
 
 def _cached_logprobs(trainer, params, prompts, tokens):
   """Teacher-forced cached decode of `tokens` (B * n, T) after their prompts: the sampler's path."""
-  from zwz_jax.eval import sampler
+  from zwz_jax.generate import sampler
   n = trainer.config.grpo.num_generations
   batch = batching.repeat_rows({k: prompts[k] for k in batching.MODEL_INPUTS}, n)
   b, l = batch["input_ids"].shape

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from zwz_jax import answers as A
 from zwz_jax.eval import judge as J
 
 COLOURS = ("red", "blue", "green", "black")
@@ -86,7 +87,7 @@ CASES = [
 
 @pytest.mark.parametrize("prediction, answer, options, expected", CASES)
 def test_judge_table(prediction, answer, options, expected):
-  v = J.judge(prediction, answer, options=options)
+  v = A.judge(prediction, answer, options=options)
   assert v.correct is expected, v
 
 
@@ -102,13 +103,13 @@ def test_table_is_large_and_has_negatives():
     ("I see a cat", None), ("i.e. the red one", None), ("B's colour", None),
 ])
 def test_parse_option(text, expected):
-  assert J.parse_option(text) == expected
+  assert A.parse_option(text) == expected
 
 
 def test_parse_option_by_text_is_unique():
-  assert J.parse_option("dark red", options=("red", "dark red", "blue", "green")) == "B"
-  assert J.parse_option("red and blue", options=COLOURS) is None
-  assert J.parse_option("E", num_options=5) == "E"
+  assert A.parse_option("dark red", options=("red", "dark red", "blue", "green")) == "B"
+  assert A.parse_option("red and blue", options=COLOURS) is None
+  assert A.parse_option("E", num_options=5) == "E"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -118,29 +119,29 @@ def test_parse_option_by_text_is_unique():
     ("2 cars, so the answer is 4", 4),
 ])
 def test_parse_number(text, expected):
-  assert J.parse_number(text) == expected
+  assert A.parse_number(text) == expected
 
 
 def test_extract_and_normalise():
-  assert J.extract_answer("<think>x</think> <answer> B </answer>") == "B"
-  assert J.extract_answer("<answer>A</answer> then <answer>C</answer>") == "C"
-  assert J.extract_answer("<think>long</think>\nfinal") == "final"
-  assert J.extract_answer("<answer>cut off") == "cut off"
-  assert J.extract_answer(None) == ""
-  assert J.normalise_text("  The Cat's HAT, 1,000 and 3.5! ") == "cats hat 1000 and 3.5"
+  assert A.extract_answer("<think>x</think> <answer> B </answer>") == "B"
+  assert A.extract_answer("<answer>A</answer> then <answer>C</answer>") == "C"
+  assert A.extract_answer("<think>long</think>\nfinal") == "final"
+  assert A.extract_answer("<answer>cut off") == "cut off"
+  assert A.extract_answer(None) == ""
+  assert A.normalise_answer("  The Cat's HAT, 1,000 and 3.5! ") == "cats hat 1000 and 3.5"
 
 
 def test_answer_types_and_invalid_reference():
-  assert J.infer_answer_type("B") == "mc"
-  assert J.infer_answer_type("red", COLOURS) == "mc"
-  assert J.infer_answer_type("7") == "number"
-  assert J.infer_answer_type("seven cats") == "number"
-  assert J.infer_answer_type("Route 66") == "text"
-  v = J.judge("B", "purple", options=COLOURS)
+  assert A.infer_answer_type("B") == "mc"
+  assert A.infer_answer_type("red", COLOURS) == "mc"
+  assert A.infer_answer_type("7") == "number"
+  assert A.infer_answer_type("seven cats") == "number"
+  assert A.infer_answer_type("Route 66") == "text"
+  v = A.judge("B", "purple", options=COLOURS)
   assert v.correct is None and v.method == "invalid"
-  v = J.judge("B", "B", answer_type="bogus")
+  v = A.judge("B", "B", answer_type="bogus")
   assert v.correct is None and v.method == "invalid"
-  assert J.judge("", "B").reason == "empty prediction"
+  assert A.judge("", "B").reason == "empty prediction"
 
 
 def test_llm_fallback_only_when_rules_cannot_confirm():
@@ -150,28 +151,28 @@ def test_llm_fallback_only_when_rules_cannot_confirm():
     calls.append((question, answer, prediction))
     return True
 
-  assert J.judge("STOP", "stop", llm=llm).method == "text"  # the rule settles it
-  assert J.judge("C", "B", options=COLOURS, llm=llm).correct is False  # a read letter is never overridden
+  assert A.judge("STOP", "stop", llm=llm).method == "text"  # the rule settles it
+  assert A.judge("C", "B", options=COLOURS, llm=llm).correct is False  # a read letter is never overridden
   assert not calls
-  v = J.judge("crimson", "red", llm=llm, question="What colour?")
+  v = A.judge("crimson", "red", llm=llm, question="What colour?")
   assert v.correct is True and v.method == "llm"
   assert calls[-1] == ("What colour?", "red", "crimson")
-  v = J.judge("the leftmost", "B", options=COLOURS, llm=llm, question="Which?")
+  v = A.judge("the leftmost", "B", options=COLOURS, llm=llm, question="Which?")
   assert v.method == "llm" and calls[-1][1] == "B. blue" and "A. red" in calls[-1][0]
 
   def broken(*_):
     raise J.LLMJudgeError("judge endpoint http://x failed")
 
-  v = J.judge("crimson", "red", llm=broken)
+  v = A.judge("crimson", "red", llm=broken)
   assert v.correct is None and "failed" in v.reason
 
 
 def test_parse_yes_no():
-  assert J.parse_yes_no("Yes") is True
-  assert J.parse_yes_no("No.") is False
-  assert J.parse_yes_no("<think>maybe no</think>\\boxed{Yes}") is True
-  assert J.parse_yes_no("The response matches. Yes") is True
-  assert J.parse_yes_no("I cannot tell") is None
+  assert A.parse_yes_no("Yes") is True
+  assert A.parse_yes_no("No.") is False
+  assert A.parse_yes_no("<think>maybe no</think>\\boxed{Yes}") is True
+  assert A.parse_yes_no("The response matches. Yes") is True
+  assert A.parse_yes_no("I cannot tell") is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def test_llm_judge_asks_once_then_uses_the_cache(tmp_path, monkeypatch):
     assert len(server.requests) == 1 and llm.cache_hits == 1
     # A fresh judge (a re-run) reads the cache file and asks nothing.
     again = J.LLMJudge(server.url, api_key_env="ZWZ_TEST_JUDGE_KEY", cache_path=str(cache))
-    v = J.judge("crimson", "red", llm=again, question="What colour?")
+    v = A.judge("crimson", "red", llm=again, question="What colour?")
     assert v.correct is True and v.method == "llm"
     assert len(server.requests) == 1 and again.http_calls == 0
   lines = [json.loads(l) for l in cache.read_text().splitlines()]

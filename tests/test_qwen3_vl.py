@@ -87,7 +87,7 @@ def test_text_only(models):
 
 def test_greedy_generation_equals_transformers_generate(models, config):
   """KV-cache decoding: DeepStack features enter at prefill only, positions continue past the images."""
-  from zwz_jax.eval import sampler
+  from zwz_jax.generate import sampler
   ours, hf = models
   rng = np.random.default_rng(4)
   exs = [ref.example(config, ref.images(rng, [(150, 100)]), [[1, 2, 3, 4, 5], [6, 7]]),

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 
 from tests import hf_reference as ref
 from zwz_jax.data import batch as batching
-from zwz_jax.eval import sampler
+from zwz_jax.generate import sampler
 from zwz_jax.models import convert
 from zwz_jax.models.qwen2_5_vl import ModelConfig
 from zwz_jax.sharding import make_mesh, state_shardings

@@ -11,7 +11,7 @@ from flax import nnx
 from tests import hf_reference as ref
 from zwz_jax import config as config_lib
 from zwz_jax.data import batch as batching
-from zwz_jax.eval import sampler
+from zwz_jax.generate import sampler
 from zwz_jax.models import registry
 from zwz_jax.models.scan import runs
 from tests.conftest import CONFIGS_DIR

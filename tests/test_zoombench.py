@@ -111,8 +111,8 @@ def test_agentic_baseline_beside_the_single_pass(bench, tmp_path):
 
 
 def test_empty_prediction_is_wrong_not_an_error():
-  from zwz_jax.eval import judge
-  v = judge.judge("", "B", options=("a", "b", "c", "d"))
+  from zwz_jax import answers
+  v = answers.judge("", "B", options=("a", "b", "c", "d"))
   assert v.correct is False and v.reason == "empty prediction"
 
 

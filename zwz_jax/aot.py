@@ -274,7 +274,7 @@ FUNCTIONS = tuple(PROGRAMS)
 
 
 def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) -> _Program:
-  from zwz_jax.eval import sampler as sampler_lib
+  from zwz_jax.generate import sampler as sampler_lib
   from zwz_jax.models import registry
   from zwz_jax.train.params import ParamSpace
   from zwz_jax.data.batch import MODEL_INPUTS

@@ -1,1 +1,1 @@
-"""Evaluation: KV-cache sampler, judge, benchmarks, dual-view ZoomBench, attention coverage."""
+"""Evaluation: benchmarks, dual-view ZoomBench, the agentic baseline, attention coverage, the LLM judge."""

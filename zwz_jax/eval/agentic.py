@@ -12,7 +12,7 @@ smart_resize (Qwen2.5-VL), or a 0-1000 scale on both axes (Qwen3-VL, processor.b
 minimum size, crops the ORIGINAL pixels (not the downsampled view: zooming exists to recover
 detail), upscales the crop and returns it as a tool-response turn holding the image, then lets the
 model continue. After at most `max_turns` tool calls the loop ends; the final answer is judged with
-`judge.judge` (which reads `<answer>...</answer>`). One item never raises: a malformed call, a box
+`answers.judge` (which reads `<answer>...</answer>`). One item never raises: a malformed call, a box
 off the image or a failed generation is recorded as the item's error and the item counts as wrong.
 
 `AgenticHarness` only needs `generate_fn(conversation) -> str`, so it runs with a scripted function
@@ -32,9 +32,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from zwz_jax import answers
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
-from zwz_jax.eval import judge as judge_lib
 from zwz_jax.eval import jsonl_log
 from zwz_jax.eval.benchmarks import EvalItem
 
@@ -322,7 +322,7 @@ class AgenticHarness:
         res.error, res.skipped = str(e), True
     if image is not None:
       self._loop(item, image, res)
-      verdict = judge_lib.judge(res.prediction, item.answer, options=item.options, answer_type=item.answer_type)
+      verdict = answers.judge(res.prediction, item.answer, options=item.options, answer_type=item.answer_type)
       res.correct = bool(verdict.correct)
     res.wall_time_s = time.perf_counter() - t0
     return res
@@ -430,7 +430,7 @@ class ModelGenerateFn:
   """
 
   def __init__(self, model, tokenizer, config, sampling):
-    from zwz_jax.eval import sampler  # jax side, imported here so the harness itself needs no jax
+    from zwz_jax.generate import sampler  # jax side, imported here so the harness itself needs no jax
     self.sampler = sampler
     self.model = model
     self.tokenizer = tokenizer

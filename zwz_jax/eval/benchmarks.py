@@ -19,8 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
-from zwz_jax import records
-from zwz_jax.eval import judge as judge_lib
+from zwz_jax import answers, records
 
 OPTION_LETTERS = records.OPTION_LETTERS
 
@@ -215,11 +214,11 @@ def _make_item(*, id, source: str, image: bytes | None, crop: bytes | None, prom
     errors.append("field 'prompt' (question) is missing or empty")
   answer = "" if answer is None else str(answer).strip()
   question, options = split_options(prompt)
-  answer_type = judge_lib.infer_answer_type(answer, options)
+  answer_type = answers.infer_answer_type(answer, options)
   if not answer:
     errors.append("field 'answer' is missing or empty")
   elif answer_type == "mc":
-    letter = judge_lib.answer_letter(answer, options)
+    letter = answers.answer_letter(answer, options)
     if letter is None:
       errors.append(f"answer {answer!r} is not one of the option letters {OPTION_LETTERS[:len(options)]}")
     else:
@@ -417,7 +416,7 @@ def _record_item(r: records.Record, source: str) -> EvalItem:
     crop, crop_fmt = records.encode_image(records.crop_region(records.open_image(r), r.bbox), "png"), "png"
   except records.RecordError as e:
     error = str(e)
-  answer_type = judge_lib.infer_answer_type(r.answer, r.options)
+  answer_type = answers.infer_answer_type(r.answer, r.options)
   return EvalItem(
       id=r.id, image=r.image, image_format=r.image_format, width=r.width, height=r.height, crop=crop,
       crop_format=crop_fmt, question=r.question, options=tuple(r.options), answer=r.answer,

@@ -18,11 +18,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from zwz_jax import records
+from zwz_jax import answers, records
 from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
-from zwz_jax.eval import judge as judge_lib
 from zwz_jax.eval import jsonl_log
 from zwz_jax.eval.benchmarks import EvalItem
 
@@ -54,7 +53,7 @@ class DualViewEvaluator:
   """Runs a model over both views of a benchmark with the batched KV-cache sampler."""
 
   def __init__(self, config, model, tokenizer, *, coverage_layer: int = -1, heatmaps: int = 0):
-    from zwz_jax.eval import sampler  # jax side, imported here so reports need no jax
+    from zwz_jax.generate import sampler  # jax side, imported here so reports need no jax
     self.sampler = sampler
     self.config = config
     self.model = model
@@ -138,7 +137,7 @@ class DualViewEvaluator:
     cover = self._coverage(ready, batch) if self.coverage_layer >= 0 else [None] * n
     rows = []
     for (item, view, img, ex), text, cov in zip(ready, texts, cover):
-      verdict = judge_lib.judge(text, item.answer, options=item.options, answer_type=item.answer_type)
+      verdict = answers.judge(text, item.answer, options=item.options, answer_type=item.answer_type)
       rows.append({"id": item.id, "view": view, "prediction": text, "parsed": verdict.parsed,
                    "correct": bool(verdict.correct), "method": verdict.method, "error": None,
                    "dimension": item.dimension, "answer_type": item.answer_type,

@@ -30,8 +30,8 @@ import numpy as np
 from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batch_lib
 from zwz_jax.data.batch import MODEL_INPUTS
-from zwz_jax.eval import judge as judge_lib
-from zwz_jax.eval import sampler as sampler_lib
+from zwz_jax import answers
+from zwz_jax.generate import sampler as sampler_lib
 from zwz_jax.sharding import ShardingError, make_mesh
 from zwz_jax.train import loop
 from zwz_jax.train.lm_head import token_stats
@@ -281,7 +281,7 @@ class GRPOTrainer(loop.Trainer):
     """Reward per response, and its parts (accuracy, format, stopped) for the metrics."""
     g, n = self.config.grpo, int(self.config.grpo.num_generations)
     texts = sampler_lib.decode_texts(self.tokenizer, tokens, lengths, self.sampling.stop_ids)
-    acc = np.array([bool(judge_lib.judge(t, prompts["answers"][i // n], options=prompts["options"][i // n]).correct)
+    acc = np.array([bool(answers.judge(t, prompts["answers"][i // n], options=prompts["options"][i // n]).correct)
                     for i, t in enumerate(texts)], np.float32)
     fmt = np.array([has_answer_tags(t) for t in texts], np.float32)
     stopped = np.isin(tokens[np.arange(len(texts)), np.maximum(lengths, 1) - 1], self.sampling.stop_ids)
