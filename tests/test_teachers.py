@@ -187,12 +187,21 @@ def test_openai_url_from_env_and_no_key(server, monkeypatch):
 def test_openai_retries_500_then_succeeds(server, monkeypatch, caplog):
   server.fail_first = 2
   teacher = make_openai(server.url, monkeypatch)
-  with caplog.at_level(logging.WARNING, logger="data_gen.teachers.openai"):
+  with caplog.at_level(logging.WARNING, logger="zwz_jax.chat"):
     out = teacher.generate([req("q")])
   assert out == [["q|2|0"]]
   assert len(server.calls) == 3
   assert "HTTP 500" in caplog.text and "retry 1/3" in caplog.text
   assert_no_secret(caplog.text)
+
+
+@pytest.mark.parametrize("status", [408, 409])
+def test_openai_retries_what_the_judge_retries(server, monkeypatch, status):
+  """Teachers and the LLM judge share one client (zwz_jax.chat): a request timeout or conflict is
+  retried by both (the teacher failed at once on them)."""
+  server.fail_first, server.fail_status = 1, status
+  assert make_openai(server.url, monkeypatch).generate([req("q")]) == [["q|1|0"]]
+  assert len(server.calls) == 2
 
 
 def test_openai_retries_429_and_timeouts(server, monkeypatch):
@@ -210,7 +219,7 @@ def test_openai_retries_429_and_timeouts(server, monkeypatch):
 def test_openai_gives_up_after_limit(server, monkeypatch, caplog):
   server.fail_first = 1000
   teacher = make_openai(server.url, monkeypatch, max_retries=2)
-  with caplog.at_level(logging.WARNING, logger="data_gen.teachers.openai"):
+  with caplog.at_level(logging.WARNING, logger="zwz_jax.chat"):
     with pytest.raises(TeacherError) as info:
       teacher.generate([req("q")])
   message = str(info.value)

@@ -10,12 +10,9 @@ import hashlib
 import json
 import os
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 from zwz_jax.answers import parse_yes_no
+from zwz_jax.chat import ChatClient, ChatError
 
 JUDGE_PROMPT = (
     "Decide whether a model's response gives the same answer as the reference answer to a question "
@@ -50,17 +47,11 @@ class LLMJudge:
     url = url or os.environ.get("ZWZ_JUDGE_URL")
     if not url:
       raise ValueError("no judge URL: pass url= or set ZWZ_JUDGE_URL (an OpenAI-compatible chat endpoint)")
-    url = url.rstrip("/")
-    self.url = url if url.endswith("/chat/completions") else f"{url}/chat/completions"
-    parts = urllib.parse.urlsplit(self.url)
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    # Errors show scheme, host and path only: user info or query parameters may carry credentials.
-    self._shown_url = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-    self.model, self.api_key_env = model, api_key_env
-    self.timeout, self.retries, self.backoff = timeout, retries, backoff
-    self.max_tokens, self.prompt = max_tokens, prompt
+    self.client = ChatClient(url, api_key=os.environ.get(api_key_env, ""), name="judge", timeout_s=timeout,
+                             max_retries=retries, backoff_s=backoff)
+    self.url = self.client.url
+    self.model, self.max_tokens, self.prompt = model, max_tokens, prompt
     self.cache_path = cache_path
-    self.http_calls = 0
     self.cache_hits = 0
     self._cache: dict[str, dict] = {}
     self._lock = threading.Lock()
@@ -74,7 +65,11 @@ class LLMJudge:
             continue  # a line cut short by a killed run
 
   def __repr__(self):
-    return f"LLMJudge(url={self._shown_url!r}, model={self.model!r})"
+    return f"LLMJudge(url={self.client.shown_url!r}, model={self.model!r})"
+
+  @property
+  def http_calls(self) -> int:
+    return self.client.http_calls
 
   def __call__(self, question: str, answer: str, prediction: str) -> bool | None:
     key = cache_key(question, answer, prediction)
@@ -97,30 +92,10 @@ class LLMJudge:
     return verdict
 
   def complete(self, content: str) -> str:
-    """One chat completion with retries (network errors, 429 and 5xx) and exponential backoff."""
-    body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}],
-                       "temperature": 0.0, "max_tokens": self.max_tokens}).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(self.api_key_env)
-    if key:
-      headers["Authorization"] = f"Bearer {key}"
-    last = ""
-    for attempt in range(self.retries + 1):
-      if attempt:
-        time.sleep(self.backoff * 2 ** (attempt - 1))
-      with self._lock:
-        self.http_calls += 1
-      try:
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-          payload = json.loads(resp.read().decode("utf-8"))
-        return str(payload["choices"][0]["message"]["content"] or "")
-      except urllib.error.HTTPError as e:
-        last = f"HTTP {e.code} {e.reason}"
-        if e.code not in (408, 409, 429) and e.code < 500:
-          break  # a request the server rejects will not succeed on retry
-      except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-        last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-      except (ValueError, KeyError, IndexError, TypeError) as e:
-        last = f"unexpected reply ({type(e).__name__}: {e})"
-    raise LLMJudgeError(f"judge endpoint {self._shown_url} failed after {attempt + 1} attempt(s): {last}")
+    """One chat completion (retried by the client); raises LLMJudgeError naming the URL."""
+    body = {"model": self.model, "messages": [{"role": "user", "content": content}],
+            "temperature": 0.0, "max_tokens": self.max_tokens}
+    try:
+      return self.client.complete(body)[0]
+    except ChatError as e:
+      raise LLMJudgeError(str(e)) from None
