@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -413,3 +415,33 @@ def load_metadata(image_path_or_key: str, root: str | None = None) -> dict[str, 
       with open(path) as f:
         return json.load(f)
   raise FileNotFoundError(f"no scene metadata for image key {key!r} (tried {tried})")
+
+
+def ensure_scene_pool(cfg) -> str:
+  """Generates the datagen config's procedural scene pool once under `out_dir` (atomically, so
+  concurrent workers agree) and returns its path."""
+  root = os.path.join(cfg.out_dir, "scene_pool")
+  if os.path.isdir(root):
+    return root
+  os.makedirs(cfg.out_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".scene_pool-", dir=cfg.out_dir)
+  s = cfg.scenes
+  write_scene_pool(tmp, s.num_images, seed=s.seed, width=s.width, height=s.height, progress=True,
+                   kinds=tuple(s.kinds), num_objects=tuple(s.num_objects), size_fraction=tuple(s.size_fraction))
+  try:
+    os.rename(tmp, root)
+  except OSError:  # another worker got there first; its pool is identical
+    shutil.rmtree(tmp, ignore_errors=True)
+  return root
+
+
+def resolve_pool(cfg) -> None:
+  """An empty `pool.path` means the procedural scenes: generates them and points `pool.path` and every
+  scene teacher without a root at them."""
+  if not cfg.pool.path:
+    if cfg.scenes.num_images <= 0:
+      raise ValueError("config pool.path is empty and scenes.num_images is 0: nothing to read")
+    cfg.pool.path = ensure_scene_pool(cfg)
+  for t in cfg.teachers.values():
+    if t.backend == "scene" and not t.root:
+      t.root = cfg.pool.path

@@ -11,7 +11,6 @@ The model section of --config must describe the checkpoint; a mismatch is report
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -21,25 +20,6 @@ from zwz_jax.config import load_config, parse_argv  # noqa: E402
 from zwz_jax.models import convert, registry  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
 from zwz_jax.train import checkpoint  # noqa: E402
-
-
-def check_matches_checkpoint(model_cfg, hf_dir: str) -> None:
-  hf = convert.model_config_from_hf(hf_dir)
-  hf.dtype, hf.param_dtype = "float32", "float32"
-  ours_name = registry.name_of(model_cfg)
-  if hf.name != ours_name:
-    raise SystemExit(f"--config does not describe the checkpoint in {hf_dir}:\n  "
-                     f"model.name: config {ours_name!r}, checkpoint {hf.name!r}")
-  theirs = registry.model_config(hf)
-  diffs = [f"model.{part}.{f.name}: config {getattr(getattr(model_cfg, part), f.name)!r}, "
-           f"checkpoint {getattr(getattr(theirs, part), f.name)!r}"
-           for part in ("vision", "text") for f in dataclasses.fields(getattr(model_cfg, part))
-           if getattr(getattr(model_cfg, part), f.name) != getattr(getattr(theirs, part), f.name)]
-  diffs += [f"model.{k}: config {getattr(model_cfg, k)!r}, checkpoint {getattr(theirs, k)!r}"
-            for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-            if getattr(model_cfg, k) != getattr(theirs, k)]
-  if diffs:
-    raise SystemExit(f"--config does not describe the checkpoint in {hf_dir}:\n  " + "\n  ".join(diffs))
 
 
 def main(argv):
@@ -55,7 +35,10 @@ def main(argv):
   model_cfg = registry.model_config(config.model)
   mesh = make_mesh(config.mesh)
   if args.hf_dir and args.out:
-    check_matches_checkpoint(model_cfg, args.hf_dir)
+    try:
+      convert.check_config_matches(model_cfg, args.hf_dir)
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
     model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
     checkpoint.save_params(args.out, model)
     print(f"wrote {args.out} from {args.hf_dir} on mesh {dict(mesh.shape)}")

@@ -18,7 +18,6 @@ always giving a dimension's most frequent training answer, what a student blind 
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
 import subprocess
@@ -54,23 +53,6 @@ class Stage:
     if rc:
       raise SystemExit(f"demo stage {name!r} failed (launch/{script} exited {rc}); fix and re-run to resume")
     self.times[name] = time.perf_counter() - t0
-
-
-def answer_prior(train_dir: str, items) -> float:
-  """Accuracy of answering each item with its dimension's most frequent training answer."""
-  from array_record.python import array_record_module
-  from zwz_jax import records
-  from zwz_jax import answers
-  counts = collections.defaultdict(collections.Counter)
-  for path in records.shard_paths(train_dir):
-    reader = array_record_module.ArrayRecordReader(path)
-    for raw in reader.read_all():
-      r = records.decode(raw, where=path)
-      counts[r.dimension][answers.normalise_answer(r.answer_text)] += 1
-    reader.close()
-  right = [answers.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
-                       options=it.options, answer_type=it.answer_type).correct for it in items if not it.error]
-  return sum(right) / max(len(right), 1)
 
 
 def summary(cfg, reports: dict, prior: float, times: dict) -> str:
@@ -145,7 +127,7 @@ def main(argv):
     reports = json.load(f)
   reports = {name: reports[name] for name in [os.path.basename(c) for c in checkpoints]}
   items = benchmarks.load(test_dir)[:cfg.eval_items]
-  prior = answer_prior(train_dir, items)
+  prior = benchmarks.answer_prior(train_dir, items)
   text = summary(cfg, reports, prior, stage.times)
   with open(os.path.join(out, "demo.md"), "w") as f:
     f.write(text)

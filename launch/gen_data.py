@@ -12,33 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_gen import pipeline, scenes, writer  # noqa: E402
 from data_gen.teachers import registry  # noqa: E402
 from zwz_jax.config import load_config, parse_argv  # noqa: E402
-
-
-def ensure_scene_pool(cfg) -> str:
-  """Generates the procedural scene pool once (atomically, so concurrent workers agree)."""
-  root = os.path.join(cfg.out_dir, "scene_pool")
-  if os.path.isdir(root):
-    return root
-  os.makedirs(cfg.out_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".scene_pool-", dir=cfg.out_dir)
-  s = cfg.scenes
-  scenes.write_scene_pool(tmp, s.num_images, seed=s.seed, width=s.width, height=s.height, progress=True,
-                          kinds=tuple(s.kinds), num_objects=tuple(s.num_objects),
-                          size_fraction=tuple(s.size_fraction))
-  try:
-    os.rename(tmp, root)
-  except OSError:  # another worker got there first; its pool is identical
-    shutil.rmtree(tmp, ignore_errors=True)
-  return root
 
 
 def main(argv):
@@ -53,25 +33,15 @@ def main(argv):
     parser.error(f"--shard_index {args.shard_index} must be in [0, --num_shards={args.num_shards})")
   cfg = load_config(config_path, overrides)
 
-  if not cfg.pool.path:
-    if cfg.scenes.num_images <= 0:
-      raise SystemExit("config pool.path is empty and scenes.num_images is 0: nothing to read")
-    cfg.pool.path = ensure_scene_pool(cfg)
-  for t in cfg.teachers.values():
-    if t.backend == "scene" and not t.root:
-      t.root = cfg.pool.path
+  try:
+    scenes.resolve_pool(cfg)
+    teachers = {} if args.merge else registry.build_teachers(cfg)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
 
   if args.merge:
     manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=range(args.num_shards))
   else:
-    used = {cfg.propose.teacher, cfg.questions.teacher, cfg.check.teacher, cfg.mc.teacher, *cfg.answers.teachers}
-    if cfg.difficulty.enabled:
-      used.add(cfg.difficulty.student)
-    unknown = sorted(used - set(cfg.teachers))
-    if unknown:
-      raise SystemExit(f"config refers to teachers {unknown} that are not defined under teachers "
-                       f"(defined: {sorted(cfg.teachers)})")
-    teachers = {name: registry.build_teacher(cfg.teachers[name]) for name in sorted(used)}
     try:
       pipeline.run_worker(cfg, teachers, shard_index=args.shard_index, num_shards=args.num_shards,
                           kill_after_images=args.debug_kill_after_images)

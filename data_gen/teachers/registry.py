@@ -1,4 +1,5 @@
-"""`build_teacher(cfg)`: one teacher config -> a `Teacher`, dispatching on `cfg.backend`.
+"""`build_teacher(cfg)`: one teacher config -> a `Teacher`, dispatching on `cfg.backend`;
+`build_teachers(cfg)`: every teacher a datagen config uses.
 
 Backends are imported on first use, so the openai and scene teachers never pull in torch.
 """
@@ -24,3 +25,16 @@ def build_teacher(cfg) -> Teacher:
   name = cfg.get("name", None)
   where = f"teacher {name!r}: " if name else ""
   raise ValueError(f"{where}config key 'backend' is {backend!r}; expected one of {BACKENDS}")
+
+
+def build_teachers(cfg) -> dict[str, Teacher]:
+  """The teachers the datagen config's stages name, built; raises ValueError naming any stage's
+  teacher that `teachers` does not define."""
+  used = {cfg.propose.teacher, cfg.questions.teacher, cfg.check.teacher, cfg.mc.teacher, *cfg.answers.teachers}
+  if cfg.difficulty.enabled:
+    used.add(cfg.difficulty.student)
+  unknown = sorted(used - set(cfg.teachers))
+  if unknown:
+    raise ValueError(f"config refers to teachers {unknown} that are not defined under teachers "
+                     f"(defined: {sorted(cfg.teachers)})")
+  return {name: build_teacher(cfg.teachers[name]) for name in sorted(used)}

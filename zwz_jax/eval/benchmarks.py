@@ -410,6 +410,23 @@ def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]
   return items
 
 
+def answer_prior(record_dir: str, items: Sequence[EvalItem]) -> float:
+  """Accuracy of answering each item with its dimension's most frequent answer among the records in
+  `record_dir` (the training data): what a student blind to the image gets."""
+  import collections
+  from array_record.python import array_record_module
+  counts = collections.defaultdict(collections.Counter)
+  for path in records.shard_paths(record_dir):
+    reader = array_record_module.ArrayRecordReader(path)
+    for raw in reader.read_all():
+      r = records.decode(raw, where=path)
+      counts[r.dimension][answers.normalise_answer(r.answer_text)] += 1
+    reader.close()
+  right = [answers.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
+                         options=it.options, answer_type=it.answer_type).correct for it in items if not it.error]
+  return sum(right) / max(len(right), 1)
+
+
 def _record_item(r: records.Record, source: str) -> EvalItem:
   crop, crop_fmt, error = None, None, None
   try:

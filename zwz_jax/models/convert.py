@@ -388,3 +388,24 @@ def model_config_from_hf(path: str) -> ml_collections.ConfigDict:
   for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
     c[k] = hf[k]
   return c
+
+
+def check_config_matches(model_cfg, hf_dir: str) -> None:
+  """Raises ValueError listing every field where `model_cfg` (our ModelConfig) differs from the HF
+  checkpoint's config.json, so a wrong --config is refused before any weight is read."""
+  hf = model_config_from_hf(hf_dir)
+  hf.dtype, hf.param_dtype = "float32", "float32"
+  ours_name = registry.name_of(model_cfg)
+  if hf.name != ours_name:
+    raise ValueError(f"--config does not describe the checkpoint in {hf_dir}:\n  "
+                     f"model.name: config {ours_name!r}, checkpoint {hf.name!r}")
+  theirs = registry.model_config(hf)
+  diffs = [f"model.{part}.{f.name}: config {getattr(getattr(model_cfg, part), f.name)!r}, "
+           f"checkpoint {getattr(getattr(theirs, part), f.name)!r}"
+           for part in ("vision", "text") for f in dataclasses.fields(getattr(model_cfg, part))
+           if getattr(getattr(model_cfg, part), f.name) != getattr(getattr(theirs, part), f.name)]
+  diffs += [f"model.{k}: config {getattr(model_cfg, k)!r}, checkpoint {getattr(theirs, k)!r}"
+            for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+            if getattr(model_cfg, k) != getattr(theirs, k)]
+  if diffs:
+    raise ValueError(f"--config does not describe the checkpoint in {hf_dir}:\n  " + "\n  ".join(diffs))

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 from typing import ClassVar
 
-import jax
 from flax import nnx
 
 from zwz_jax.models import vlm
