@@ -8,7 +8,7 @@ data.global_batch_size=64 (one example per chip): 32.7 GiB per chip at the large
 paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
 The cost model's step at the largest bucket: 10.1 s, 50% MFU (--cost=extrapolated).
 The smallest v5p slice: v5p:2x2x1 (4 chips) with --config.train.grad_accum_steps=16, 92.1 / 95.7 GiB
-per chip. The smallest v6e slice: v6e:8x8 (64 chips) with --config.mesh.tensor=2 and
+per chip, 162 s per step at the largest bucket (50% MFU). The smallest v6e slice: v6e:8x8 (64 chips) with --config.mesh.tensor=2 and
 --config.train.grad_accum_steps=2, 28.2 / 31.25 GiB per chip (fsdp alone there: 31.7 GiB; on
 v6e:4x8, 33.6 GiB). No v5e slice holds one example at the largest bucket (v5e:16x16 with
 --config.mesh.tensor=4: 23.8 / 15.75 GiB). On v5e drop it: with
