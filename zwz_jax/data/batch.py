@@ -3,8 +3,8 @@
 A batch is a dict of numpy (or device) arrays, one row per example: `MODEL_INPUTS` (the keys
 `VisionLanguageModel.__call__` takes), plus `labels_mask` for SFT and the rollout keys for RL. Every
 key holds its rows on axis 0 except the M-RoPE `positions` (3, B, L), which hold them on axis 1;
-`row_axis` says which, and the row helpers below (take, concatenate, repeat, pad) are the only code
-that needs to know.
+`row_axis` says which, and the row helpers below (take, concatenate, repeat, pad, split) are the only
+code that needs to know.
 
 Each example's patches are laid out in window order with every attention window padded to the
 family's `window_patches` (see `zwz_jax.models.qwen2_5_vl`), so window attention is a reshape on
@@ -76,10 +76,9 @@ class VisionLayout:
   """The family's vision facts the layout needs, as a jax-free picklable value (grain workers hold
   it). Taken from the family's `VisionConfig`, so window sizes are defined once, there."""
   patch_size: int
-  temporal_patch_size: int
   merge_size: int
   window_size: int
-  in_channels: int
+  patch_dim: int  # values per flattened patch
   window_merged: int  # side of a window in merged tokens
   window_patches: int  # patches per padded window
 
@@ -89,18 +88,14 @@ class VisionLayout:
     if isinstance(vision_cfg, VisionLayout):
       return vision_cfg
     v = vision_cfg
-    return cls(int(v.patch_size), int(v.temporal_patch_size), int(v.spatial_merge_size), int(v.window_size),
-               int(v.in_channels), int(v.window_merged), int(v.window_patches))
+    return cls(int(v.patch_size), int(v.spatial_merge_size), int(v.window_size), int(v.patch_dim),
+               int(v.window_merged), int(v.window_patches))
 
   @classmethod
   def from_config(cls, model_cfg) -> VisionLayout:
     """From `config.model` (a ConfigDict), through the family's config class."""
     from zwz_jax.models import registry  # the model side, only where a ConfigDict must be read
     return cls.of(registry.model_config(model_cfg).vision)
-
-  @property
-  def patch_dim(self) -> int:
-    return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
   @property
   def merge_unit(self) -> int:
