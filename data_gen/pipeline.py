@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import os
 import random
-import signal
 from typing import Mapping
 
 import tqdm
@@ -244,8 +243,7 @@ class Pipeline:
     return kept
 
 
-def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_shards: int,
-               kill_after_images: int = 0) -> dict:
+def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_shards: int) -> dict:
   """Processes this worker's part of the pool into `cfg.out_dir`, resuming where a killed run stopped."""
   items = pool_lib.split_pool(pool_lib.list_pool(cfg.pool), shard_index, num_shards)
   per = cfg.write.images_per_shard
@@ -256,15 +254,14 @@ def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_sh
   bar = tqdm.tqdm(total=len(items), desc=f"worker {shard_index}/{num_shards}", unit="img")
   executor = concurrent.futures.ThreadPoolExecutor(max(1, cfg.write.images_in_flight))
   try:
-    _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index, kill_after_images)
+    _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index)
   finally:
     executor.shutdown(cancel_futures=True)
     bar.close()
   return dict(totals)
 
 
-def _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index, kill_after_images):
-  done_images = 0
+def _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index):
   for ci, chunk in enumerate(chunks):
     if writer_lib.chunk_done(cfg.out_dir, shard_index, ci):
       bar.update(len(chunk))
@@ -278,7 +275,4 @@ def _run_chunks(cfg, pipeline, chunks, executor, bar, totals, shard_index, kill_
       totals.update(counts)
       bar.update(1)
       bar.set_postfix(regions=totals["regions"], questions=totals["questions"], records=totals["records"])
-      done_images += 1
-      if kill_after_images and done_images >= kill_after_images:
-        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
     cw.commit()

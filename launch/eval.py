@@ -32,7 +32,6 @@ def main(argv):
                       help="HF folder, training workdir, parameter checkpoint, or 'init' (the untrained "
                            "student); repeat to compare")
   parser.add_argument("--out", required=True)
-  parser.add_argument("--debug_kill_after_batches", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(rest)
   config = load_config(config_path, overrides)
   if not config.eval.benchmark:
@@ -57,8 +56,7 @@ def main(argv):
     print(f"evaluating {what} as {name!r}")
     evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, coverage_layer=config.eval.coverage_layer,
                                             heatmaps=config.eval.heatmaps)
-    reports[name] = evaluator.run(items, os.path.join(args.out, name),
-                                  kill_after_batches=args.debug_kill_after_batches)
+    reports[name] = evaluator.run(items, os.path.join(args.out, name))
     if config.eval.agentic:
       e = config.eval
       fn = agentic.model_generate_fn(model, tokenizer, config,

@@ -27,7 +27,6 @@ def main(argv):
   parser.add_argument("--shard_index", type=int, default=int(os.environ.get("RANK", 0)))
   parser.add_argument("--num_shards", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
   parser.add_argument("--merge", action="store_true", help="only write the global manifest")
-  parser.add_argument("--debug_kill_after_images", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(rest)
   if not 0 <= args.shard_index < args.num_shards:
     parser.error(f"--shard_index {args.shard_index} must be in [0, --num_shards={args.num_shards})")
@@ -43,8 +42,7 @@ def main(argv):
     manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=range(args.num_shards))
   else:
     try:
-      pipeline.run_worker(cfg, teachers, shard_index=args.shard_index, num_shards=args.num_shards,
-                          kill_after_images=args.debug_kill_after_images)
+      pipeline.run_worker(cfg, teachers, shard_index=args.shard_index, num_shards=args.num_shards)
     finally:
       for t in teachers.values():
         t.close()

@@ -45,7 +45,6 @@ def main(argv):
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--cpu_collectives", default="", help="'gloo' for multi-process CPU runs")
-  parser.add_argument("--debug_kill_after_step", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(rest)
   config = load_config(config_path, overrides)  # fails on unknown keys before any device work
   if config.trainer not in ("sft", "grpo"):
@@ -53,11 +52,11 @@ def main(argv):
   init_distributed(args)
   if config.trainer == "grpo":
     from zwz_jax.train import grpo
-    out = grpo.train(config, args.workdir, debug_kill_after_step=args.debug_kill_after_step)
+    out = grpo.train(config, args.workdir)
     summary = f"mean reward {out['metrics']['reward_mean']:.4f}" if out["metrics"] else ""
   else:
     from zwz_jax.train import loop
-    out = loop.train(config, args.workdir, debug_kill_after_step=args.debug_kill_after_step)
+    out = loop.train(config, args.workdir)
     summary = f"loss {out['metrics']['loss']:.4f}" if out["metrics"] else ""
   if jax.process_index() == 0 and summary:
     print(f"done: step {int(out['state']['step'])} {summary}", flush=True)

@@ -13,8 +13,9 @@ SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.
          "--config.write.images_per_shard=2"]
 
 
-def gen(out_dir, *extra, check=True):
-  proc = subprocess.run([sys.executable, "launch/gen_data.py", "--config=configs/datagen_tiny.py",
+def gen(out_dir, *extra, check=True, kill_at=""):
+  harness = ["tests/kill_at.py", kill_at] if kill_at else []  # a SIGKILL at that point
+  proc = subprocess.run([sys.executable, *harness, "launch/gen_data.py", "--config=configs/datagen_tiny.py",
                          f"--config.out_dir={out_dir}", *SMALL, *extra],
                         capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
   if check:
@@ -56,7 +57,7 @@ def test_scene_run_writes_valid_records(reference_run):
 
 @pytest.mark.xdist_group("gen_data_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_equals_uninterrupted_run(reference_run, tmp_path):
-  killed = gen(tmp_path, "--debug_kill_after_images=3", check=False)
+  killed = gen(tmp_path, check=False, kill_at="gen_images=3")
   assert killed.returncode == -9, killed.stderr[-2000:]
   assert not (tmp_path / records.MANIFEST).exists()
   gen(tmp_path)

@@ -239,8 +239,9 @@ def test_dynamic_sampling_drops_flat_groups_and_refills(rollout, dynamic):
 # ---- whole runs: reward rises, resume is exact ---------------------------------------------------
 
 
-def _launch(workdir, *args, config="configs/tiny.py"):
-  cmd = [sys.executable, "launch/train.py", f"--config={config}", f"--workdir={workdir}", *args]
+def _launch(workdir, *args, config="configs/tiny.py", kill_at=""):
+  harness = ["tests/kill_at.py", kill_at] if kill_at else []  # a SIGKILL at that point
+  cmd = [sys.executable, *harness, "launch/train.py", f"--config={config}", f"--workdir={workdir}", *args]
   return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
@@ -261,11 +262,11 @@ def skewed_dir(tmp_path_factory):
       d, 8, seed=11, sizes=(150, 300), letters=["A"] * 6 + [None, None]))
 
 
-def _grpo(workdir, sft, skewed_dir, *extra):
+def _grpo(workdir, sft, skewed_dir, *extra, kill_at=""):
   return _launch(workdir, f"--config.data.train={skewed_dir}", f"--config.train.init_from={sft}",
                  "--config.train.steps=10", "--config.train.checkpoint_every=2", "--config.train.end_lr_frac=1.0",
                  f"--config.data.eval={skewed_dir}", "--config.train.eval_every=5",
-                 *extra, config="configs/tiny_grpo.py")
+                 *extra, config="configs/tiny_grpo.py", kill_at=kill_at)
 
 
 def _metrics(workdir, prefix="train/"):
@@ -301,7 +302,7 @@ def test_mean_reward_rises(reference):
 
 @pytest.mark.xdist_group("grpo_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_continues_identically(sft, skewed_dir, reference, tmp_path):
-  killed = _grpo(tmp_path, sft, skewed_dir, "--debug_kill_after_step=5")
+  killed = _grpo(tmp_path, sft, skewed_dir, kill_at="train_steps=5")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   resumed = _grpo(tmp_path, sft, skewed_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -117,8 +117,10 @@ def test_restore_on_other_meshes(records_dir, tmp_path):
 
 # ---- subprocess runs of launch/train.py ----------------------------------------------------------
 
-def _launch(workdir, records_dir, *extra, env=None, wait=True):
-  cmd = [sys.executable, "launch/train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+def _launch(workdir, records_dir, *extra, env=None, wait=True, kill_at=""):
+  # kill_at: tests/kill_at.py's point (e.g. "train_steps=5"), where the run gets a SIGKILL.
+  harness = ["tests/kill_at.py", kill_at] if kill_at else []
+  cmd = [sys.executable, *harness, "launch/train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
          f"--config.data.train={records_dir}", "--config.train.steps=6", "--config.train.checkpoint_every=2",
          "--config.train.log_every=1", "--config.train.warmup_steps=1", *extra]
   env = {**os.environ, **(env or {})}
@@ -166,7 +168,7 @@ def test_periodic_eval_writes_metrics(reference_run):
 def test_resume_after_kill_is_bit_exact(records_dir, reference_run, tmp_path):
   # Killed after step 5: the async checkpoint of step 4 may be half written (it is then ignored);
   # step 2's is complete, since a save waits for the previous one.
-  killed = _launch(tmp_path, records_dir, "--debug_kill_after_step=5")
+  killed = _launch(tmp_path, records_dir, kill_at="train_steps=5")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   resumed = _launch(tmp_path, records_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -33,8 +33,9 @@ def bench(tmp_path_factory):
   return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_bench", build))
 
 
-def _eval(bench, out, *extra):
-  return subprocess.run([sys.executable, "launch/eval.py", "--config=configs/eval_tiny.py",
+def _eval(bench, out, *extra, kill_at=""):
+  harness = ["tests/kill_at.py", kill_at] if kill_at else []  # a SIGKILL at that point
+  return subprocess.run([sys.executable, *harness, "launch/eval.py", "--config=configs/eval_tiny.py",
                          f"--config.eval.benchmark={bench / 'bench.parquet'}", "--config.eval.coverage_layer=1",
                          f"--checkpoint={bench / 'ckpt'}", f"--out={out}", *extra],
                         capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -86,7 +87,7 @@ def test_bad_items_are_recorded_not_fatal(reference):
 
 @pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
-  killed = _eval(bench, tmp_path, "--debug_kill_after_batches=2")
+  killed = _eval(bench, tmp_path, kill_at="eval_batches=2")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   assert len(open(tmp_path / "ckpt" / "predictions.jsonl").readlines()) == 8
   resumed = _eval(bench, tmp_path)

@@ -11,7 +11,6 @@ import collections
 import io
 import json
 import os
-import signal
 import time
 from typing import Iterable, Sequence
 
@@ -86,8 +85,7 @@ class DualViewEvaluator:
       img, text = records.ground_view(img, text, item.bbox, self.grounding, **self.processor.box_frame(*img.size))
     return img, self.processor([img], text)
 
-  def run(self, items: Sequence[EvalItem], out_dir: str, *, progress: bool = True,
-          kill_after_batches: int = 0) -> dict:
+  def run(self, items: Sequence[EvalItem], out_dir: str, *, progress: bool = True) -> dict:
     """Evaluates every (item, view) not yet in `out_dir`'s predictions; returns the report."""
     import tqdm
     os.makedirs(out_dir, exist_ok=True)
@@ -115,8 +113,6 @@ class DualViewEvaluator:
           rows += self._predict(ready, window)
         log.write(*rows)
         bar.update(len(chunk))
-        if kill_after_batches and start // self.batch_size + 1 >= kill_after_batches:
-          os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume test: a real kill -9
     return report(read_predictions(out_dir), items)
 
   def _predict(self, ready, window) -> list[dict]:

@@ -396,7 +396,6 @@ def _minibatches(rows: dict, num: int):
     yield batch_lib.take_rows(rows, slice(i * size, (i + 1) * size))
 
 
-def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
+def train(config, workdir: str) -> dict:
   """Runs (or resumes) GRPO in `workdir`; returns the last step's metrics."""
-  return loop.run(config, workdir, GRPOTrainer(config, make_mesh(config.mesh)),
-                  debug_kill_after_step=debug_kill_after_step)
+  return loop.run(config, workdir, GRPOTrainer(config, make_mesh(config.mesh)))

@@ -219,7 +219,7 @@ class _StopFlag:
     signal.signal(signal.SIGTERM, self._prev)
 
 
-def run(config, workdir: str, trainer: Trainer, *, debug_kill_after_step: int = 0) -> dict:
+def run(config, workdir: str, trainer: Trainer) -> dict:
   """The loop every trainer shares: (re)start from `workdir`, take `trainer.loop_step` until
   train.steps, log, evaluate, checkpoint (periodically, at the end, on SIGTERM) state and data
   iterator together. Returns the final state, the last step's metrics and the trainer."""
@@ -264,9 +264,6 @@ def run(config, workdir: str, trainer: Trainer, *, debug_kill_after_step: int = 
       preempted = stop.set or ckpt.reached_preemption(step)
       if step % config.train.checkpoint_every == 0 or step == config.train.steps or preempted:
         ckpt.save(step, state, data_iter, {**meta, "metrics": last}, force=True)
-      if debug_kill_after_step and step >= debug_kill_after_step:
-        ckpt.wait()
-        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests: a real kill -9
       if preempted:
         print(f"preempted: checkpoint at {trainer.step_name} {step} written, exiting", flush=True)
         break
@@ -279,6 +276,6 @@ def run(config, workdir: str, trainer: Trainer, *, debug_kill_after_step: int = 
   return {"state": state, "metrics": last, "trainer": trainer}
 
 
-def train(config, workdir: str, *, debug_kill_after_step: int = 0) -> dict:
+def train(config, workdir: str) -> dict:
   """Runs (or resumes) supervised training in `workdir`; returns the last step's metrics."""
-  return run(config, workdir, Trainer(config, make_mesh(config.mesh)), debug_kill_after_step=debug_kill_after_step)
+  return run(config, workdir, Trainer(config, make_mesh(config.mesh)))
