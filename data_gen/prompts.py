@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from data_gen.boxes import FORMATS
 from data_gen.parsing import ParseError, as_text, json_items
+from zwz_jax import answers
 from zwz_jax.records import DIMENSIONS, FOCUS_OVERLAY, format_question
 
 __all__ = ["ParseError", "DIMENSION_GUIDE", "propose_prompt", "questions_prompt", "check_prompt",
@@ -216,30 +217,13 @@ def parse_questions(text: Any, k: int, *, strict: bool = True) -> list[tuple[str
   return out[:k]
 
 
-_YES = {"yes", "y", "true", "valid", "correct", "answerable"}
-_NO = {"no", "n", "false", "invalid", "incorrect", "unanswerable"}
-_VERDICT = re.compile(r"(?:valid|answer|decision|verdict|final answer|judgement|judgment)\s*[:=]\s*"
-                      r"\**\s*(yes|no|valid|invalid|true|false)\b", re.IGNORECASE)
-
-
 def parse_yes_no(text: Any) -> bool:
-  """The checker's verdict: a leading yes/no word, or a labelled verdict ("VALID: Yes") after reasoning."""
-  raw = text
-  text = as_text(text)
-  verdicts = _VERDICT.findall(text)
-  if verdicts:
-    return verdicts[-1].lower() in _YES
-  boxed = re.findall(r"\\boxed\{\s*([A-Za-z]+)\s*\}", text)
-  if boxed and boxed[-1].lower() in _YES | _NO:
-    return boxed[-1].lower() in _YES
-  words = re.findall(r"[A-Za-z]+", text)
-  if words and words[0].lower() in _YES | _NO:
-    return words[0].lower() in _YES
-  lines = [ln for ln in text.splitlines() if ln.strip()]
-  last = re.findall(r"[A-Za-z]+", lines[-1]) if lines else []
-  if last and last[0].lower() in _YES | _NO:
-    return last[0].lower() in _YES
-  raise ParseError("no yes/no verdict in teacher output", raw)
+  """The checker's verdict (`zwz_jax.answers.parse_yes_no`, the LLM judge's reading too); raises
+  ParseError when the output gives none."""
+  verdict = answers.parse_yes_no(as_text(text))
+  if verdict is None:
+    raise ParseError("no yes/no verdict in teacher output", text)
+  return verdict
 
 
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|[A-Ja-j][.)])\s+(.+?)\s*$")

@@ -298,9 +298,13 @@ def test_parse_questions_unknown_dimension():
     ("Yes", True), ("no.", False), ("**Yes**, it is answerable.", True), ("No, two signs are visible.", False),
     ("Let me think.\nThe crop shows one sign.\nVALID: Yes\nREASON: clear", True),
     ("Step 1: fine.\nFinal answer: no", False), ("The answer is \\boxed{yes}", True),
-    ("<think>maybe no</think>yes", True), ("no no no</think>\nYes", True), (b"yes", True)])
+    ("<think>maybe no</think>yes", True), ("no no no</think>\nYes", True), (b"yes", True),
+    ("The response matches. Yes", True), ("Incorrect.", False)])
 def test_parse_yes_no(text, want):
+  """The question check reads verdicts as the LLM judge does (one parser, zwz_jax.answers)."""
   assert prompts.parse_yes_no(text) is want
+  if isinstance(text, str):
+    assert answers.parse_yes_no(text) is want
 
 
 @pytest.mark.parametrize("text", ["maybe", "", "The question is fine.", b"\xc3\x28", "y\x00es"])

@@ -483,11 +483,27 @@ def _ask(llm, question, options, reference, prediction, rule: Verdict) -> Verdic
   return Verdict(bool(ok), "llm", rule.parsed, f"{rule.reason}; LLM judge said {'yes' if ok else 'no'}")
 
 
+_YES = {"yes", "y", "true", "valid", "correct", "answerable"}
+_NO = {"no", "n", "false", "invalid", "incorrect", "unanswerable"}
+_VERDICT = re.compile(r"(?:valid|answer|decision|verdict|final answer|judgement|judgment)\s*[:=]\s*"
+                      r"\**\s*(yes|no|valid|invalid|true|false)\b", re.IGNORECASE)
+
+
 def parse_yes_no(reply) -> bool | None:
-  """True for a Yes, False for a No, None when the reply says neither or both."""
-  text = _clean(extract_answer(reply)).lower()
-  words = re.findall(r"[a-z]+", text)
-  if words and words[0] in ("yes", "no"):
-    return words[0] == "yes"
+  """A model's yes/no verdict (the LLM judge's reply, data generation's question check), None when
+  it says neither or both. Read from the final answer (after </think>, inside <answer> or \\boxed{}):
+  the last labelled verdict ("VALID: Yes", "Final answer: no"), else its first word, else its last
+  line's first word ("yes", "valid", "correct", ... or their negatives), else the one of yes/no it
+  contains."""
+  text = _clean(extract_answer(reply))
+  verdicts = _VERDICT.findall(text)
+  if verdicts:
+    return verdicts[-1].lower() in _YES
+  lines = [ln for ln in text.splitlines() if ln.strip()]
+  for line in (text, lines[-1] if lines else ""):
+    first = re.match(r"[^A-Za-z]*([A-Za-z]+)", line)
+    if first and first.group(1).lower() in _YES | _NO:
+      return first.group(1).lower() in _YES
+  words = set(re.findall(r"[a-z]+", text.lower()))
   has_yes, has_no = "yes" in words, "no" in words
   return has_yes if has_yes != has_no else None
