@@ -24,7 +24,9 @@ from zwz_jax.data import processor
 
 MODEL_INPUTS = ("input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
                 "vision_segment_ids", "image_token_index")
-_FILL = {"image_token_index": -1}  # padding rows and tokens: not an image slot
+def fill_value(key: str) -> int:
+  """What padding rows and tokens hold: -1 in image_token_index (not an image slot), else 0."""
+  return -1 if key == "image_token_index" else 0
 
 
 def row_axis(key: str) -> int:
@@ -57,7 +59,7 @@ def pad_rows(batch: dict, n: int) -> dict:
   for k, v in batch.items():
     widths = [(0, 0)] * np.ndim(v)
     widths[row_axis(k)] = (0, n)
-    out[k] = np.pad(v, widths, constant_values=_FILL.get(k, 0))
+    out[k] = np.pad(v, widths, constant_values=fill_value(k))
   return out
 
 

@@ -379,19 +379,12 @@ def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]
   split: keep only records of that split (default all). A record that does not decode comes back
   as an item with `error` set, its id (and split) taken from the raw entry when readable.
   """
-  from array_record.python import array_record_module  # only this loader needs it
   import msgpack
 
   items = []
   for path in records.shard_paths(record_dir):
     name = os.path.basename(path)
-    try:
-      reader = array_record_module.ArrayRecordReader(path)
-      raws = reader.read_all()
-      reader.close()
-    except Exception as e:
-      raise ValueError(f"{path}: cannot be read as an ArrayRecord shard ({type(e).__name__}: {e})") from None
-    for i, raw in enumerate(raws):
+    for i, raw in enumerate(_shard_entries(path)):
       source = f"{name}:{i}"
       try:
         r = records.decode(raw, where=source)
@@ -410,18 +403,28 @@ def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]
   return items
 
 
+def _shard_entries(path: str) -> list[bytes]:
+  """The serialized records of one ArrayRecord shard; a shard that cannot be read is a ValueError
+  naming it."""
+  from array_record.python import array_record_module  # only the record readers need it
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+    raws = reader.read_all()
+    reader.close()
+  except Exception as e:
+    raise ValueError(f"{path}: cannot be read as an ArrayRecord shard ({type(e).__name__}: {e})") from None
+  return raws
+
+
 def answer_prior(record_dir: str, items: Sequence[EvalItem]) -> float:
   """Accuracy of answering each item with its dimension's most frequent answer among the records in
   `record_dir` (the training data): what a student blind to the image gets."""
   import collections
-  from array_record.python import array_record_module
   counts = collections.defaultdict(collections.Counter)
   for path in records.shard_paths(record_dir):
-    reader = array_record_module.ArrayRecordReader(path)
-    for raw in reader.read_all():
+    for raw in _shard_entries(path):
       r = records.decode(raw, where=path)
       counts[r.dimension][answers.normalise_answer(r.answer_text)] += 1
-    reader.close()
   right = [answers.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
                          options=it.options, answer_type=it.answer_type).correct for it in items if not it.error]
   return sum(right) / max(len(right), 1)

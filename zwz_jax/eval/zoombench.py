@@ -92,8 +92,6 @@ class DualViewEvaluator:
     self.out_dir = out_dir
     done = read_predictions(out_dir)
     todo = [(it, v) for it in items for v in VIEWS if (it.id, v) not in done]
-    v = self.model.cfg.vision
-    window = v.window_patches
     with jsonl_log.Appender(os.path.join(out_dir, PREDICTIONS)) as log, \
         tqdm.tqdm(total=len(todo), desc="dual-view eval", disable=not progress) as bar:
       for start in range(0, len(todo), self.batch_size):
@@ -110,17 +108,17 @@ class DualViewEvaluator:
             rows.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
                          "dimension": item.dimension, "answer_type": item.answer_type})
         if ready:
-          rows += self._predict(ready, window)
+          rows += self._predict(ready)
         log.write(*rows)
         bar.update(len(chunk))
     return report(read_predictions(out_dir), items)
 
-  def _predict(self, ready, window) -> list[dict]:
+  def _predict(self, ready) -> list[dict]:
     exs = [r[3] for r in ready]
     layout = batching.VisionLayout.of(self.model.cfg.vision)
     # Shapes rounded up so that only a few distinct programs are compiled.
     max_tokens = _round_up(max(len(e["input_ids"]) for e in exs), 64)
-    max_patches = _round_up(max(layout.padded_patches(e["grid_thw"]) for e in exs), 4 * window)
+    max_patches = _round_up(max(layout.padded_patches(e["grid_thw"]) for e in exs), 4 * layout.window_patches)
     n = len(exs)
     pad = [exs[-1]] * (self.batch_size - n)  # fixed batch size: one program per shape bucket
     batch = batching.build_batch(exs + pad, vision_cfg=layout,

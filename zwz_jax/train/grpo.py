@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zwz_jax import answers
 from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batch_lib
 from zwz_jax.data.batch import MODEL_INPUTS
-from zwz_jax import answers
 from zwz_jax.generate import sampler as sampler_lib
 from zwz_jax.sharding import ShardingError, make_mesh
 from zwz_jax.train import loop
@@ -155,7 +155,7 @@ def _pad_to(rows: dict, tokens: int, patches: int) -> dict:
     for k in ("input_ids", "attention_mask", "image_token_index", "positions"):
       widths = [(0, 0)] * rows[k].ndim
       widths[batch_lib.row_axis(k) + 1] = (extra, 0)  # the token axis follows the rows
-      out[k] = np.pad(rows[k], widths, constant_values=-1 if k == "image_token_index" else 0)
+      out[k] = np.pad(rows[k], widths, constant_values=batch_lib.fill_value(k))
   if more:
     for k in ("pixel_values", "vision_positions", "vision_segment_ids"):
       out[k] = np.pad(rows[k], [(0, 0), (0, more)] + [(0, 0)] * (rows[k].ndim - 2))
