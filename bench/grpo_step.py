@@ -4,8 +4,8 @@
 
 For each config (tiny, small; the model overrides of bench/forward.py) the GRPO trainer of
 configs/tiny_grpo.py takes RL steps on synthetic records exactly as `launch/train.py` does
-(`GRPOTrainer.rl_step`: rollout with rewards, old log-probs once, the PPO updates), with dynamic
-sampling off so every step is one rollout round. Prints the median rollout and update time per step
+(`Trainer.step` with the rollout collector: rollout with rewards, old log-probs once, the PPO
+updates), with dynamic sampling off so every step is one rollout round. Prints the median rollout and update time per step
 and their ratio. Then the rollout's sampling alone (one prefill per prompt shared by its
 `num_generations` samples, log-probs returned) against the plain sampler generating the same rows
 from a batch with every prompt repeated: tokens/s of both and their ratio (>1: sharing the prefill
@@ -33,7 +33,7 @@ from zwz_jax.data import pipeline  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
 from zwz_jax.generate import sampler  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
-from zwz_jax.train import grpo  # noqa: E402
+from zwz_jax.train import loop  # noqa: E402
 
 COMMON = ["grpo.dynamic_sampling=false", "train.warmup_steps=0", "train.end_lr_frac=1.0"]
 # name -> overrides of configs/tiny_grpo.py (small: fewer prompts so a step stays near seconds).
@@ -52,16 +52,16 @@ def run_case(name, overrides, record_dir, args):
   config = load_config("configs/tiny_grpo.py", overrides + [f"data.train={record_dir}",
                                                             f"grpo.max_new_tokens={args.new_tokens}"])
   mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  trainer = grpo.GRPOTrainer(config, mesh)
   tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
-  trainer.set_tokenizer(tokenizer)
+  trainer = loop.build(config, mesh, tokenizer)
+  collector = trainer.source
   state = trainer.init_state()
   it = pipeline.make_train_iterator(config, tokenizer, prompts_only=True)
   n = int(config.grpo.num_generations)
 
   steps = []
   for i in range(1 + args.steps):  # the first step compiles
-    state, m = trainer.rl_step(state, it, i)
+    state, m, _ = trainer.step(state, it, i)
     steps.append(m)
   rollout = float(np.median([m["rollout_time_s"] for m in steps[1:]]))
   update = float(np.median([m["update_time_s"] for m in steps[1:]]))
@@ -69,11 +69,11 @@ def run_case(name, overrides, record_dir, args):
   prompts = next(it)
   params = state["params"]
   key = jax.random.key(0)
-  shared = timing.median(lambda: trainer.sample(params, prompts, key), args.steps, warmup=1)
+  shared = timing.median(lambda: collector.sample(trainer, params, prompts, key), args.steps, warmup=1)
   model = trainer.model(params)
   plain_batch = repeat_prompts(prompts, n)
   with jax.set_mesh(mesh):
-    plain = timing.median(lambda: sampler.generate(model, plain_batch, trainer.sampling, key), args.steps, warmup=1)
+    plain = timing.median(lambda: sampler.generate(model, plain_batch, collector.sampling, key), args.steps, warmup=1)
   rows = len(prompts["input_ids"]) * n
   tokens = rows * args.new_tokens
   n_params = sum(x.size for x in jax.tree.leaves(params))

@@ -34,7 +34,7 @@ from zwz_jax.data import pipeline  # noqa: E402
 from zwz_jax.data import processor  # noqa: E402
 from zwz_jax.models import convert  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
-from zwz_jax.train.loop import Trainer  # noqa: E402
+from zwz_jax.train.trainer import Trainer  # noqa: E402
 from zwz_jax.train.metrics import forward_flops  # noqa: E402
 
 # A constant learning rate: step 0 of a warmup has lr 0, which would hide a wrong update.
@@ -117,7 +117,7 @@ def run_case(name, overrides, record_dir, args, peak) -> dict:
 
   def our_step():  # as the training loop calls it: host batch in, so the transfer is timed too
     nonlocal state
-    state, m = trainer.train_step(state, batch)
+    state, m = trainer.update(state, batch)
     jax.block_until_ready((state, m))
     return float(m["loss"])
 

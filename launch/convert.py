@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zwz_jax.config import load_config, parse_argv  # noqa: E402
 from zwz_jax.models import convert, registry  # noqa: E402
+from zwz_jax.params import ParamSpace, flatten, load_params, save_params  # noqa: E402
 from zwz_jax.sharding import make_mesh  # noqa: E402
-from zwz_jax.train import checkpoint  # noqa: E402
 
 
 def main(argv):
@@ -40,10 +40,11 @@ def main(argv):
     except ValueError as e:
       raise SystemExit(str(e)) from None
     model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
-    checkpoint.save_params(args.out, model)
+    save_params(args.out, flatten(model))
     print(f"wrote {args.out} from {args.hf_dir} on mesh {dict(mesh.shape)}")
   elif args.orbax and args.to_hf:
-    model = checkpoint.restore_params(args.orbax, registry.factory(model_cfg), mesh)
+    space = ParamSpace(model_cfg, mesh)
+    model = space.model(load_params(args.orbax, space)[0])
     convert.save_hf(model, args.to_hf, dtype=args.dtype)
     print(f"wrote {args.to_hf} from {args.orbax}")
   else:

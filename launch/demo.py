@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from zwz_jax.config import load_config, parse_argv  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INIT = "init"  # launch/eval.py's name for the untrained student (zwz_jax.train.checkpoint.INIT)
+INIT = "init"  # launch/eval.py's name for the untrained student (zwz_jax.params.INIT)
 LABELS = {  # eval checkpoint name -> what the demo calls it
     INIT: "untrained student",
     "perception": "before distillation (perception on crops only)",

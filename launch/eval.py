@@ -40,19 +40,21 @@ def main(argv):
   from zwz_jax.data import processor
   from zwz_jax.eval import agentic, benchmarks, zoombench
   from zwz_jax.generate import sampler
+  from zwz_jax.models import registry
+  from zwz_jax.params import ParamSpace, load_params
   from zwz_jax.sharding import make_mesh
-  from zwz_jax.train.checkpoint import load_model
 
   items = benchmarks.load(config.eval.benchmark, image_root=config.eval.image_root)
   if config.eval.max_items:
     items = items[:config.eval.max_items]
   print(f"{len(items)} items from {config.eval.benchmark}")
-  mesh = make_mesh(config.mesh)
+  space = ParamSpace(registry.model_config(config.model), make_mesh(config.mesh), int(config.seed))
   tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
   reports = {}
   for path in args.checkpoint:
     name = checkpoint_name(path)
-    model, what = load_model(config, path, mesh)
+    params, what = load_params(path, space)
+    model = space.model(params)
     print(f"evaluating {what} as {name!r}")
     evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, coverage_layer=config.eval.coverage_layer,
                                             heatmaps=config.eval.heatmaps)

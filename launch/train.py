@@ -47,19 +47,14 @@ def main(argv):
   parser.add_argument("--cpu_collectives", default="", help="'gloo' for multi-process CPU runs")
   args = parser.parse_args(rest)
   config = load_config(config_path, overrides)  # fails on unknown keys before any device work
-  if config.trainer not in ("sft", "grpo"):
-    raise SystemExit(f"config key trainer={config.trainer!r} is not one of ('sft', 'grpo')")
+  from zwz_jax.train import loop
+  if config.trainer not in loop.TRAINERS:
+    raise SystemExit(f"config key trainer={config.trainer!r} is not one of {loop.TRAINERS}")
   init_distributed(args)
-  if config.trainer == "grpo":
-    from zwz_jax.train import grpo
-    out = grpo.train(config, args.workdir)
-    summary = f"mean reward {out['metrics']['reward_mean']:.4f}" if out["metrics"] else ""
-  else:
-    from zwz_jax.train import loop
-    out = loop.train(config, args.workdir)
-    summary = f"loss {out['metrics']['loss']:.4f}" if out["metrics"] else ""
-  if jax.process_index() == 0 and summary:
-    print(f"done: step {int(out['state']['step'])} {summary}", flush=True)
+  out = loop.train(config, args.workdir)
+  headline = out["trainer"].source.headline
+  if jax.process_index() == 0 and out["metrics"]:
+    print(f"done: step {int(out['state']['step'])} {headline} {out['metrics'][headline]:.4f}", flush=True)
 
 
 if __name__ == "__main__":

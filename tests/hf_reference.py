@@ -12,7 +12,7 @@ from PIL import Image
 from zwz_jax.data import processor
 from zwz_jax.data.batch import MODEL_INPUTS
 from zwz_jax.models import convert, qwen3_vl
-from zwz_jax.train.loop import batch_spec
+from zwz_jax.data.batch import batch_spec
 
 
 

@@ -42,7 +42,7 @@ def _after_calls(cls, name: str, n: int, *, before: bool = False):
 
 
 def _train_steps(n: int) -> None:
-  from zwz_jax.train import checkpoint, grpo, loop
+  from zwz_jax.train import checkpoint, trainer
   save = checkpoint.Checkpointer.save
 
   def save_and_wait(self, *args, **kwargs):
@@ -52,9 +52,7 @@ def _train_steps(n: int) -> None:
 
   checkpoint.Checkpointer.save = save_and_wait
   # Before the (n + 1)-th step: step n has been logged and, when due, checkpointed.
-  for cls in (loop.Trainer, grpo.GRPOTrainer):
-    if "loop_step" in vars(cls):
-      _after_calls(cls, "loop_step", n, before=True)
+  _after_calls(trainer.Trainer, "step", n, before=True)
 
 
 def _eval_batches(n: int) -> None:

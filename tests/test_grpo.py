@@ -18,7 +18,8 @@ from zwz_jax.data import batch as batching
 from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
 from zwz_jax.sharding import make_mesh
-from zwz_jax.train import grpo
+from zwz_jax.train import grpo, loop
+from zwz_jax.train.trainer import Trainer
 
 # ---- the objective -------------------------------------------------------------------------------
 
@@ -99,10 +100,10 @@ def test_policy_gradient_sign():
 def test_bad_grpo_config_names_the_key():
   config = load_config("configs/tiny_grpo.py", ["grpo.loss_aggregation=sample"])
   with pytest.raises(ConfigError, match="grpo.loss_aggregation"):
-    grpo.GRPOTrainer(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
+    loop.build(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
   config = load_config("configs/tiny_grpo.py", ["grpo.num_generations=1"])
   with pytest.raises(ConfigError, match="grpo.num_generations"):
-    grpo.GRPOTrainer(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
+    loop.build(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
 
 
 # ---- rollouts on the tiny model ------------------------------------------------------------------
@@ -117,13 +118,12 @@ def records_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rollout(records_dir):
   config = load_config("configs/tiny_grpo.py", [f"data.train={records_dir}", "grpo.max_new_tokens=6"])
-  trainer = grpo.GRPOTrainer(config, make_mesh(config.mesh))  # fsdp over all 8 devices
   tok = processor.load_tokenizer("", config)
-  trainer.set_tokenizer(tok)
-  params = trainer.init_params()
+  trainer = loop.build(config, make_mesh(config.mesh), tok)  # fsdp over all 8 devices
+  params = trainer.init_state()["params"]
   it = data_pipeline.make_train_iterator(config, tok, prompts_only=True)
   prompts = next(it)
-  tokens, lengths, logp = trainer.sample(params, prompts, jax.random.key(3))
+  tokens, lengths, logp = trainer.source.sample(trainer, params, prompts, jax.random.key(3))
   return trainer, params, it, prompts, tokens, lengths, logp
 
 
@@ -132,7 +132,7 @@ def test_trainer_logprobs_equal_the_samplers(rollout):
   n = trainer.config.grpo.num_generations
   assert tokens.shape == (8 * n, 6) and np.all(lengths >= 1)
   rows = grpo.rollout_sequences(prompts, tokens, lengths, n)
-  got = trainer.logprobs(params, rows)
+  got = trainer.source.logprobs(trainer, params, rows)
   mask = rows["response_mask"]
   # The training forward over prompt + response (no cache) against the sampler's cached decode.
   np.testing.assert_allclose(got[mask], sampler_logp[mask], atol=2e-5)
@@ -179,7 +179,7 @@ def test_generated_special_tokens_stay_text(rollout):
   tokens[:, 1], tokens[::2, 3] = cfg.image_token_id, cfg.vision_start_token_id
   lengths = np.full(len(tokens), tokens.shape[1])
   rows = grpo.rollout_sequences(prompts, tokens, lengths, trainer.config.grpo.num_generations)
-  np.testing.assert_allclose(trainer.logprobs(params, rows), _cached_logprobs(trainer, params, prompts, tokens),
+  np.testing.assert_allclose(trainer.source.logprobs(trainer, params, rows), _cached_logprobs(trainer, params, prompts, tokens),
                              atol=2e-5)
 
 
@@ -199,7 +199,7 @@ def test_rollout_positions_continue_the_prompt(rollout):
     np.testing.assert_array_equal(rows["positions"][:, i][:, valid], want)
 
 
-class _Scripted(grpo.GRPOTrainer):
+class _Scripted(grpo.RolloutCollector):
   """Rewards from a script, one array per rollout round (to test dynamic sampling alone)."""
 
   script: list = []
@@ -214,15 +214,14 @@ def test_dynamic_sampling_drops_flat_groups_and_refills(rollout, dynamic):
   trainer, params, it, *_ = rollout
   config = trainer.config.copy_and_resolve_references()
   config.grpo.dynamic_sampling = dynamic
-  t = _Scripted(config, trainer.mesh)
-  t.set_tokenizer(trainer.tokenizer)
+  t = Trainer(config, trainer.mesh, grpo.ClippedObjective(config), _Scripted(config, trainer.source.tokenizer))
   n = config.grpo.num_generations
   flat, live = [1.0] * n, [1.0] + [0.0] * (n - 1)
   # Round 1: groups 0, 2, 5 informative; round 2: 1, 4, 6, 7; round 3: none: 7 kept + 1 padded.
-  t.script = [np.concatenate([live if g in (0, 2, 5) else flat for g in range(8)]),
+  t.source.script = [np.concatenate([live if g in (0, 2, 5) else flat for g in range(8)]),
               np.concatenate([live if g in (1, 4, 6, 7) else flat for g in range(8)]),
               np.concatenate([flat] * 8)]
-  rows, info = t.collect(params, it, step=0)
+  rows, info = t.source.rollouts(t, params, it, step=0)
   assert rows["input_ids"].shape[0] == 8 * n and rows["positions"].shape[1] == 8 * n
   groups = rows["response_mask"].reshape(8, n, -1).any(axis=(1, 2))
   adv = rows["advantages"].reshape(8, n)
@@ -311,11 +310,13 @@ def test_resume_after_kill_continues_identically(sft, skewed_dir, reference, tmp
   same = ("train/reward_mean", "train/response_length", "train/sampled_tokens", "train/pg_loss", "train/grad_norm")
   for a, b in zip(want, got):
     assert {k: a[k] for k in same} == {k: b[k] for k in same}, a["step"]  # same rollouts, same updates
-  from zwz_jax.train import checkpoint as ckpt_lib
+  from zwz_jax.models import registry
+  from zwz_jax.params import ParamSpace, restore_trained_params
   config = load_config("configs/tiny_grpo.py")
-  space = grpo.GRPOTrainer(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])).space
-  a, step_a = ckpt_lib.restore_trained_params(reference, space)
-  b, step_b = ckpt_lib.restore_trained_params(str(tmp_path), space)
+  space = ParamSpace(registry.model_config(config.model), make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
+                                                                     devices=jax.devices()[:1]))
+  a, step_a = restore_trained_params(reference, space)
+  b, step_b = restore_trained_params(str(tmp_path), space)
   assert step_a == step_b == 10
   for k in a:
     np.testing.assert_array_equal(np.asarray(b[k]), np.asarray(a[k]), err_msg=k)

@@ -12,7 +12,7 @@ from zwz_jax.generate import sampler
 from zwz_jax.models import convert
 from zwz_jax.models.qwen2_5_vl import ModelConfig
 from zwz_jax.sharding import make_mesh, state_shardings
-from zwz_jax.train.loop import batch_spec
+from zwz_jax.data.batch import batch_spec
 
 IM_END = 502
 

@@ -9,9 +9,8 @@ import pytest
 from zwz_jax.config import load_config
 from zwz_jax.sharding import make_mesh
 from zwz_jax.train import checkpoint as ckpt_lib
-from zwz_jax.train import optim
-from zwz_jax.train.grpo import GRPOTrainer
-from zwz_jax.train.loop import Trainer
+from zwz_jax.train import loop, optim
+from zwz_jax.train.trainer import Trainer
 
 MESHES = [(1, 8, 1), (1, 4, 2)]
 
@@ -55,7 +54,7 @@ def test_sft_optimizer_state_sharded_like_params(mesh):
 
 @pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_grpo_optimizer_state_sharded_like_params(mesh):
-  trainer = GRPOTrainer(load_config("configs/tiny_grpo.py"), _mesh(*mesh))
+  trainer = loop.build(load_config("configs/tiny_grpo.py"), _mesh(*mesh))
   assert _check_state(trainer) == 2 * len(trainer.space.abstract)
 
 

@@ -19,7 +19,7 @@ from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
 from zwz_jax.sharding import ShardingError, make_mesh
 from zwz_jax.train import checkpoint as ckpt_lib
-from zwz_jax.train.loop import Trainer
+from zwz_jax.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _train(trainer, batches, state=None):
   state = state or trainer.init_state()
   losses = []
   for b in batches:
-    state, m = trainer.train_step(state, b)
+    state, m = trainer.update(state, b)
     losses.append(float(m["loss"]))
   return state, losses
 
@@ -103,14 +103,14 @@ def test_restore_on_other_meshes(records_dir, tmp_path):
   it = data_pipeline.make_train_iterator(config, tok)
   ckpt.save(2, state, it, {"note": "test"}, force=True)
   ckpt.wait()
-  _, expected = writer.train_step(state, batches[2])
+  _, expected = writer.update(state, batches[2])
   for mesh in (_mesh(1, 2, 4), _mesh(1, 1, 1)):
     reader = Trainer(config, mesh)
     restored, meta = ckpt.restore(2, reader.abstract_state)
     assert meta == {"note": "test"} and int(restored["step"]) == 2
     q = restored["params"]["layers.0.attn.q_kernel"]
     assert q.sharding.mesh.shape == mesh.shape
-    _, got = reader.train_step(restored, batches[2])
+    _, got = reader.update(restored, batches[2])
     np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=1e-5)
   ckpt.close()
 

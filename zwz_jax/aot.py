@@ -165,7 +165,7 @@ def place_batch(mesh, shapes: dict) -> dict:
   """Batch shardings as the trainer places batches (batch axes over data x fsdp); replicated when
   the rows do not divide over them (evaluation batches may be smaller than the slice)."""
   from zwz_jax.data.batch import row_axis
-  from zwz_jax.train.loop import batch_spec
+  from zwz_jax.data.batch import batch_spec
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   out = {}
   for key, s in shapes.items():
@@ -220,15 +220,15 @@ def _buckets(config):
 
 def _train_program(trainer, mesh, shapes: dict, shape: dict) -> _Program:
   from zwz_jax.train import metrics as metrics_lib
-  batch = place_batch(mesh, {k: shapes[k] for k in trainer.batch_keys})
-  return _Program(shape, trainer._train_step.lower(trainer.abstract_state, batch), _held(trainer.abstract_state, batch),
+  batch = place_batch(mesh, {k: shapes[k] for k in trainer.objective.batch_keys})
+  return _Program(shape, trainer._update.lower(trainer.abstract_state, batch), _held(trainer.abstract_state, batch),
                   metrics_lib.batch_train_flops(trainer.model_cfg, batch), int(trainer.config.train.grad_accum_steps),
-                  r"^jit\(_step\)/while$")  # the micro-batch scan
+                  r"^jit\(_update_fn\)/while$")  # the micro-batch scan
 
 
 def _sft(config, mesh) -> list[_Program]:
   """The train step at every bucket, on the global batch (it splits off grad_accum_steps micro-batches)."""
-  from zwz_jax.train.loop import Trainer
+  from zwz_jax.train.trainer import Trainer
   trainer, rows = Trainer(config, mesh), int(config.data.global_batch_size)
   return [_train_program(trainer, mesh, batch_shapes(config, rows, tokens, patches),
                          {"rows": rows, "tokens": tokens, "patches": patches}) for tokens, patches in _buckets(config)]
@@ -236,9 +236,9 @@ def _sft(config, mesh) -> list[_Program]:
 
 def _grpo_update(config, mesh) -> list[_Program]:
   """One optimizer update on a mini-batch of rollouts: largest-bucket prompts + max_new_tokens."""
-  from zwz_jax.train.grpo import GRPOTrainer
+  from zwz_jax.train import loop
   g = config.grpo
-  trainer = GRPOTrainer(config, mesh)
+  trainer = loop.build(config, mesh)  # no tokenizer: compiled, never run
   tokens, patches = _buckets(config)[-1]
   steps = int(g.max_new_tokens)
   rows = int(config.data.global_batch_size) * int(g.num_generations) // int(g.num_minibatches)
@@ -276,9 +276,9 @@ FUNCTIONS = tuple(PROGRAMS)
 def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) -> _Program:
   from zwz_jax.generate import sampler as sampler_lib
   from zwz_jax.models import registry
-  from zwz_jax.train.params import ParamSpace
+  from zwz_jax.params import ParamSpace
   from zwz_jax.data.batch import MODEL_INPUTS
-  space = ParamSpace(registry.factory(registry.model_config(config.model), int(config.seed)), mesh)
+  space = ParamSpace(registry.model_config(config.model), mesh, int(config.seed))
   graphdef, state = nnx.split(space.model(space.abstract))
   shapes = batch_shapes(config, prompts, tokens, patches)
   batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})

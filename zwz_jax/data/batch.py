@@ -73,6 +73,25 @@ def split_rows(batch: dict, k: int) -> dict:
   return out
 
 
+def batch_spec(key: str, ndim: int):
+  """A batch key's PartitionSpec: rows split over the batch axes (data, fsdp), nothing else."""
+  from zwz_jax.sharding import logical_to_spec  # jax, imported late: the input workers stay jax-free
+  axes = [None] * ndim
+  axes[row_axis(key)] = "act_batch"
+  return logical_to_spec(tuple(axes))
+
+
+def to_global(mesh, local_batch: dict, keys: Sequence[str]) -> dict:
+  """This process's numpy rows of `keys` -> global arrays sharded over the mesh's batch axes."""
+  import jax
+  from jax.sharding import NamedSharding
+  out = {}
+  for key in keys:
+    x = np.asarray(local_batch[key])
+    out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, batch_spec(key, x.ndim)), x)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionLayout:
   """The family's vision facts the layout needs, as a jax-free picklable value (grain workers hold

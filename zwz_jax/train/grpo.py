@@ -13,10 +13,11 @@ One RL step:
      `kl_coef` > 0), then `ppo_epochs` x `num_minibatches` optimizer updates of the token-level
      clipped objective with asymmetric clipping [1 - clip_low, 1 + clip_high].
 
-The state, checkpoints (state + data iterator), resume, metrics and meshes are the SFT trainer's
-(`zwz_jax.train.loop`); `state["step"]` counts optimizer updates, so the RL step is that divided by
-`updates_per_step`. Rollouts of step s use the key fold_in(seed, s), so a resumed run draws the
-same samples as an uninterrupted one.
+The GRPO trainer is `Trainer(config, mesh, ClippedObjective(config), RolloutCollector(config,
+tokenizer))`: the state, checkpoints (state + data iterator), resume, metrics and meshes are every
+trainer's (zwz_jax.train.trainer, zwz_jax.train.loop); `state["step"]` counts optimizer updates, so
+the RL step is that divided by `updates_per_step`. Rollouts of step s use the key
+fold_in(seed, s), so a resumed run draws the same samples as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batch_lib
 from zwz_jax.data.batch import MODEL_INPUTS
 from zwz_jax.generate import sampler as sampler_lib
-from zwz_jax.sharding import ShardingError, make_mesh
-from zwz_jax.train import loop
+from zwz_jax.params import load_params
+from zwz_jax.sharding import ShardingError
 from zwz_jax.train.lm_head import token_stats
 
 ROLLOUT_KEYS = ("response", "response_mask", "old_logp", "advantages")
@@ -163,7 +164,7 @@ def _pad_to(rows: dict, tokens: int, patches: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# The trainer
+# The objective and the batch source
 # ----------------------------------------------------------------------------------------------
 
 
@@ -186,74 +187,34 @@ def _check(config) -> None:
     raise ConfigError(f"grpo.overlong_buffer={g.overlong_buffer} must be in [0, grpo.max_new_tokens]")
 
 
-class GRPOTrainer(loop.Trainer):
-  """The SFT trainer's state, shardings and optimizer with the RL objective and a rollout phase."""
+class ClippedObjective:
+  """The GRPO/DAPO objective: `policy_loss` over the response tokens of rollout rows."""
 
-  batch_keys = MODEL_INPUTS + ROLLOUT_KEYS
-  step_name = "RL step"
-  prompts_only = True
+  def __init__(self, config):
+    _check(config)
+    g = config.grpo
+    self.temperature, self.block = float(g.temperature), int(config.train.lm_head_block)
+    self.clip = dict(clip_low=float(g.clip_low), clip_high=float(g.clip_high), aggregation=g.loss_aggregation,
+                     kl_coef=float(g.kl_coef))
+    self.batch_keys = MODEL_INPUTS + ROLLOUT_KEYS + (("ref_logp",) if float(g.kl_coef) > 0 else ())
 
-  def __post_init__(self):
-    _check(self.config)
-    g = self.config.grpo
-    self.updates_per_step = int(g.ppo_epochs) * int(g.num_minibatches)
-    self.use_ref = float(g.kl_coef) > 0
-    if self.use_ref:
-      self.batch_keys = self.batch_keys + ("ref_logp",)
-    super().__post_init__()
-    self.sampling = None  # set by `set_tokenizer` (stop ids)
-    self._ref_params = None  # the frozen initial policy, loaded at the first step when kl_coef > 0
-    self._logprobs = jax.jit(self._logprobs_fn)
-
-  def _check_batch_divides(self):
-    g, d = self.config.grpo, self.config.data
-    n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    prompts, accum = int(d.global_batch_size), int(self.config.train.grad_accum_steps)
-    rows = prompts * int(g.num_generations)
-    if prompts % n:
-      raise ShardingError(f"data.global_batch_size={prompts} prompts per RL step do not divide over the "
-                          f"batch axes data x fsdp = {n} of mesh {dict(self.mesh.shape)}")
-    if rows % int(g.num_minibatches) or (rows // int(g.num_minibatches)) % (accum * n):
-      raise ShardingError(
-          f"{prompts} prompts x grpo.num_generations={g.num_generations} = {rows} responses split into "
-          f"grpo.num_minibatches={g.num_minibatches} mini-batches of train.grad_accum_steps={accum} "
-          f"micro-batches must divide over data x fsdp = {n}")
-
-  def set_tokenizer(self, tokenizer) -> None:
-    from zwz_jax.data import processor
-    super().set_tokenizer(tokenizer)
-    g = self.config.grpo
-    self.sampling = sampler_lib.SamplingConfig(
-        max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p),
-        stop_ids=(tokenizer.token_to_id(processor.IM_END),))
-
-  # -- forward pieces ----------------------------------------------------------------------------
-
-  def _response_stats(self, params, batch, entropy: bool = False) -> dict:
+  def response_stats(self, model, batch, entropy: bool = False) -> dict:
     """Token statistics (zwz_jax.train.lm_head.token_stats) of the response tokens under the
     sampling distribution (as the sampler's log-probs): only the positions that predict the
     response go through the LM head, blockwise."""
-    model = self.space.model(params)
     hidden = model(**{k: batch[k] for k in MODEL_INPUTS}, head=False)
     steps = batch["response"].shape[1]
-    return token_stats(hidden[:, -steps - 1:-1], model.logits, batch["response"],
-                       temperature=float(self.config.grpo.temperature), entropy=entropy,
-                       block=int(self.config.train.lm_head_block))
+    return token_stats(hidden[:, -steps - 1:-1], model.logits, batch["response"], temperature=self.temperature,
+                       entropy=entropy, block=self.block)
 
-  def _logprobs_fn(self, params, batch):
-    return self._response_stats(params, batch)["logp"]
-
-  def _loss_sums(self, params, batch):
-    g = self.config.grpo
-    stats = self._response_stats(params, batch, entropy=True)
-    loss, denom, sums = policy_loss(
-        stats["logp"], batch["old_logp"], batch["advantages"], batch["response_mask"], clip_low=float(g.clip_low),
-        clip_high=float(g.clip_high), aggregation=g.loss_aggregation, ref_logp=batch.get("ref_logp"),
-        kl_coef=float(g.kl_coef))
+  def loss_sums(self, model, batch):
+    stats = self.response_stats(model, batch, entropy=True)
+    loss, denom, sums = policy_loss(stats["logp"], batch["old_logp"], batch["advantages"], batch["response_mask"],
+                                    ref_logp=batch.get("ref_logp"), **self.clip)
     sums["entropy"] = jnp.sum(stats["entropy"] * batch["response_mask"].astype(jnp.float32))
     return loss, denom, sums
 
-  def _metrics(self, loss, denom, sums) -> dict:
+  def metrics(self, loss, denom, sums) -> dict:
     tokens = jnp.maximum(sums["tokens"], 1.0)
     out = {"pg_loss": loss / denom, "clip_frac": sums["clipped"] / tokens, "entropy": sums["entropy"] / tokens,
            "ratio": sums["ratio"] / tokens}
@@ -261,18 +222,58 @@ class GRPOTrainer(loop.Trainer):
       out["kl"] = sums["kl"] / tokens
     return out
 
-  def logprobs(self, params, local_rows: dict) -> np.ndarray:
+
+class RolloutCollector:
+  """The RL batch source: each step samples and rewards rollouts of the current policy
+  (`collect`), computes their old (and reference) log-probs once, and hands the trainer
+  ppo_epochs x num_minibatches update batches of them."""
+
+  step_name = "RL step"
+  prompts_only = True  # the pipeline yields prompts; responses are sampled
+  headline = "reward_mean"
+
+  def __init__(self, config, tokenizer):
+    """`tokenizer` decodes responses for the judge and gives the stop id; None builds a collector
+    that can only be described (what launch/compile.py needs), not run."""
+    from zwz_jax.data import processor
+    self.config, self.tokenizer = config, tokenizer
+    g = config.grpo
+    self.updates_per_step = int(g.ppo_epochs) * int(g.num_minibatches)
+    stop = (tokenizer.token_to_id(processor.IM_END),) if tokenizer is not None else ()
+    self.sampling = sampler_lib.SamplingConfig(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature),
+                                               top_p=float(g.top_p), stop_ids=stop)
+    self._logprobs = jax.jit(self._logprobs_fn, static_argnums=0)
+    self._ref_params = None  # the frozen initial policy, loaded at the first step when kl_coef > 0
+
+  def check(self, mesh) -> None:
+    g, d = self.config.grpo, self.config.data
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    prompts, accum = int(d.global_batch_size), int(self.config.train.grad_accum_steps)
+    rows = prompts * int(g.num_generations)
+    if prompts % n:
+      raise ShardingError(f"data.global_batch_size={prompts} prompts per RL step do not divide over the "
+                          f"batch axes data x fsdp = {n} of mesh {dict(mesh.shape)}")
+    if rows % int(g.num_minibatches) or (rows // int(g.num_minibatches)) % (accum * n):
+      raise ShardingError(
+          f"{prompts} prompts x grpo.num_generations={g.num_generations} = {rows} responses split into "
+          f"grpo.num_minibatches={g.num_minibatches} mini-batches of train.grad_accum_steps={accum} "
+          f"micro-batches must divide over data x fsdp = {n}")
+
+  # -- policy forward pieces ---------------------------------------------------------------------
+
+  def _logprobs_fn(self, trainer, params, batch):
+    return trainer.objective.response_stats(trainer.model(params), batch)["logp"]
+
+  def logprobs(self, trainer, params, local_rows: dict) -> np.ndarray:
     """Log-probs of the response tokens under `params` (process-local rows in and out)."""
-    with jax.set_mesh(self.mesh):
-      out = self._logprobs(params, self.device_batch(local_rows, MODEL_INPUTS + ("response",)))
+    with jax.set_mesh(trainer.mesh):
+      out = self._logprobs(trainer, params, trainer.device_batch(local_rows, MODEL_INPUTS + ("response",)))
     return _local_rows(out)
 
-  # -- rollout -----------------------------------------------------------------------------------
-
-  def sample(self, params, prompts: dict, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def sample(self, trainer, params, prompts: dict, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, lengths, sampler log-probs) of num_generations responses per prompt, process-local."""
-    with jax.set_mesh(self.mesh):
-      out = sampler_lib.generate(self.model(params), self.device_batch(prompts, MODEL_INPUTS), self.sampling,
+    with jax.set_mesh(trainer.mesh):
+      out = sampler_lib.generate(trainer.model(params), trainer.device_batch(prompts, MODEL_INPUTS), self.sampling,
                                  rng, num_samples=int(self.config.grpo.num_generations),
                                  return_logprobs=True, to_host=False)
     return tuple(_local_rows(x) for x in out)
@@ -289,7 +290,9 @@ class GRPOTrainer(loop.Trainer):
              + overlong_penalty(lengths, int(g.max_new_tokens), int(g.overlong_buffer), float(g.overlong_penalty)))
     return total.astype(np.float32), {"accuracy": acc, "format": fmt, "stopped": stopped.astype(np.float32)}
 
-  def collect(self, params, data_iter, step: int) -> tuple[dict, dict]:
+  # -- the step's batches ------------------------------------------------------------------------
+
+  def rollouts(self, trainer, params, data_iter, step: int) -> tuple[dict, dict]:
     """Rollout rounds until every process holds data.global_batch_size / processes groups with a
     learning signal (or max_sampling_rounds ran): process-local training rows and statistics."""
     g = self.config.grpo
@@ -301,7 +304,7 @@ class GRPOTrainer(loop.Trainer):
     key = jax.random.fold_in(jax.random.key(int(self.config.seed)), step)
     while True:
       prompts = next(data_iter)
-      tokens, lengths, sampler_logp = self.sample(params, prompts, jax.random.fold_in(key, rounds))
+      tokens, lengths, sampler_logp = self.sample(trainer, params, prompts, jax.random.fold_in(key, rounds))
       rounds += 1
       rewards, parts = self.rewards(prompts, tokens, lengths)
       rows = rollout_sequences(prompts, tokens, lengths, n)
@@ -336,37 +339,23 @@ class GRPOTrainer(loop.Trainer):
             "sampled_tokens": float(cat["length"].sum())}
     return out, info
 
-
-  # -- one RL step -------------------------------------------------------------------------------
-
-  def loop_step(self, state: dict, data_iter, step: int) -> tuple[dict, dict, dict]:
-    if self.use_ref and self._ref_params is None:
-      self._ref_params = self.init_params()
-    state, metrics = self.rl_step(state, data_iter, step, self._ref_params)
-    return state, metrics, {}
-
-  def rl_step(self, state: dict, data_iter, step: int, ref_params: dict | None = None) -> tuple[dict, dict]:
-    """Rollout (`collect`), old (and reference) log-probs once, then ppo_epochs x num_minibatches
-    updates. Returns the new state and the step's metrics, rollout and update times included."""
+  def collect(self, trainer, state, data_iter, step: int) -> tuple[list[dict], dict, dict]:
+    """The step's update batches: `rollouts`, their old (and reference) log-probs once, before any
+    update, then ppo_epochs passes over num_minibatches mini-batches."""
     g = self.config.grpo
     t0 = time.perf_counter()
-    rows, info = self.collect(state["params"], data_iter, step)
+    rows, info = self.rollouts(trainer, state["params"], data_iter, step)
     t1 = time.perf_counter()
-    rows["old_logp"] = self.logprobs(state["params"], rows)  # once, before any update
-    if ref_params is not None:
-      rows["ref_logp"] = self.logprobs(ref_params, rows)
+    rows["old_logp"] = self.logprobs(trainer, state["params"], rows)
+    if "ref_logp" in trainer.objective.batch_keys:
+      if self._ref_params is None:
+        self._ref_params, _ = load_params(self.config.train.init_from, trainer.space)
+      rows["ref_logp"] = self.logprobs(trainer, self._ref_params, rows)
     gap = np.abs(rows.pop("sampler_logp") - rows["old_logp"])[rows["response_mask"]]
-    updates = []
-    for _ in range(int(g.ppo_epochs)):
-      for mb in _minibatches(rows, int(g.num_minibatches)):
-        state, m = self.train_step(state, mb)
-        updates.append(jax.device_get(m))
-    t2 = time.perf_counter()
-    metrics = {**info, **{k: float(np.mean([u[k] for u in updates])) for k in updates[0]},
-               "logp_gap_max": float(gap.max()) if gap.size else 0.0, "rollout_time_s": t1 - t0,
-               "update_time_s": t2 - t1, "step_time_s": t2 - t0,
-               "rollout_tokens_per_s": info["sampled_tokens"] * jax.process_count() / max(t1 - t0, 1e-9)}
-    return state, metrics
+    info.update(logp_gap_max=float(gap.max()) if gap.size else 0.0, rollout_time_s=t1 - t0,
+                rollout_tokens_per_s=info["sampled_tokens"] * jax.process_count() / max(t1 - t0, 1e-9))
+    minibatches = list(_minibatches(rows, int(g.num_minibatches)))
+    return minibatches * int(g.ppo_epochs), info, {}
 
 
 def _mean(x) -> float:
@@ -394,8 +383,3 @@ def _minibatches(rows: dict, num: int):
   size = batch_lib.num_rows(rows) // num
   for i in range(num):
     yield batch_lib.take_rows(rows, slice(i * size, (i + 1) * size))
-
-
-def train(config, workdir: str) -> dict:
-  """Runs (or resumes) GRPO in `workdir`; returns the last step's metrics."""
-  return loop.run(config, workdir, GRPOTrainer(config, make_mesh(config.mesh)))
