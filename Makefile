@@ -38,4 +38,4 @@ demo: $(STAMP)
 # On a GPU machine JAX picks the GPU; elsewhere the CPU platform, so libtpu does not look for a TPU.
 BENCH_ENV := $(if $(shell command -v nvidia-smi 2>/dev/null),,$(CPU_ONLY))
 bench: $(STAMP)
-	$(BENCH_ENV) $(PY) bench/report.py --out=out/bench
+	$(BENCH_ENV) $(PY) -m bench.report --out=out/bench

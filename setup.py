@@ -5,7 +5,7 @@ setup(
     name="zwz-jax",
     version="0.1.0",
     description="Region-to-Image Distillation for vision-language students in JAX/Flax",
-    packages=find_packages(include=["zwz_jax", "zwz_jax.*", "data_gen", "data_gen.*"]),
+    packages=find_packages(include=["zwz_jax", "zwz_jax.*", "data_gen", "data_gen.*", "configs"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7",

@@ -1,6 +1,6 @@
 """Our jitted forward vs the `transformers` PyTorch forward, same weights, same inputs, one run.
 
-  python bench/forward.py [--repeats=10]
+  python -m bench.forward [--repeats=10]
 
 For each config (tiny, small) prints median step times, their ratio (torch / ours: >1 means we are
 faster), the analytic FLOPs of the forward, and the fraction of this machine's measured matmul peak
@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from PIL import Image
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bench import timing  # noqa: E402
-from zwz_jax.config import load_config  # noqa: E402
-from zwz_jax.data import batch as batching  # noqa: E402
-from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.models import convert  # noqa: E402
-from zwz_jax.models.qwen2_5_vl import ModelConfig  # noqa: E402
-from zwz_jax.sharding import make_mesh  # noqa: E402
-from zwz_jax.train.metrics import forward_flops  # noqa: E402
+from bench import timing
+from zwz_jax.config import load_config
+from zwz_jax.data import batch as batching
+from zwz_jax.data import processor
+from zwz_jax.models import convert
+from zwz_jax.models.qwen2_5_vl import ModelConfig
+from zwz_jax.sharding import make_mesh
+from zwz_jax.train.metrics import forward_flops
 
 # name -> (overrides of configs/tiny.py, image sizes (w, h), text tokens around the image)
 CASES = {

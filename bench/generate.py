@@ -1,6 +1,6 @@
 """Our batched KV-cache decode vs `transformers` generate: same weights, same prompts, greedy, one run.
 
-  python bench/generate.py [--new_tokens=32] [--repeats=3]
+  python -m bench.generate [--new_tokens=32] [--repeats=3]
 
 For each config (tiny, small; the model overrides of bench/forward.py) a batch of 4 left-padded
 prompts, each with its own image and text length, decodes `new_tokens` tokens on both sides
@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+import torch
+import transformers
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from bench import timing  # noqa: E402
-from bench.forward import CASES  # noqa: E402
-from tests import hf_reference as ref  # noqa: E402
-from zwz_jax.config import load_config  # noqa: E402
-from zwz_jax.data import batch as batching  # noqa: E402
-from zwz_jax.generate import sampler  # noqa: E402
-from zwz_jax.models import convert  # noqa: E402
-from zwz_jax.models.qwen2_5_vl import ModelConfig  # noqa: E402
-from zwz_jax.sharding import make_mesh  # noqa: E402
+from bench import timing
+from bench.forward import CASES
+from tests import hf_reference as ref
+from zwz_jax.config import load_config
+from zwz_jax.data import batch as batching
+from zwz_jax.generate import sampler
+from zwz_jax.models import convert
+from zwz_jax.models.qwen2_5_vl import ModelConfig
+from zwz_jax.sharding import make_mesh
 
 BATCH = 4
 SCALES = (1.0, 0.75, 0.5, 0.9)  # per-prompt image size (of the case's) and text length: rows differ

@@ -1,6 +1,6 @@
 """One GRPO step: rollout vs update time, and rollout sampling vs the plain sampler, one run.
 
-  python bench/grpo_step.py [--steps=3] [--new_tokens=16]
+  python -m bench.grpo_step [--steps=3] [--new_tokens=16]
 
 For each config (tiny, small; the model overrides of bench/forward.py) the GRPO trainer of
 configs/tiny_grpo.py takes RL steps on synthetic records exactly as `launch/train.py` does
@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench import timing  # noqa: E402
-from bench.forward import CASES as FORWARD_CASES  # noqa: E402
-from tests.record_fixtures import write_records  # noqa: E402
-from zwz_jax.config import load_config  # noqa: E402
-from zwz_jax.data import batch as batching  # noqa: E402
-from zwz_jax.data import pipeline  # noqa: E402
-from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.generate import sampler  # noqa: E402
-from zwz_jax.sharding import make_mesh  # noqa: E402
-from zwz_jax.train import loop  # noqa: E402
+from bench import timing
+from bench.forward import CASES as FORWARD_CASES
+from tests.record_fixtures import write_records
+from zwz_jax.config import load_config
+from zwz_jax.data import batch as batching
+from zwz_jax.data import pipeline
+from zwz_jax.data import processor
+from zwz_jax.generate import sampler
+from zwz_jax.sharding import make_mesh
+from zwz_jax.train import loop
 
 COMMON = ["grpo.dynamic_sampling=false", "train.warmup_steps=0", "train.end_lr_frac=1.0"]
 # name -> overrides of configs/tiny_grpo.py (small: fewer prompts so a step stays near seconds).

@@ -1,8 +1,8 @@
 """Runs every benchmark in bench/ and writes one markdown table of side-by-side ratios.
 
-  python bench/report.py [--out=out/bench] [--only=forward,generate]
+  python -m bench.report [--out=out/bench] [--only=forward,generate]
 
-Each script runs in its own process (as `python bench/<name>.py --json=...`), prints its detailed
+Each script runs in its own process (as `python -m bench.<name> --json=...`, from the repository root), prints its detailed
 lines as it goes, and appends one JSON row per figure; this script gathers the rows into
 `<out>/report.md` (and `report.jsonl`) headed by the device kind, so a CPU run and a GPU run of the
 same scripts compare directly. Every figure is a ratio measured in the same run: never a timing
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # In the order a reader follows the method: model, training, generation, RL, the paper's speed claim.
 SCRIPTS = ("forward", "train_step", "generate", "grpo_step", "single_vs_agentic")
 
@@ -48,7 +48,7 @@ def main():
   failed, started = [], time.time()
   for name in names:
     print(f"== bench/{name}.py", flush=True)
-    rc = subprocess.call([sys.executable, os.path.join(BENCH_DIR, f"{name}.py"), f"--json={rows_path}"])
+    rc = subprocess.call([sys.executable, "-m", f"bench.{name}", f"--json={os.path.abspath(rows_path)}"], cwd=ROOT)
     if rc:
       failed.append(name)  # keep going: one broken bench should not hide the others' figures
   rows = [json.loads(line) for line in open(rows_path)] if os.path.exists(rows_path) else []

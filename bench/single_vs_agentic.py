@@ -1,6 +1,6 @@
 """Latency per item: one-pass answering vs a thinking-with-images agent that zooms K times, same model.
 
-  python bench/single_vs_agentic.py [--items=3] [--answer_tokens=16] [--turn_tokens=16,128]
+  python -m bench.single_vs_agentic [--items=3] [--answer_tokens=16] [--turn_tokens=16,128]
 
 For each config (tiny, small; the model overrides of bench/forward.py) and a few generated items,
 the single pass is one greedy prompt (image + question, `answer_tokens` new tokens). The agent is
@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from bench import timing  # noqa: E402
-from bench.forward import CASES  # noqa: E402
-from tests.record_fixtures import write_records  # noqa: E402
-from zwz_jax.config import load_config  # noqa: E402
-from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.eval import agentic, benchmarks  # noqa: E402
-from zwz_jax.generate import sampler  # noqa: E402
-from zwz_jax.models import registry  # noqa: E402
+from bench import timing
+from bench.forward import CASES
+from tests.record_fixtures import write_records
+from zwz_jax import records
+from zwz_jax.config import load_config
+from zwz_jax.data import processor
+from zwz_jax.eval import agentic, benchmarks
+from zwz_jax.generate import sampler
+from zwz_jax.models import registry
 
 KS = (0, 1, 2)  # K=0: the agent's prompt and budget without zooming, to separate the two costs
 
@@ -61,7 +58,7 @@ def single_latency(fn, items) -> list[float]:
   out = []
   for item in items:
     t0 = time.perf_counter()
-    fn(agentic.Conversation().add("user", agentic.open_image(item.image), item.prompt))
+    fn(agentic.Conversation().add("user", records.decode_image(item.image), item.prompt))
     out.append(time.perf_counter() - t0)
   return out
 
@@ -103,7 +100,7 @@ def run_case(name, overrides, items, answer_tokens, turn_tokens, json_path=""):
     agent_latency(fn, items, max(KS))
   warm = time.perf_counter() - t0
   base = statistics.mean(single_latency(single, items))
-  conv = agentic.Conversation().add("user", agentic.open_image(items[0].image), items[0].prompt)
+  conv = agentic.Conversation().add("user", records.decode_image(items[0].image), items[0].prompt)
   print(f"{name:6s} {n_params / 1e6:6.2f}M  {len(items)} items | single pass ({answer_tokens} tokens) "
         f"{base * 1e3:7.1f} ms/item | warm-up with compiles {warm:5.1f} s | prompt tokens of item 0: "
         f"single {len(single.example(conv)['input_ids'])}, agent turns {prompt_tokens(single, items[0], max(KS))}")

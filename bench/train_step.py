@@ -1,6 +1,6 @@
 """Our jitted train step vs a `transformers` PyTorch train step, and the input pipeline vs the step.
 
-  python bench/train_step.py [--steps=7]
+  python -m bench.train_step [--steps=7]
 
 For each config (tiny, small) both sides start from the same weights and take the same batch, drawn
 from our data pipeline over synthetic records: AdamW with global-norm clipping, the answer-token
@@ -14,28 +14,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import grain
+import jax
+import numpy as np
+import torch
+import transformers
 
-import grain  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from bench import timing  # noqa: E402
-from bench.forward import CASES as FORWARD_CASES  # noqa: E402
-from tests.record_fixtures import write_records  # noqa: E402
-from zwz_jax import records  # noqa: E402
-from zwz_jax.config import load_config  # noqa: E402
-from zwz_jax.data import pipeline  # noqa: E402
-from zwz_jax.data import processor  # noqa: E402
-from zwz_jax.models import convert  # noqa: E402
-from zwz_jax.sharding import make_mesh  # noqa: E402
-from zwz_jax.train.trainer import Trainer  # noqa: E402
-from zwz_jax.train.metrics import forward_flops  # noqa: E402
+from bench import timing
+from bench.forward import CASES as FORWARD_CASES
+from tests.record_fixtures import write_records
+from zwz_jax import records
+from zwz_jax.config import load_config
+from zwz_jax.data import pipeline
+from zwz_jax.data import processor
+from zwz_jax.models import convert
+from zwz_jax.sharding import make_mesh
+from zwz_jax.train.trainer import Trainer
+from zwz_jax.train.metrics import forward_flops
 
 # A constant learning rate: step 0 of a warmup has lr 0, which would hide a wrong update.
 COMMON = ["train.warmup_steps=0", "train.end_lr_frac=1.0"]

@@ -6,7 +6,7 @@ Values follow the Qwen3-VL-*-Instruct config.json and preprocessor_config.json f
 """
 import ml_collections
 
-import _qwen2_5_vl
+from configs import _qwen2_5_vl
 
 
 def qwen3_vl_model(*, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, head_dim,

@@ -4,7 +4,7 @@ Scenes of 448x336 with 2-4 small objects (shapes, icons, groups: colour, structu
 and counting questions), answered open-ended (a from-scratch 2-layer student learns to read an object
 long before it learns to match option letters). Everything else is configs/datagen_tiny.py.
 """
-import datagen_tiny  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import datagen_tiny
 
 
 def get_config():

@@ -9,7 +9,7 @@ endpoints (e.g. vLLM), two answer teachers x 4 samples, and the student's diffic
 """
 import ml_collections
 
-import datagen_tiny  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import datagen_tiny
 
 
 def get_config():

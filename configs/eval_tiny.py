@@ -1,6 +1,5 @@
 """Dual-view evaluation of the tiny student on CPU (tests and `make demo`)."""
-import _eval
-import tiny
+from configs import _eval, tiny
 
 
 def get_config():

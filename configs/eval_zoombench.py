@@ -4,8 +4,7 @@
       --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct \
       --checkpoint=/models/Qwen2.5-VL-7B-Instruct --checkpoint=/runs/zwz-7b --out=out/eval_zoombench
 """
-import _eval
-import student_7b
+from configs import _eval, student_7b
 
 
 def get_config():

@@ -15,7 +15,7 @@ On v6e: v6e:8x8 (64 chips, fsdp alone), 22.5 / 31.25 GiB per chip. On v5e: v5e:8
 (128 chips) with --config.mesh.tensor=2 and train.grad_accum_steps=1, 10.2 / 15.75 GiB per chip
 (v5e:8x8 with tensor=2: 18.7 GiB).
 """
-import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import _qwen2_5_vl
 
 
 def get_config():

@@ -9,7 +9,7 @@ smallest slices take --config.train.grad_accum_steps=64/chips: v5p:2x2x1 (4 chip
 28.4 / 95.7 GiB per chip, est. 6.2 s per step (33% MFU); v5e:4x4 (16 chips, 4) 11.2 / 15.75 GiB;
 v6e:2x4 (8 chips, 8) 20.4 / 31.25 GiB.
 """
-import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import _qwen2_5_vl
 
 
 def get_config():

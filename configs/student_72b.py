@@ -16,7 +16,7 @@ GiB per chip (v6e:8x8 with tensor=2: 40.7 GiB). On v5e: v5e:16x16 (256 chips) wi
 --config.mesh.tensor=4 and train.grad_accum_steps=1, 9.6 / 15.75 GiB per chip (on 128 chips with
 tensor=2 the same program takes 17.7 GiB on v6e: over a v5e chip).
 """
-import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import _qwen2_5_vl
 
 
 def get_config():

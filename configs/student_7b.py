@@ -15,7 +15,7 @@ v6e:4x8, 33.6 GiB). No v5e slice holds one example at the largest bucket (v5e:16
 "--config.data.buckets=((1024, 3072), (1664, 6144), (6144, 24576))" and
 --config.train.grad_accum_steps=2, v5e:4x8 (32 chips) takes 15.0 / 15.75 GiB per chip.
 """
-import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import _qwen2_5_vl
 
 
 def get_config():

@@ -5,7 +5,7 @@ accuracy reward, group-normalised advantages, token-level loss, clip 0.2 / 0.28,
       --config.train.init_from=/ckpts/zwz-7b-sft --config.data.train="('/data/zwz_records',)" \
       --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct --multihost
 """
-import student_7b
+from configs import student_7b
 
 
 def get_config():

@@ -15,7 +15,7 @@ v6e:4x8, 35.9 GiB). As for the 7B, no v5e chip holds one example at the largest 
 third, (6144, 16384), fits v5e:4x8 (32 chips) with --config.mesh.tensor=2 and
 --config.train.grad_accum_steps=4, 13.9 / 15.75 GiB per chip (fsdp alone: 15.9 on v5e:8x8).
 """
-import _qwen3_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import _qwen3_vl
 
 
 def get_config():

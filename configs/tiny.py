@@ -4,7 +4,7 @@ The real architecture and config schema (configs/_qwen2_5_vl.py) with dimensions
 laptop CPU, every sharded dimension divisible by 8 on fsdp and by 4 on tensor so the sharding
 tests run on any mesh of 8 devices, and fp32 so it can be compared with the PyTorch reference.
 """
-import _qwen2_5_vl  # sibling module; zwz_jax.config.load_config puts configs/ on the path
+from configs import _qwen2_5_vl
 
 
 def get_config():

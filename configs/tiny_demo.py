@@ -5,8 +5,7 @@ tokens, so a 24 px object spans about two patches), buckets for both the cut-out
 perception stage and the full scenes, and room for open answers (the tiny tokenizer spells
 "diamond" in six tokens).
 """
-import _eval
-import tiny
+from configs import _eval, tiny
 
 
 def get_config():

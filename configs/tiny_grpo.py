@@ -3,7 +3,7 @@
   python launch/train.py --config=configs/tiny_grpo.py --workdir=out/grpo_tiny \
       --config.train.init_from=out/train_tiny     # start from the SFT run
 """
-import tiny
+from configs import tiny
 
 
 def get_config():

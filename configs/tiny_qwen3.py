@@ -5,9 +5,7 @@ Dimensions for a laptop CPU, every sharded dimension divisible by 8 on fsdp and 
 for comparison with the PyTorch reference. head_dim (32) is not hidden_size / num_heads (16), as in
 the 4B, and two DeepStack features feed the first two of three decoder layers.
 """
-import _eval
-import _qwen3_vl
-import tiny
+from configs import _eval, _qwen3_vl, tiny
 
 
 def get_config():

@@ -1,4 +1,5 @@
-"""Region proposals: parse the teacher's boxes, keep the confident micro regions, crop and upscale.
+"""Region proposals: parse the teacher's boxes and keep the confident micro regions (cropped and
+upscaled with zwz_jax.records.region_box and zoom).
 
 Coordinate formats (`fmt`) of the teacher's output:
   qwen2_5: absolute pixels of the image the model saw (Qwen2.5-VL grounding).
@@ -12,7 +13,6 @@ import math
 import re
 from typing import Any, Sequence
 
-from PIL import Image
 
 from data_gen.parsing import ParseError, as_text, json_items
 
@@ -215,23 +215,3 @@ def filter_boxes(boxes: Sequence[Box], width: int, height: int, *, min_score: fl
   kept, dups = _dedupe(survivors, iou_threshold)
   dropped.extend((b, "duplicate") for b in dups)
   return kept, dropped
-
-
-def crop_region(image: Image.Image, box: Box | Sequence[float], upscale: float = 2.0,
-                context_frac: float = 0.0) -> tuple[Image.Image, tuple[int, int, int, int]]:
-  """(crop, crop_box): the region grown by `context_frac` of its size per side, snapped outward to
-  whole pixels and clipped, then resized by `upscale` with bicubic; crop_box is in full-image pixels.
-  """
-  x0, y0, x1, y1 = box.as_list() if isinstance(box, Box) else box
-  dx, dy = (x1 - x0) * context_frac, (y1 - y0) * context_frac
-  W, H = image.size
-  cx0 = min(max(int(math.floor(x0 - dx)), 0), W - 1)
-  cy0 = min(max(int(math.floor(y0 - dy)), 0), H - 1)
-  cx1 = max(min(int(math.ceil(x1 + dx)), W), cx0 + 1)
-  cy1 = max(min(int(math.ceil(y1 + dy)), H), cy0 + 1)
-  crop_box = (cx0, cy0, cx1, cy1)
-  crop = image.crop(crop_box)
-  if upscale != 1.0:
-    size = (max(1, round(crop.width * upscale)), max(1, round(crop.height * upscale)))
-    crop = crop.resize(size, Image.Resampling.BICUBIC)
-  return crop, crop_box

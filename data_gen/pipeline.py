@@ -119,7 +119,8 @@ class Pipeline:
 
   def _regions(self, item, image, data, fmt, source, regions, counts, dims) -> list[records.Record]:
     c = self.cfg
-    crops = [boxes_lib.crop_region(image, b, upscale=c.crop.upscale) for b in regions]
+    boxes = [records.region_box(b.as_list(), image.size) for b in regions]
+    crops = [(records.zoom(image, box, c.crop.upscale), box) for box in boxes]
     # Questions on each crop.
     reqs = [Request(images=(crop,), prompt=prompts.questions_prompt(c.questions.per_crop), task="questions",
                     n=1, temperature=c.questions.temperature,

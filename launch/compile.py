@@ -15,19 +15,25 @@ table), 2 for a bad topology, function or config key.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from zwz_jax import aot  # noqa: E402
+from zwz_jax import aot
+from zwz_jax.config import ConfigError, ConfigFlag
+from zwz_jax.sharding import ShardingError
 
-aot.compile_only_env()  # before anything starts a JAX backend
-
-from zwz_jax.config import ConfigError, load_config, parse_argv  # noqa: E402
-from zwz_jax.sharding import ShardingError  # noqa: E402
+CONFIG = ConfigFlag("configs/tiny.py")
+flags.DEFINE_string("topology", None, "a TPU slice, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4, v4:2x2x1", required=True)
+flags.DEFINE_string("functions", "", f"comma-separated of {aot.FUNCTIONS}, or 'all'")
+flags.DEFINE_bool("json", False, "one JSON object per program instead of the table")
+flags.DEFINE_enum("cost", "unrolled", aot.COSTS,
+                  "FLOPs and cost-model time of a program that scans over layers: from a second compile with "
+                  "every layer unrolled; extrapolated from two unrolled compiles with the fewest text layers "
+                  "and one more (for deep models: exact FLOPs, a time on the high side); or none (memory "
+                  "figures only)")
+FLAGS = flags.FLAGS
 
 
 def default_functions(config) -> tuple[str, ...]:
@@ -40,41 +46,33 @@ def _shape(report) -> str:
 
 
 def main(argv) -> int:
-  config_path, overrides, rest = parse_argv(argv, default_config="configs/tiny.py")
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--topology", required=True, help="a TPU slice, e.g. v5p:4x4x4, v5e:2x2, v6e:4x4, v4:2x2x1")
-  parser.add_argument("--functions", default="", help=f"comma-separated of {aot.FUNCTIONS}, or 'all'")
-  parser.add_argument("--json", action="store_true", help="one JSON object per program instead of the table")
-  parser.add_argument("--cost", default="unrolled", choices=aot.COSTS,
-                      help="FLOPs and cost-model time of a program that scans over layers: from a second "
-                           "compile with every layer unrolled; extrapolated from two unrolled compiles with "
-                           "the fewest text layers and one more (for deep models: exact FLOPs, a time on the "
-                           "high side); or none (memory figures only)")
-  args = parser.parse_args(rest)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  aot.compile_only_env()  # before anything starts a JAX backend
+  config = CONFIG.value
   try:
-    config = load_config(config_path, overrides)
-    functions = (aot.FUNCTIONS if args.functions == "all" else
-                 tuple(f for f in args.functions.split(",") if f) or default_functions(config))
-    reports = aot.compile_config(config, args.topology, functions, args.cost)
+    functions = (aot.FUNCTIONS if FLAGS.functions == "all" else
+                 tuple(f for f in FLAGS.functions.split(",") if f) or default_functions(config))
+    reports = aot.compile_config(config, FLAGS.topology, functions, FLAGS.cost)
   except (ConfigError, ShardingError, aot.TopologyError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if args.json:
+  if FLAGS.json:
     for r in reports:
       print(json.dumps(r.to_dict()))
   else:
     kind = reports[0].device_kind if reports else ""
-    print(f"{config_path} on {args.topology} ({kind}, {len(reports)} programs), per chip:")
+    print(f"{CONFIG.path} on {FLAGS.topology} ({kind}, {len(reports)} programs), per chip:")
     print(aot.format_table(reports))
   for r in reports:
     if r.cost_error:
       print(f"\n{r.function} ({_shape(r)}): no FLOPs or time, {r.cost_error}", file=sys.stderr)
   failed = [r for r in reports if not r.fits]
   for r in failed:
-    print(f"\n{r.function} ({_shape(r)}) does not fit {args.topology}: "
+    print(f"\n{r.function} ({_shape(r)}) does not fit {FLAGS.topology}: "
           f"{r.error or f'{r.total / aot.GiB:.2f} GiB > {r.hbm / aot.GiB:.2f} GiB of HBM'}", file=sys.stderr)
   return 1 if failed else 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  app.run(main, flags_parser=CONFIG.parse_or_exit)

@@ -10,46 +10,42 @@ The model section of --config must describe the checkpoint; a mismatch is report
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from zwz_jax.config import ConfigFlag
 
-from zwz_jax.config import load_config, parse_argv  # noqa: E402
-from zwz_jax.models import convert, registry  # noqa: E402
-from zwz_jax.params import ParamSpace, flatten, load_params, save_params  # noqa: E402
-from zwz_jax.sharding import make_mesh  # noqa: E402
+CONFIG = ConfigFlag(None)
+flags.DEFINE_string("hf_dir", None, "HF checkpoint folder (safetensors) to import")
+flags.DEFINE_string("out", None, "orbax parameter checkpoint to write (with --hf_dir)")
+flags.DEFINE_string("orbax", None, "orbax parameter checkpoint to export")
+flags.DEFINE_string("to_hf", None, "HF folder to write (with --orbax)")
+flags.DEFINE_string("dtype", None, "dtype of exported tensors (default: param dtype)")
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  config_path, overrides, rest = parse_argv(argv)
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--hf_dir", help="HF checkpoint folder (safetensors) to import")
-  parser.add_argument("--out", help="orbax parameter checkpoint to write (with --hf_dir)")
-  parser.add_argument("--orbax", help="orbax parameter checkpoint to export")
-  parser.add_argument("--to_hf", help="HF folder to write (with --orbax)")
-  parser.add_argument("--dtype", default=None, help="dtype of exported tensors (default: param dtype)")
-  args = parser.parse_args(rest)
-  config = load_config(config_path, overrides)
-  model_cfg = registry.model_config(config.model)
-  mesh = make_mesh(config.mesh)
-  if args.hf_dir and args.out:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  from zwz_jax.models import convert, registry
+  from zwz_jax.params import ParamSpace, flatten, load_params, save_params
+  from zwz_jax.sharding import make_mesh
+  model_cfg = registry.model_config(CONFIG.value.model)
+  mesh = make_mesh(CONFIG.value.mesh)
+  if FLAGS.hf_dir and FLAGS.out:
     try:
-      convert.check_config_matches(model_cfg, args.hf_dir)
+      convert.check_config_matches(model_cfg, FLAGS.hf_dir)
     except ValueError as e:
       raise SystemExit(str(e)) from None
-    model = convert.load_hf_state(model_cfg, args.hf_dir, mesh)
-    save_params(args.out, flatten(model))
-    print(f"wrote {args.out} from {args.hf_dir} on mesh {dict(mesh.shape)}")
-  elif args.orbax and args.to_hf:
+    model = convert.load_hf_state(model_cfg, FLAGS.hf_dir, mesh)
+    save_params(FLAGS.out, flatten(model))
+    print(f"wrote {FLAGS.out} from {FLAGS.hf_dir} on mesh {dict(mesh.shape)}")
+  elif FLAGS.orbax and FLAGS.to_hf:
     space = ParamSpace(model_cfg, mesh)
-    model = space.model(load_params(args.orbax, space)[0])
-    convert.save_hf(model, args.to_hf, dtype=args.dtype)
-    print(f"wrote {args.to_hf} from {args.orbax}")
+    convert.save_hf(space.model(load_params(FLAGS.orbax, space)[0]), FLAGS.to_hf, dtype=FLAGS.dtype)
+    print(f"wrote {FLAGS.to_hf} from {FLAGS.orbax}")
   else:
-    parser.error("give --hf_dir with --out, or --orbax with --to_hf")
+    raise app.UsageError("give --hf_dir with --out, or --orbax with --to_hf")
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main, flags_parser=CONFIG.parse_or_exit)

@@ -24,9 +24,11 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
 
-from zwz_jax.config import load_config, parse_argv  # noqa: E402
+from zwz_jax.config import ConfigFlag
+
+CONFIG = ConfigFlag("configs/demo.py")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INIT = "init"  # launch/eval.py's name for the untrained student (zwz_jax.params.INIT)
@@ -79,10 +81,9 @@ def summary(cfg, reports: dict, prior: float, times: dict) -> str:
 
 
 def main(argv):
-  config_path, overrides, rest = parse_argv(argv, default_config="configs/demo.py")
-  if rest:
-    raise SystemExit(f"unknown arguments {rest}; the demo takes --config and --config.KEY=VALUE")
-  cfg = load_config(config_path, overrides)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; the demo takes --config and --config.KEY=VALUE")
+  cfg = CONFIG.value
   out = cfg.out_dir
   train_dir, test_dir = os.path.join(out, "data", "train"), os.path.join(out, "data", "test")
   run_dir = lambda name: os.path.join(out, "runs", name)
@@ -141,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main, flags_parser=CONFIG.parse_or_exit)

@@ -11,14 +11,18 @@ beside the single pass.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from zwz_jax.config import load_config, parse_argv  # noqa: E402
+from zwz_jax.config import ConfigFlag
+
+CONFIG = ConfigFlag("configs/eval_tiny.py")
+flags.DEFINE_multi_string("checkpoint", None, "HF folder, training workdir, parameter checkpoint, or 'init' (the "
+                          "untrained student); repeat to compare", required=True)
+flags.DEFINE_string("out", None, "predictions and reports", required=True)
+FLAGS = flags.FLAGS
 
 
 def checkpoint_name(path: str) -> str:
@@ -26,16 +30,11 @@ def checkpoint_name(path: str) -> str:
 
 
 def main(argv):
-  config_path, overrides, rest = parse_argv(argv, default_config="configs/eval_tiny.py")
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", action="append", required=True,
-                      help="HF folder, training workdir, parameter checkpoint, or 'init' (the untrained "
-                           "student); repeat to compare")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(rest)
-  config = load_config(config_path, overrides)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  config = CONFIG.value
   if not config.eval.benchmark:
-    raise SystemExit("set --config.eval.benchmark to a benchmark parquet/JSON file or a record directory")
+    raise app.UsageError("set --config.eval.benchmark to a benchmark parquet/JSON file or a record directory")
 
   from zwz_jax.data import processor
   from zwz_jax.eval import agentic, benchmarks, zoombench
@@ -51,24 +50,24 @@ def main(argv):
   space = ParamSpace(registry.model_config(config.model), make_mesh(config.mesh), int(config.seed))
   tokenizer = processor.load_tokenizer(config.processor.tokenizer, config)
   reports = {}
-  for path in args.checkpoint:
+  for path in FLAGS.checkpoint:
     name = checkpoint_name(path)
     params, what = load_params(path, space)
     model = space.model(params)
     print(f"evaluating {what} as {name!r}")
     evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, coverage_layer=config.eval.coverage_layer,
                                             heatmaps=config.eval.heatmaps)
-    reports[name] = evaluator.run(items, os.path.join(args.out, name))
+    reports[name] = evaluator.run(items, os.path.join(FLAGS.out, name))
     if config.eval.agentic:
       e = config.eval
       fn = agentic.model_generate_fn(model, tokenizer, config,
                                      sampler.SamplingConfig(max_new_tokens=e.agentic_max_new_tokens))
       harness = agentic.AgenticHarness(fn, max_turns=e.agentic_max_turns, upscale=e.agentic_upscale)
-      summary = agentic.evaluate(harness, items, out_dir=os.path.join(args.out, name), progress=True)
+      summary = agentic.evaluate(harness, items, out_dir=os.path.join(FLAGS.out, name), progress=True)
       reports[name]["agentic"] = {k: v for k, v in summary.items() if k != "results"}
-  zoombench.write_reports(reports, args.out)
+  zoombench.write_reports(reports, FLAGS.out)
   print(zoombench.markdown(reports))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main, flags_parser=CONFIG.parse_or_exit)

@@ -10,44 +10,44 @@ A killed worker restarted with the same arguments continues where it stopped.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from data_gen import pipeline, scenes, writer  # noqa: E402
-from data_gen.teachers import registry  # noqa: E402
-from zwz_jax.config import load_config, parse_argv  # noqa: E402
+from data_gen import pipeline, scenes, writer
+from data_gen.teachers import registry
+from zwz_jax.config import ConfigFlag
+
+CONFIG = ConfigFlag("configs/datagen_tiny.py")
+flags.DEFINE_integer("shard_index", int(os.environ.get("RANK", 0)), "this worker's index")
+flags.DEFINE_integer("num_shards", int(os.environ.get("WORLD_SIZE", 1)), "workers in the job")
+flags.DEFINE_bool("merge", False, "only write the global manifest")
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  config_path, overrides, rest = parse_argv(argv, default_config="configs/datagen_tiny.py")
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--shard_index", type=int, default=int(os.environ.get("RANK", 0)))
-  parser.add_argument("--num_shards", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-  parser.add_argument("--merge", action="store_true", help="only write the global manifest")
-  args = parser.parse_args(rest)
-  if not 0 <= args.shard_index < args.num_shards:
-    parser.error(f"--shard_index {args.shard_index} must be in [0, --num_shards={args.num_shards})")
-  cfg = load_config(config_path, overrides)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
+    raise app.UsageError(f"--shard_index={FLAGS.shard_index} must be in [0, --num_shards={FLAGS.num_shards})")
+  cfg = CONFIG.value
 
   try:
     scenes.resolve_pool(cfg)
-    teachers = {} if args.merge else registry.build_teachers(cfg)
+    teachers = {} if FLAGS.merge else registry.build_teachers(cfg)
   except ValueError as e:
     raise SystemExit(str(e)) from None
 
-  if args.merge:
-    manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=range(args.num_shards))
+  if FLAGS.merge:
+    manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=range(FLAGS.num_shards))
   else:
     try:
-      pipeline.run_worker(cfg, teachers, shard_index=args.shard_index, num_shards=args.num_shards)
+      pipeline.run_worker(cfg, teachers, shard_index=FLAGS.shard_index, num_shards=FLAGS.num_shards)
     finally:
       for t in teachers.values():
         t.close()
-    if args.num_shards > 1:
-      print(f"worker {args.shard_index} done; merge with --merge --num_shards={args.num_shards}")
+    if FLAGS.num_shards > 1:
+      print(f"worker {FLAGS.shard_index} done; merge with --merge --num_shards={FLAGS.num_shards}")
       return
     manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=[0])
   print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards from "
@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main, flags_parser=CONFIG.parse_or_exit)

@@ -13,49 +13,46 @@ latest checkpoint in --workdir (also onto a different mesh); SIGTERM writes a ch
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+import jax
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from zwz_jax.config import ConfigFlag
 
-import jax  # noqa: E402
+CONFIG = ConfigFlag("configs/tiny.py")
+flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard logs", required=True)
+flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize()")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (explicit setup)")
+flags.DEFINE_integer("num_processes", 1, "processes in the job (explicit setup)")
+flags.DEFINE_integer("process_id", 0, "this process's index (explicit setup)")
+flags.DEFINE_string("cpu_collectives", "", "'gloo' for multi-process CPU runs")
+FLAGS = flags.FLAGS
 
-from zwz_jax.config import load_config, parse_argv  # noqa: E402
 
-
-def init_distributed(args) -> None:
-  if not (args.multihost or args.coordinator_address):
+def init_distributed() -> None:
+  if not (FLAGS.multihost or FLAGS.coordinator_address):
     return
-  if args.cpu_collectives:
-    jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
+  if FLAGS.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
   kwargs = {}
-  if args.coordinator_address:
-    kwargs = dict(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
-                  process_id=args.process_id)
+  if FLAGS.coordinator_address:
+    kwargs = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                  process_id=FLAGS.process_id)
   jax.distributed.initialize(**kwargs)
 
 
 def main(argv):
-  config_path, overrides, rest = parse_argv(argv, default_config="configs/tiny.py")
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and TensorBoard logs")
-  parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize()")
-  parser.add_argument("--coordinator_address", default="", help="host:port of process 0 (explicit setup)")
-  parser.add_argument("--num_processes", type=int, default=1)
-  parser.add_argument("--process_id", type=int, default=0)
-  parser.add_argument("--cpu_collectives", default="", help="'gloo' for multi-process CPU runs")
-  args = parser.parse_args(rest)
-  config = load_config(config_path, overrides)  # fails on unknown keys before any device work
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from zwz_jax.train import loop
+  config = CONFIG.value
   if config.trainer not in loop.TRAINERS:
-    raise SystemExit(f"config key trainer={config.trainer!r} is not one of {loop.TRAINERS}")
-  init_distributed(args)
-  out = loop.train(config, args.workdir)
+    raise app.UsageError(f"config key trainer={config.trainer!r} is not one of {loop.TRAINERS}")
+  init_distributed()
+  out = loop.train(config, FLAGS.workdir)
   headline = out["trainer"].source.headline
   if jax.process_index() == 0 and out["metrics"]:
     print(f"done: step {int(out['state']['step'])} {headline} {out['metrics'][headline]:.4f}", flush=True)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main, flags_parser=CONFIG.parse_or_exit)

@@ -17,16 +17,15 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".cache" / "j
 import jax  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
+from tests.shared import CONFIGS  # pylint: disable=wrong-import-position
 from zwz_jax import config as config_lib  # pylint: disable=wrong-import-position
 
 # Parity tests hold fp32 PyTorch to 1e-4; bf16 passes (TPU) or TF32 (GPU) would not.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-CONFIGS_DIR = REPO_ROOT / "configs"
-
 # The modules with the longest tests (launched jobs, TPU compiles) first: pytest-xdist hands tests
 # out in collection order, and a long test collected last leaves the other worker idle at the end.
-HEAVY_FIRST = ("test_grpo.py", "test_train.py", "test_demo.py", "test_compile.py", "test_qwen3_vl.py")
+HEAVY_FIRST = ("test_grpo.py", "test_train.py", "test_demo.py", "test_compile.py", "test_parity.py", "test_qwen3_vl.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -41,12 +40,12 @@ def tiny_config():
   Treat it as read-only; for a variant call
   `config_lib.load_config(path, ["model.text.num_layers=1", ...])`.
   """
-  return config_lib.load_config(str(CONFIGS_DIR / "tiny.py"))
+  return config_lib.load_config(f"{CONFIGS}/tiny.py")
 
 
-# The whole-model parity suites (one per family): every attention backend that runs on CPU (splash
-# in Pallas interpret mode, cudnn through XLA's implementation of the same call), with blocks small
-# enough that the blockwise ones split every attention into many blocks.
+# The whole-model parity suite (tests/test_parity.py, over both families): every attention backend
+# that runs on CPU (splash in Pallas interpret mode, cudnn through XLA's implementation of the same
+# call), with blocks small enough that the blockwise ones split every attention into many blocks.
 BACKENDS = {"dense": 512, "chunked": 16, "splash": 128, "cudnn": 512}
 
 

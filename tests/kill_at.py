@@ -16,9 +16,6 @@ import runpy
 import signal
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _kill():
   sys.stdout.flush()
   os.kill(os.getpid(), signal.SIGKILL)
@@ -72,7 +69,6 @@ def main() -> None:
   point, _, count = sys.argv[1].partition("=")
   if point not in POINTS or not count.isdigit():
     raise SystemExit(f"usage: kill_at.py {{{'|'.join(POINTS)}}}=N LAUNCHER ARGS...; got {sys.argv[1]!r}")
-  sys.path.insert(0, ROOT)
   POINTS[point](int(count))
   launcher = sys.argv[2]
   sys.argv = [launcher, *sys.argv[3:]]

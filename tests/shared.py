@@ -1,4 +1,5 @@
-"""Expensive test artefacts (reference training runs, generated benchmarks) built once per test run.
+"""Paths the tests use, and expensive test artefacts (reference runs, generated benchmarks) built once
+per test run.
 
 Under pytest-xdist every worker would otherwise build its own copy of a module fixture, and the
 suite's slowest runs would happen twice. `shared_dir` builds into a directory of this run's base
@@ -11,6 +12,12 @@ import fcntl
 import os
 import shutil
 from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Absolute paths, so tests do not depend on the directory pytest runs from.
+CONFIGS = os.path.join(ROOT, "configs")
+LAUNCH = os.path.join(ROOT, "launch")
+KILL_AT = os.path.join(ROOT, "tests", "kill_at.py")
 
 
 def shared_dir(tmp_path_factory, name: str, build: Callable[[str], None]) -> str:

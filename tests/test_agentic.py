@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.shared import CONFIGS
 from zwz_jax.data import processor
 from zwz_jax.eval import agentic
 from zwz_jax.eval.benchmarks import EvalItem
@@ -57,7 +58,7 @@ def test_view_size_is_the_processor_resize(tiny_config):
 def test_relative_coordinate_models_zoom_on_the_0_to_1000_scale(arr):
   """Qwen3-VL grounds on 0-1000: the tool says so and its boxes map back from that frame."""
   from zwz_jax.config import load_config
-  config = load_config("configs/tiny_qwen3.py")
+  config = load_config(f"{CONFIGS}/tiny_qwen3.py")
   view = agentic.view_size_fn(config)
   assert view(W, H) == (1000, 1000)
   assert "0-1000 scale" in agentic.tool_system_prompt(config.processor.box_coordinates)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.shared import CONFIGS, LAUNCH
 from zwz_jax import aot
 from zwz_jax.config import load_config
 from zwz_jax.models import registry
@@ -75,10 +76,10 @@ def _check_figures(config, reports, costed: bool):
 
 @pytest.mark.parametrize("config_path,mesh", [
     # One decoder layer and one window + one full-attention vision block, unrolled: a shorter compile.
-    ("configs/eval_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1", "model.vision.depth=2",
+    (f"{CONFIGS}/eval_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1", "model.vision.depth=2",
                               "model.vision.fullatt_block_indexes=(1,)")),
     # Two micro-batches and scanned layers (cost figures: test_extrapolated_cost_*, test_cost_figures_*).
-    ("configs/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2", "model.scan_layers=True")),
+    (f"{CONFIGS}/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2", "model.scan_layers=True")),
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
 def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   config = load_config(config_path, SMALL + list(mesh))
@@ -100,9 +101,9 @@ def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   assert evaluation.shape["new_tokens"] == config.eval.max_new_tokens
 
 
-@pytest.mark.parametrize("config_path,twins", [("configs/tiny.py", [1, 2]),
+@pytest.mark.parametrize("config_path,twins", [(f"{CONFIGS}/tiny.py", [1, 2]),
                                                # DeepStack features go to the first 2 layers: 3 at least
-                                               ("configs/tiny_qwen3.py", [3, 4])], ids=["qwen2_5_vl", "qwen3_vl"])
+                                               (f"{CONFIGS}/tiny_qwen3.py", [3, 4])], ids=["qwen2_5_vl", "qwen3_vl"])
 def test_extrapolated_cost_equals_the_unrolled_compile(config_path, twins):
   """A scanned step with two micro-batches: two shallow unrolled compiles, extrapolated over the
   text depth, give the FLOPs of the whole unrolled step exactly (XLA's figures add up over
@@ -132,7 +133,7 @@ def test_cost_figures_count_no_loop_body_once():
   the micro-batch scan, and does at least the model's matmuls."""
   import jax
   from zwz_jax.sharding import make_mesh
-  config = load_config("configs/tiny.py", SMALL + ["train.lm_head_block=32", "train.grad_accum_steps=2",
+  config = load_config(f"{CONFIGS}/tiny.py", SMALL + ["train.lm_head_block=32", "train.grad_accum_steps=2",
                                                    "mesh.fsdp=-1", "model.text.num_layers=1", "model.vision.depth=2",
                                                    "model.vision.fullatt_block_indexes=(1,)"])
   devices = aot.topology_devices("v5e:2x2")
@@ -152,14 +153,14 @@ def test_cost_figures_count_no_loop_body_once():
 
 
 def _compile_cli(*args):
-  cmd = [sys.executable, "launch/compile.py", *args]
+  cmd = [sys.executable, f"{LAUNCH}/compile.py", *args]
   return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def test_a_program_that_cannot_fit_exits_nonzero_naming_function_bucket_and_bytes():
   # 8 examples of 65,536 patches on one v5e chip with dense attention: the vision tower's
   # full-attention scores alone need far more than its 16 GiB (splash, the TPU default, fits).
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:1x1", "--config.mesh.fsdp=1",
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v5e:1x1", "--config.mesh.fsdp=1",
                      "--config.data.buckets=((512, 65536),)", "--config.model.attention=dense", "--json")
   assert out.returncode == 1, out.stderr[-2000:]
   rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
@@ -170,20 +171,20 @@ def test_a_program_that_cannot_fit_exits_nonzero_naming_function_bucket_and_byte
 
 
 def test_unknown_topology_and_function_are_clear_errors():
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v9z:2x2")
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v9z:2x2")
   assert out.returncode == 2 and "--topology='v9z:2x2'" in out.stderr and "v5p:4x4x4" in out.stderr
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:3x7")
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v5e:3x7")
   assert out.returncode == 2 and "is not a TPU topology the compiler knows" in out.stderr, out.stderr[-2000:]
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--functions=sft,nope")
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v5e:2x2", "--functions=sft,nope")
   assert out.returncode == 2 and "'nope'" in out.stderr
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--functions=eval")
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v5e:2x2", "--functions=eval")
   assert out.returncode == 2 and "config key eval" in out.stderr
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdpp=2")
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdpp=2")
   assert out.returncode == 2 and "fsdpp" in out.stderr
 
 
 def test_mesh_that_does_not_match_the_slice_names_both():
-  out = _compile_cli("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdp=8")
+  out = _compile_cli(f"--config={CONFIGS}/tiny.py", "--topology=v5e:2x2", "--config.mesh.fsdp=8")
   assert out.returncode == 2 and "needs 8 devices, have 4" in out.stderr, out.stderr[-2000:]
 
 

@@ -3,6 +3,7 @@ import pathlib
 
 import ml_collections
 import pytest
+from absl import flags
 
 from zwz_jax import config as config_lib
 
@@ -201,32 +202,40 @@ def test_bad_config_files(tmp_path):
     config_lib.load_config(str(empty))
 
 
-def test_config_can_import_a_sibling_helper(tmp_path):
-  (tmp_path / "_shared.py").write_text("def base():\n  return {'a': 1, 'b': 'x'}\n")
+def test_config_outside_the_repository_builds_on_the_configs_package(tmp_path):
   (tmp_path / "mine.py").write_text(
-      "import ml_collections\nimport _shared\n\n"
-      "def get_config():\n  return ml_collections.ConfigDict(_shared.base())\n")
-  c = config_lib.load_config(str(tmp_path / "mine.py"), ["a=2"])
-  assert (c.a, c.b) == (2, "x")
+      "from configs import tiny\n\n"
+      "def get_config():\n  c = tiny.get_config()\n  c.seed = 5\n  return c\n")
+  c = config_lib.load_config(str(tmp_path / "mine.py"), ["train.steps=2"])
+  assert (c.seed, c.train.steps, c.model.name) == (5, 2, "qwen2_5_vl")
 
 
-def test_parse_argv():
-  path, overrides, rest = config_lib.parse_argv([
-      "--config=configs/tiny.py", "--config.seed=3", "--steps=5", "--config.model.dtype",
-      "bfloat16", "positional", "--", "--config.not_parsed=1"])
-  assert path == "configs/tiny.py"
-  assert overrides == ["seed=3", "model.dtype=bfloat16"]
-  assert rest == ["--steps=5", "positional", "--config.not_parsed=1"]
-  c = config_lib.load_config(path if pathlib.Path(path).exists() else TINY, overrides)
-  assert c.seed == 3 and c.model.dtype == "bfloat16"
+def _flag(argv, default=TINY):
+  """A ConfigFlag on its own FlagValues, beside one ordinary launcher flag."""
+  values = flags.FlagValues()
+  flags.DEFINE_integer("steps", 0, "", flag_values=values)
+  return config_lib.ConfigFlag(default, flag_values=values), values
 
 
-def test_parse_argv_config_path_forms():
-  assert config_lib.parse_argv(["--config", "a.py"]) == ("a.py", [], [])
-  assert config_lib.parse_argv([], default_config="d.py") == ("d.py", [], [])
-  with pytest.raises(ValueError, match="missing --config"):
-    config_lib.parse_argv(["--steps=1"])
-  with pytest.raises(ValueError, match="twice"):
-    config_lib.parse_argv(["--config=a.py", "--config=b.py"])
-  with pytest.raises(ValueError, match="needs a value"):
-    config_lib.parse_argv(["--config=a.py", "--config.seed"])
+def test_config_flag_parses_launcher_arguments():
+  argv = ["prog", f"--config={TINY}", "--config.seed=3", "--steps=5", "--config.model.dtype", "bfloat16",
+          "positional"]
+  flag, values = _flag(argv)
+  assert flag.parse(argv) == ["prog", "positional"]
+  assert values.steps == 5
+  assert flag.value.seed == 3 and flag.value.model.dtype == "bfloat16" and flag.value.is_locked
+
+
+def test_config_flag_default_path_and_errors():
+  argv = ["prog", "--config.seed=4"]
+  flag, _ = _flag(argv)
+  flag.parse(argv)
+  assert flag.value.seed == 4 and flag.value.model.name == "qwen2_5_vl"
+  argv = ["prog", "--config.train.stepz=4"]
+  flag, _ = _flag(argv)
+  with pytest.raises(config_lib.ConfigError, match="unknown config key 'train.stepz'.*did you mean 'train.steps'"):
+    flag.parse(argv)
+  argv = ["prog", "--config.seed"]
+  flag, _ = _flag(argv)
+  with pytest.raises(flags.Error, match="config.seed"):
+    flag.parse(argv)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from flax import nnx
 
+from tests.shared import CONFIGS, LAUNCH
 from tests import hf_reference as ref
 from zwz_jax.config import load_config
 from zwz_jax.models import convert, safetensors_io
@@ -92,7 +93,7 @@ from zwz_jax.config import load_config
 from zwz_jax.models import convert
 from zwz_jax.models.qwen2_5_vl import ModelConfig
 from zwz_jax.sharding import make_mesh
-cfg = ModelConfig.from_config(load_config("configs/tiny.py", sys.argv[2:]).model)
+cfg = ModelConfig.from_config(load_config(f"{CONFIGS}/tiny.py", sys.argv[2:]).model)
 mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
 tracemalloc.start()
 convert.load_hf_state(cfg, sys.argv[1], mesh)
@@ -104,7 +105,7 @@ def test_host_memory_peaks_near_one_tensor(tmp_path):
   """Streaming: host allocations stay near the largest tensor, far below the checkpoint size."""
   overrides = ["model.text.num_layers=12", "model.text.hidden_size=256", "model.text.intermediate_size=1024",
                "model.text.mrope_section=(4,6,6)", "model.text.num_heads=8", "model.vision.out_hidden_size=256"]
-  cfg = ModelConfig.from_config(load_config("configs/tiny.py", overrides).model)
+  cfg = ModelConfig.from_config(load_config(f"{CONFIGS}/tiny.py", overrides).model)
   ref.hf_model(cfg).save_pretrained(tmp_path)
   with safetensors_io.SafetensorsCheckpoint(str(tmp_path)) as ckpt:
     sizes = [int(np.prod(ckpt.shape(k))) * 4 for k in ckpt.keys()]
@@ -169,7 +170,7 @@ def test_model_config_from_published_flat_config_json(tmp_path):
   }
   (tmp_path / "config.json").write_text(json.dumps(flat))
   got = ModelConfig.from_config(_with_dtypes(convert.model_config_from_hf(str(tmp_path))))
-  want = ModelConfig.from_config(load_config("configs/student_7b.py").model)
+  want = ModelConfig.from_config(load_config(f"{CONFIGS}/student_7b.py").model)
   assert got.vision == want.vision and got.text == want.text
   assert got.image_token_id == want.image_token_id
 
@@ -191,7 +192,7 @@ def test_launch_convert_hf_to_orbax_to_hf(setup, tmp_path):
   import subprocess
   import sys
   cfg, _, path = setup
-  run = lambda *a: subprocess.run([sys.executable, "launch/convert.py", "--config=configs/tiny.py",
+  run = lambda *a: subprocess.run([sys.executable, f"{LAUNCH}/convert.py", f"--config={CONFIGS}/tiny.py",
                                    "--config.mesh.fsdp=4", "--config.mesh.tensor=2", *a],
                                   capture_output=True, text=True, check=False)
   out = run(f"--hf_dir={path}", f"--out={tmp_path / 'params'}")

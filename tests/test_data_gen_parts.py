@@ -226,14 +226,19 @@ def test_crop_region_geometry():
   arr = np.zeros((100, 200, 3), np.uint8)
   arr[20:40, 50:70] = 255
   image = Image.fromarray(arr)
-  crop, crop_box = boxes_lib.crop_region(image, Box(50, 20, 70, 40))
+
+  def crop_region(box, upscale=2.0, context_frac=0.0):  # data generation's crop: region_box, then zoom
+    crop_box = records.region_box(box.as_list() if isinstance(box, Box) else box, image.size, context_frac)
+    return records.zoom(image, crop_box, upscale), crop_box
+
+  crop, crop_box = crop_region(Box(50, 20, 70, 40))
   assert crop_box == (50, 20, 70, 40) and crop.size == (40, 40)
   assert np.asarray(crop).min() == 255  # the white square fills the crop, upscaled 2x
-  crop, crop_box = boxes_lib.crop_region(image, [50.4, 20.6, 69.2, 39.1], upscale=1.0)
+  crop, crop_box = crop_region([50.4, 20.6, 69.2, 39.1], upscale=1.0)
   assert crop_box == (50, 20, 70, 40) and crop.size == (20, 20)  # snapped outward to whole pixels
-  crop, crop_box = boxes_lib.crop_region(image, Box(0, 0, 20, 10), upscale=3.0, context_frac=0.5)
+  crop, crop_box = crop_region(Box(0, 0, 20, 10), upscale=3.0, context_frac=0.5)
   assert crop_box == (0, 0, 30, 15) and crop.size == (90, 45)  # context clipped at the border
-  crop, crop_box = boxes_lib.crop_region(image, Box(199.5, 99.5, 199.5, 99.5))
+  crop, crop_box = crop_region(Box(199.5, 99.5, 199.5, 99.5))
   assert crop_box == (199, 99, 200, 100) and crop.size == (2, 2)  # never empty
 
 

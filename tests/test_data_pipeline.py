@@ -14,7 +14,7 @@ from zwz_jax import records
 from zwz_jax.data import batch as batch_lib
 from zwz_jax.data import pipeline
 from zwz_jax.data import processor as processor_lib
-from tests.conftest import CONFIGS_DIR
+from tests.shared import CONFIGS
 
 N = 16  # valid records per fixture directory: two tiny batches of 8 per epoch
 BATCH_KEYS = {"input_ids", "positions", "attention_mask", "pixel_values", "vision_positions",
@@ -46,7 +46,7 @@ def tokenizer(tiny_config):
 
 
 def cfg(directory, *overrides):
-  return config_lib.load_config(str(CONFIGS_DIR / "tiny.py"), [f"data.train=({directory!r},)", *overrides])
+  return config_lib.load_config(f"{CONFIGS}/tiny.py", [f"data.train=({directory!r},)", *overrides])
 
 
 def take(it, n):
@@ -295,7 +295,7 @@ def test_bucket_config_errors(data_dir, tokenizer):
   with pytest.raises(ValueError, match="must grow in both"):
     pipeline.make_train_iterator(cfg(data_dir[0], "data.buckets=((320, 256), (192, 512))"), tokenizer)
   with pytest.raises(ValueError, match=r"data.train is empty"):
-    pipeline.make_train_iterator(config_lib.load_config(str(CONFIGS_DIR / "tiny.py"), ["data.train=()"]),
+    pipeline.make_train_iterator(config_lib.load_config(f"{CONFIGS}/tiny.py", ["data.train=()"]),
                                  tokenizer)
 
 

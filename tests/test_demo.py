@@ -6,6 +6,7 @@ import sys
 
 from PIL import Image
 
+from tests.shared import LAUNCH
 from zwz_jax import records
 
 STAGES = ("init", "perception", "distill_box", "distill_no_box", "grpo_box")
@@ -15,7 +16,7 @@ def test_shortened_demo_writes_every_artefact(tmp_path):
   out = tmp_path / "demo"
   args = [f"--config.out_dir={out}", "--config.train_images=3", "--config.test_images=2", "--config.eval_items=4",
           "--config.perception.steps=2", "--config.distill.steps=2", "--config.grpo.steps=1"]
-  r = subprocess.run([sys.executable, "launch/demo.py", *args], capture_output=True, text=True,
+  r = subprocess.run([sys.executable, f"{LAUNCH}/demo.py", *args], capture_output=True, text=True,
                      env={**os.environ, "TQDM_DISABLE": "1"}, check=False)
   assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
@@ -48,7 +49,7 @@ def test_shortened_demo_writes_every_artefact(tmp_path):
 
 
 def test_demo_rejects_unknown_config_key():
-  out = subprocess.run([sys.executable, "launch/demo.py", "--config.distill.stepz=3"],
+  out = subprocess.run([sys.executable, f"{LAUNCH}/demo.py", "--config.distill.stepz=3"],
                        capture_output=True, text=True, check=False)
   assert out.returncode != 0
   assert "unknown config key 'distill.stepz'" in out.stderr

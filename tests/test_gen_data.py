@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.shared import shared_dir
+from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
 from zwz_jax import records
 
 SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.scenes.height=672",
@@ -14,8 +14,8 @@ SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.
 
 
 def gen(out_dir, *extra, check=True, kill_at=""):
-  harness = ["tests/kill_at.py", kill_at] if kill_at else []  # a SIGKILL at that point
-  proc = subprocess.run([sys.executable, *harness, "launch/gen_data.py", "--config=configs/datagen_tiny.py",
+  harness = [f"{KILL_AT}", kill_at] if kill_at else []  # a SIGKILL at that point
+  proc = subprocess.run([sys.executable, *harness, f"{LAUNCH}/gen_data.py", f"--config={CONFIGS}/datagen_tiny.py",
                          f"--config.out_dir={out_dir}", *SMALL, *extra],
                         capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
   if check:
@@ -79,9 +79,9 @@ def test_two_workers_merged_equal_one_run(reference_run, tmp_path):
 
 
 def test_does_not_import_jax(tmp_path):
-  code = ("import sys, runpy; sys.argv = ['gen_data', '--config=configs/datagen_tiny.py', "
+  code = (f"import sys, runpy; sys.argv = ['gen_data', '--config={CONFIGS}/datagen_tiny.py', "
           f"'--config.out_dir={tmp_path}', '--config.scenes.num_images=1', '--config.scenes.width=448', "
-          "'--config.scenes.height=448']; runpy.run_path('launch/gen_data.py', run_name='__main__'); "
+          f"'--config.scenes.height=448']; runpy.run_path('{LAUNCH}/gen_data.py', run_name='__main__'); "
           "assert 'jax' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
@@ -97,7 +97,7 @@ from zwz_jax.config import load_config  # noqa: E402
 
 
 def _config(out_dir, pool_dir, *overrides):
-  cfg = load_config("configs/datagen_tiny.py", [f"out_dir={out_dir}", f"pool.path={pool_dir}",
+  cfg = load_config(f"{CONFIGS}/datagen_tiny.py", [f"out_dir={out_dir}", f"pool.path={pool_dir}",
                                                  "write.images_per_shard=2", *overrides])
   cfg.teachers.scene.root = str(pool_dir)
   return cfg
@@ -237,7 +237,7 @@ def test_scene_options_reach_the_generated_pool(tmp_path):
   import subprocess
   import sys
   out = tmp_path / "run"
-  r = subprocess.run([sys.executable, "launch/gen_data.py", f"--config.out_dir={out}", "--config.scenes.num_images=3",
+  r = subprocess.run([sys.executable, f"{LAUNCH}/gen_data.py", f"--config.out_dir={out}", "--config.scenes.num_images=3",
                       "--config.scenes.width=448", "--config.scenes.height=336", "--config.scenes.kinds=('icon',)",
                       "--config.scenes.num_objects=(2,2)"], capture_output=True, text=True, check=False)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests import record_fixtures
-from tests.shared import shared_dir
+from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
 from zwz_jax.config import ConfigError, load_config
 from zwz_jax.data import batch as batching
 from zwz_jax.data import pipeline as data_pipeline
@@ -98,10 +98,10 @@ def test_policy_gradient_sign():
 
 
 def test_bad_grpo_config_names_the_key():
-  config = load_config("configs/tiny_grpo.py", ["grpo.loss_aggregation=sample"])
+  config = load_config(f"{CONFIGS}/tiny_grpo.py", ["grpo.loss_aggregation=sample"])
   with pytest.raises(ConfigError, match="grpo.loss_aggregation"):
     loop.build(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
-  config = load_config("configs/tiny_grpo.py", ["grpo.num_generations=1"])
+  config = load_config(f"{CONFIGS}/tiny_grpo.py", ["grpo.num_generations=1"])
   with pytest.raises(ConfigError, match="grpo.num_generations"):
     loop.build(config, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
 
@@ -117,7 +117,7 @@ def records_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rollout(records_dir):
-  config = load_config("configs/tiny_grpo.py", [f"data.train={records_dir}", "grpo.max_new_tokens=6"])
+  config = load_config(f"{CONFIGS}/tiny_grpo.py", [f"data.train={records_dir}", "grpo.max_new_tokens=6"])
   tok = processor.load_tokenizer("", config)
   trainer = loop.build(config, make_mesh(config.mesh), tok)  # fsdp over all 8 devices
   params = trainer.init_state()["params"]
@@ -238,9 +238,9 @@ def test_dynamic_sampling_drops_flat_groups_and_refills(rollout, dynamic):
 # ---- whole runs: reward rises, resume is exact ---------------------------------------------------
 
 
-def _launch(workdir, *args, config="configs/tiny.py", kill_at=""):
-  harness = ["tests/kill_at.py", kill_at] if kill_at else []  # a SIGKILL at that point
-  cmd = [sys.executable, *harness, "launch/train.py", f"--config={config}", f"--workdir={workdir}", *args]
+def _launch(workdir, *args, config=f"{CONFIGS}/tiny.py", kill_at=""):
+  harness = [f"{KILL_AT}", kill_at] if kill_at else []  # a SIGKILL at that point
+  cmd = [sys.executable, *harness, f"{LAUNCH}/train.py", f"--config={config}", f"--workdir={workdir}", *args]
   return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
@@ -265,7 +265,7 @@ def _grpo(workdir, sft, skewed_dir, *extra, kill_at=""):
   return _launch(workdir, f"--config.data.train={skewed_dir}", f"--config.train.init_from={sft}",
                  "--config.train.steps=10", "--config.train.checkpoint_every=2", "--config.train.end_lr_frac=1.0",
                  f"--config.data.eval={skewed_dir}", "--config.train.eval_every=5",
-                 *extra, config="configs/tiny_grpo.py", kill_at=kill_at)
+                 *extra, config=f"{CONFIGS}/tiny_grpo.py", kill_at=kill_at)
 
 
 def _metrics(workdir, prefix="train/"):
@@ -312,7 +312,7 @@ def test_resume_after_kill_continues_identically(sft, skewed_dir, reference, tmp
     assert {k: a[k] for k in same} == {k: b[k] for k in same}, a["step"]  # same rollouts, same updates
   from zwz_jax.models import registry
   from zwz_jax.params import ParamSpace, restore_trained_params
-  config = load_config("configs/tiny_grpo.py")
+  config = load_config(f"{CONFIGS}/tiny_grpo.py")
   space = ParamSpace(registry.model_config(config.model), make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
                                                                      devices=jax.devices()[:1]))
   a, step_a = restore_trained_params(reference, space)

@@ -1,5 +1,6 @@
-"""The Qwen3-VL student equals `transformers`' Qwen3VLForConditionalGeneration: vision tower and
-DeepStack features, every decoder layer, logits; conversion both ways; sharding; published sizes."""
+"""Qwen3-VL only: the learned position grid, published configs and sizes, sharding, its processor
+and chat template, the launchers on it. The parity with `transformers` both families share is
+tests/test_parity.py."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from tests.shared import CONFIGS, LAUNCH
 from tests import hf_reference as ref
 from zwz_jax.config import load_config
 from zwz_jax.data import batch as batching
@@ -21,7 +23,7 @@ TOL = 1e-4  # fp32, matmul precision "highest"
 
 @pytest.fixture(scope="module")
 def config():
-  return load_config("configs/tiny_qwen3.py")
+  return load_config(f"{CONFIGS}/tiny_qwen3.py")
 
 
 @pytest.fixture(scope="module")
@@ -29,82 +31,6 @@ def family_config(config):
   """The family the shared parity fixtures (conftest: hf_checkpoint, models, auto_models) build."""
   return config
 
-
-def test_two_images_of_different_sizes(models, config):
-  ours, hf = models
-  rng = np.random.default_rng(0)
-  imgs = ref.images(rng, [(150, 100), (64, 250)])  # non-multiples of 32, wide and tall
-  ex = ref.example(config, imgs, [[1, 2, 3], [40, 41, 42, 43], [7, 8]])
-  v = ours.cfg.vision
-  batch = batching.build_batch([ex], vision_cfg=v, image_token_id=ours.cfg.image_token_id,
-                               max_tokens=len(ex["input_ids"]) + 5, max_patches=512)
-  logits, aux = ref.forward(ours, batch)
-  hf_logits, hf_layers, hf_feats, hf_deepstack = ref.hf_forward(hf, ex)
-  n = len(ex["input_ids"])
-  lay = batching.layout_vision(ex["pixel_values"], ex["grid_thw"], v)
-  # No windows: the batch keeps the processor's patch order, unpadded.
-  np.testing.assert_array_equal(lay["token_index"], np.arange(len(hf_feats)))
-  vision = np.asarray(aux["vision"])[0, lay["token_index"]]
-  assert vision.shape == hf_feats.shape
-  assert ref.rel_err(vision, hf_feats) <= TOL
-  # The DeepStack features reach the first decoder layers: check them through the model's output
-  # below, and the tower's own output here.
-  _, ds = jax.jit(lambda m, b: m.visual(b["pixel_values"], b["vision_positions"], b["vision_segment_ids"]))(
-      ours, {k: jnp.asarray(batch[k]) for k in batching.MODEL_INPUTS})
-  assert len(ds) == len(hf_deepstack) == len(v.deepstack_visual_indexes)
-  for j, (a, b) in enumerate(zip(ds, hf_deepstack)):
-    assert ref.rel_err(np.asarray(a)[0, lay["token_index"]], b) <= TOL, f"deepstack {j}"
-  assert len(hf_layers) == ours.cfg.text.num_layers
-  for i, hf_out in enumerate(hf_layers):
-    assert ref.rel_err(np.asarray(aux["layers"][i + 1])[0, :n], hf_out[0]) <= TOL, f"decoder layer {i}"
-  assert ref.rel_err(np.asarray(logits)[0, :n], hf_logits[0]) <= TOL
-
-
-def test_padded_batch(models, config):
-  """A right-padded batch of two examples (one and two images) matches HF example by example."""
-  ours, hf = models
-  rng = np.random.default_rng(1)
-  ex_a = ref.example(config, ref.images(rng, [(90, 90)]), [[5, 6], [9, 10, 11]])
-  ex_b = ref.example(config, ref.images(rng, [(120, 60), (60, 120)]), [[3], [4, 4], [2]])
-  batch = batching.build_batch([ex_a, ex_b], vision_cfg=ours.cfg.vision, image_token_id=ours.cfg.image_token_id,
-                               max_tokens=96, max_patches=512)
-  logits, _ = ref.forward(ours, batch)
-  for i, ex in enumerate((ex_a, ex_b)):
-    hf_logits = ref.hf_forward(hf, ex)[0]
-    n = len(ex["input_ids"])
-    assert ref.rel_err(np.asarray(logits)[i, :n], hf_logits[0]) <= TOL, f"example {i}"
-
-
-def test_text_only(models):
-  ours, hf = models
-  ids = np.arange(1, 21, dtype=np.int32)[None]
-  pos = np.broadcast_to(np.arange(20, dtype=np.int32), (3, 1, 20))
-  logits = jax.jit(lambda m, i, p: m(i, p))(ours, jnp.asarray(ids), jnp.asarray(pos))
-  with torch.no_grad():
-    hf_logits = hf(input_ids=torch.as_tensor(ids).long()).logits.numpy()
-  assert ref.rel_err(logits, hf_logits) <= TOL
-
-
-def test_greedy_generation_equals_transformers_generate(models, config):
-  """KV-cache decoding: DeepStack features enter at prefill only, positions continue past the images."""
-  from zwz_jax.generate import sampler
-  ours, hf = models
-  rng = np.random.default_rng(4)
-  exs = [ref.example(config, ref.images(rng, [(150, 100)]), [[1, 2, 3, 4, 5], [6, 7]]),
-         ref.example(config, ref.images(rng, [(64, 250)]), [[9], [10, 11, 12]])]
-  batch = batching.build_batch(exs, vision_cfg=ours.cfg.vision, image_token_id=ours.cfg.image_token_id,
-                               max_tokens=max(len(e["input_ids"]) for e in exs) + 3, max_patches=256,
-                               pad_side="left")
-  tokens, _ = sampler.generate(ours, batch, sampler.SamplingConfig(max_new_tokens=10))
-  ids = torch.as_tensor(batch["input_ids"]).long()
-  with torch.no_grad():
-    want = hf.generate(
-        input_ids=ids, attention_mask=torch.as_tensor(batch["attention_mask"]).long(),
-        pixel_values=torch.as_tensor(np.concatenate([e["pixel_values"] for e in exs])),
-        image_grid_thw=torch.as_tensor(np.concatenate([e["grid_thw"] for e in exs])),
-        mm_token_type_ids=(ids == hf.config.image_token_id).int(), do_sample=False,
-        max_new_tokens=10, min_new_tokens=10, pad_token_id=0)
-  np.testing.assert_array_equal(tokens, want[:, ids.shape[1]:].numpy())
 
 def test_position_table_resampling_matches_hf():
   """Bilinear taps into the learned grid for grids smaller, equal and larger than it, and 1 wide."""
@@ -120,28 +46,6 @@ def test_position_table_resampling_matches_hf():
     got_i, got_w = qwen3_vl.position_interpolation(jnp.asarray(pos[None]), jnp.asarray(seg[None]), side)
     np.testing.assert_array_equal(np.asarray(got_i)[0], want_i.numpy(), err_msg=str(grid))
     np.testing.assert_allclose(np.asarray(got_w)[0], want_w.numpy(), rtol=0, atol=1e-7, err_msg=str(grid))
-
-
-def test_round_trip_through_hf_safetensors(auto_models, tmp_path):
-  """HF -> ours -> HF safetensors (published tensor names) -> transformers reloads it unchanged."""
-  ours, hf = auto_models
-  convert.save_hf(ours, str(tmp_path), max_shard_bytes=64 * 1024)  # several shards + an index
-  assert (tmp_path / "model.safetensors.index.json").exists()
-  reloaded = transformers.Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
-  for (n1, p1), (n2, p2) in zip(hf.state_dict().items(), reloaded.state_dict().items()):
-    assert n1 == n2 and torch.equal(p1, p2), n1
-  ids = torch.arange(1, 30)[None]
-  with torch.no_grad():
-    assert torch.equal(hf(input_ids=ids).logits, reloaded(input_ids=ids).logits)
-  # Our own reader takes the written checkpoint back bit for bit.
-  mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-  again = convert.load_hf_state(ours.cfg, str(tmp_path), mesh)
-  for a, b in zip(jax.tree.leaves(nnx.state(ours)), jax.tree.leaves(nnx.state(again))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  got = convert.model_config_from_hf(str(tmp_path))
-  got.dtype = got.param_dtype = "float32"
-  got.scan_layers = ours.cfg.scan_layers  # how to run it, not in an HF config
-  assert registry.model_config(got) == ours.cfg
 
 
 def test_model_config_from_published_config_json(tmp_path):
@@ -170,7 +74,7 @@ def test_model_config_from_published_config_json(tmp_path):
   got = convert.model_config_from_hf(str(tmp_path))
   got.dtype = got.param_dtype = "float32"
   got = registry.model_config(got)
-  want = registry.model_config(load_config("configs/student_qwen3_8b.py").model)
+  want = registry.model_config(load_config(f"{CONFIGS}/student_qwen3_8b.py").model)
   assert got.vision == want.vision and got.text == want.text and got.image_token_id == want.image_token_id
 
 
@@ -201,7 +105,7 @@ def _hf_parameter_count(cfg):
 # The Hugging Face Hub's safetensors parameter totals of Qwen3-VL-{2B,4B,8B}-Instruct.
 @pytest.mark.parametrize("size,published", [("2b", 2_127_532_032), ("4b", 4_437_815_808), ("8b", 8_767_123_696)])
 def test_published_parameter_counts(size, published):
-  cfg = registry.model_config(load_config(f"configs/student_qwen3_{size}.py").model)
+  cfg = registry.model_config(load_config(f"{CONFIGS}/student_qwen3_{size}.py").model)
   mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
   _, abs_state = abstract_model(registry.factory(cfg), mesh)
   leaves = jax.tree.leaves(abs_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -302,7 +206,6 @@ def test_coords_grounding_uses_the_0_to_1000_scale(processors):
   assert "[250, 250, 500, 750]" in text and "0-1000" in text
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Training, GRPO and eval run unchanged with a Qwen3-VL config
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +220,7 @@ def test_train_grpo_and_eval_launchers_run_qwen3(tmp_path_factory, tmp_path):
   record_fixtures.write_records(records_dir, 16, seed=3, sizes=(150, 300))
   env = {**os.environ, "TQDM_DISABLE": "1"}
   # One bucket: one compile per program.
-  run = lambda script, *a: subprocess.run([sys.executable, f"launch/{script}", "--config=configs/tiny_qwen3.py",
+  run = lambda script, *a: subprocess.run([sys.executable, f"{LAUNCH}/{script}", f"--config={CONFIGS}/tiny_qwen3.py",
                                            f"--config.data.train=('{records_dir}',)",
                                            "--config.data.buckets=((320, 512),)", *a],
                                           capture_output=True, text=True, check=False, env=env)
@@ -330,7 +233,7 @@ def test_train_grpo_and_eval_launchers_run_qwen3(tmp_path_factory, tmp_path):
             "--config.train.steps=1", "--config.train.warmup_steps=0", "--config.grpo.num_generations=2",
             "--config.grpo.max_new_tokens=3", "--config.grpo.dynamic_sampling=false")
   assert out.returncode == 0, out.stderr[-3000:]
-  out = subprocess.run([sys.executable, "launch/eval.py", "--config=configs/tiny_qwen3.py",
+  out = subprocess.run([sys.executable, f"{LAUNCH}/eval.py", f"--config={CONFIGS}/tiny_qwen3.py",
                         f"--config.eval.benchmark={records_dir}", "--config.eval.max_items=4",
                         "--config.eval.max_new_tokens=3", f"--checkpoint={rl}", f"--out={tmp_path / 'eval'}"],
                        capture_output=True, text=True, check=False, env=env)
@@ -343,7 +246,7 @@ def test_launch_convert_refuses_a_checkpoint_of_the_other_family(tmp_path):
   import sys
   from tests.tiny_hf_vlm import save_tiny_qwen2_5_vl
   hf_dir = save_tiny_qwen2_5_vl(str(tmp_path / "qwen2_5"))
-  out = subprocess.run([sys.executable, "launch/convert.py", "--config=configs/tiny_qwen3.py", f"--hf_dir={hf_dir}",
+  out = subprocess.run([sys.executable, f"{LAUNCH}/convert.py", f"--config={CONFIGS}/tiny_qwen3.py", f"--hf_dir={hf_dir}",
                         f"--out={tmp_path / 'params'}"], capture_output=True, text=True, check=False)
   assert out.returncode != 0
   assert "model.name: config 'qwen3_vl', checkpoint 'qwen2_5_vl'" in out.stderr

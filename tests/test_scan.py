@@ -14,13 +14,13 @@ from zwz_jax.data import batch as batching
 from zwz_jax.generate import sampler
 from zwz_jax.models import registry
 from zwz_jax.models.scan import runs
-from tests.conftest import CONFIGS_DIR
+from tests.shared import CONFIGS
 
 TOL = 1e-5  # fp32, matmul precision "highest": scan and loop differ only in fusion order
 
 
 def _config(name: str):
-  return config_lib.load_config(str(CONFIGS_DIR / name))
+  return config_lib.load_config(f"{CONFIGS}/{name}")
 
 
 def _pair(config, **changes):

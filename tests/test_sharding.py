@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from tests.shared import CONFIGS
 from tests import hf_reference as ref
 from zwz_jax.config import load_config
 from zwz_jax.data import batch as batching
@@ -70,7 +71,7 @@ def _hf_parameter_count(cfg):
 
 
 def test_student_7b_parameter_count_and_sharding():
-  config = load_config("configs/student_7b.py")
+  config = load_config(f"{CONFIGS}/student_7b.py")
   cfg = ModelConfig.from_config(config.model)
   mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
   _, abs_state = abstract_model(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)), mesh)
@@ -82,7 +83,7 @@ def test_student_7b_parameter_count_and_sharding():
 
 
 def test_mesh_that_does_not_divide_the_model_names_the_parameter():
-  config = load_config("configs/student_7b.py")
+  config = load_config(f"{CONFIGS}/student_7b.py")
   cfg = ModelConfig.from_config(config.model)
   mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 8})  # 4 KV heads cannot split 8 ways
   with pytest.raises(ShardingError, match=r"layers\.0\.attn\.k_\w+: .*'kv_heads', size 4\) is not divisible by mesh axes tensor = 8"):

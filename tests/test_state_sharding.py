@@ -6,6 +6,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.shared import CONFIGS
 from zwz_jax.config import load_config
 from zwz_jax.sharding import make_mesh
 from zwz_jax.train import checkpoint as ckpt_lib
@@ -44,7 +45,7 @@ def _check_state(trainer):
 
 @pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_sft_optimizer_state_sharded_like_params(mesh):
-  trainer = Trainer(load_config("configs/tiny.py"), _mesh(*mesh))
+  trainer = Trainer(load_config(f"{CONFIGS}/tiny.py"), _mesh(*mesh))
   assert _check_state(trainer) == 2 * len(trainer.space.abstract)  # mu and nu of every parameter
   # The sharding actually produced by init and by the train step's output is the declared one.
   state = trainer.init_state()
@@ -54,12 +55,12 @@ def test_sft_optimizer_state_sharded_like_params(mesh):
 
 @pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_grpo_optimizer_state_sharded_like_params(mesh):
-  trainer = loop.build(load_config("configs/tiny_grpo.py"), _mesh(*mesh))
+  trainer = loop.build(load_config(f"{CONFIGS}/tiny_grpo.py"), _mesh(*mesh))
   assert _check_state(trainer) == 2 * len(trainer.space.abstract)
 
 
 def test_frozen_vision_tower_has_no_state_and_the_rest_is_sharded():
-  trainer = Trainer(load_config("configs/tiny.py", ["train.lr_scale.vision=0"]), _mesh(1, 8, 1))
+  trainer = Trainer(load_config(f"{CONFIGS}/tiny.py", ["train.lr_scale.vision=0"]), _mesh(1, 8, 1))
   trainable = [k for k in trainer.space.abstract if optim.module_of(k) != "vision"]
   assert _check_state(trainer) == 2 * len(trainable)
 
@@ -67,7 +68,7 @@ def test_frozen_vision_tower_has_no_state_and_the_rest_is_sharded():
 def test_checkpoint_with_replicated_optimizer_state_restores_sharded(tmp_path):
   """Checkpoints written before the state was sharded hold replicated moments: they restore into
   the sharded layout with the same values."""
-  config = load_config("configs/tiny.py")
+  config = load_config(f"{CONFIGS}/tiny.py")
   mesh = _mesh(1, 8, 1)
   trainer = Trainer(config, mesh)
   state = trainer.init_state()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import record_fixtures
-from tests.shared import shared_dir
+from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
 from zwz_jax.config import load_config
 from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
@@ -29,7 +29,7 @@ def records_dir(tmp_path_factory):
 
 
 def _config(records_dir, *overrides):
-  return load_config("configs/tiny.py", [f"data.train={records_dir}", "train.warmup_steps=1", *overrides])
+  return load_config(f"{CONFIGS}/tiny.py", [f"data.train={records_dir}", "train.warmup_steps=1", *overrides])
 
 
 def _batches(config, n):
@@ -119,8 +119,8 @@ def test_restore_on_other_meshes(records_dir, tmp_path):
 
 def _launch(workdir, records_dir, *extra, env=None, wait=True, kill_at=""):
   # kill_at: tests/kill_at.py's point (e.g. "train_steps=5"), where the run gets a SIGKILL.
-  harness = ["tests/kill_at.py", kill_at] if kill_at else []
-  cmd = [sys.executable, *harness, "launch/train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+  harness = [f"{KILL_AT}", kill_at] if kill_at else []
+  cmd = [sys.executable, *harness, f"{LAUNCH}/train.py", f"--config={CONFIGS}/tiny.py", f"--workdir={workdir}",
          f"--config.data.train={records_dir}", "--config.train.steps=6", "--config.train.checkpoint_every=2",
          "--config.train.log_every=1", "--config.train.warmup_steps=1", *extra]
   env = {**os.environ, **(env or {})}

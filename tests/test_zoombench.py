@@ -12,7 +12,7 @@ import pytest
 
 from tests import hf_reference as ref
 from tests import record_fixtures
-from tests.shared import shared_dir
+from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
 from zwz_jax.config import load_config
 from zwz_jax.eval import benchmarks, zoombench
 from zwz_jax.models.qwen2_5_vl import ModelConfig
@@ -28,14 +28,14 @@ def bench(tmp_path_factory):
     items[1] = dataclasses.replace(items[1], crop=None)  # missing crop image
     items[2] = dataclasses.replace(items[2], image=b"not an image")  # unreadable full image
     benchmarks.write_zoombench_parquet(items, str(root / "bench.parquet"))
-    config = load_config("configs/eval_tiny.py")
+    config = load_config(f"{CONFIGS}/eval_tiny.py")
     ref.hf_model(ModelConfig.from_config(config.model), seed=2).save_pretrained(root / "ckpt")
   return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_bench", build))
 
 
 def _eval(bench, out, *extra, kill_at=""):
-  harness = ["tests/kill_at.py", kill_at] if kill_at else []  # a SIGKILL at that point
-  return subprocess.run([sys.executable, *harness, "launch/eval.py", "--config=configs/eval_tiny.py",
+  harness = [f"{KILL_AT}", kill_at] if kill_at else []  # a SIGKILL at that point
+  return subprocess.run([sys.executable, *harness, f"{LAUNCH}/eval.py", f"--config={CONFIGS}/eval_tiny.py",
                          f"--config.eval.benchmark={bench / 'bench.parquet'}", "--config.eval.coverage_layer=1",
                          f"--checkpoint={bench / 'ckpt'}", f"--out={out}", *extra],
                         capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -126,7 +126,7 @@ def test_global_view_grounded_as_in_training(tmp_path, mode):
   from zwz_jax.data import pipeline, processor
   record_fixtures.write_records(str(tmp_path), 3, seed=7, sizes=(150, 300))
   items = {it.id: it for it in benchmarks.from_records(str(tmp_path))}
-  config = load_config("configs/eval_tiny.py", [f"eval.grounding={mode}", f"data.grounding={mode}"])
+  config = load_config(f"{CONFIGS}/eval_tiny.py", [f"eval.grounding={mode}", f"data.grounding={mode}"])
   tok = processor.load_tokenizer("", config)
   evaluator = zoombench.DualViewEvaluator(config, None, tok)
   pre = pipeline.Preprocessor(config, tok, prompts_only=True)
@@ -145,7 +145,7 @@ def test_global_view_grounded_as_in_training(tmp_path, mode):
 def test_unknown_eval_grounding_names_the_key():
   from zwz_jax.config import ConfigError
   from zwz_jax.data import processor
-  config = load_config("configs/eval_tiny.py", ["eval.grounding=box"])
+  config = load_config(f"{CONFIGS}/eval_tiny.py", ["eval.grounding=box"])
   with pytest.raises(ConfigError, match="eval.grounding"):
     zoombench.DualViewEvaluator(config, None, processor.load_tokenizer("", config))
 
@@ -158,7 +158,7 @@ def test_regional_training_view_is_the_eval_crop(tmp_path):
   from zwz_jax.data import pipeline, processor
   record_fixtures.write_records(str(tmp_path), 3, seed=3, sizes=(150, 300))
   items = {it.id: it for it in benchmarks.from_records(str(tmp_path))}
-  config = load_config("configs/eval_tiny.py", ["data.view=regional"])
+  config = load_config(f"{CONFIGS}/eval_tiny.py", ["data.view=regional"])
   tok = processor.load_tokenizer("", config)
   evaluator = zoombench.DualViewEvaluator(config, None, tok)
   pre = pipeline.Preprocessor(config, tok, prompts_only=True)
@@ -177,6 +177,6 @@ def test_regional_training_view_is_the_eval_crop(tmp_path):
 
 def test_unknown_data_view_names_the_key():
   from zwz_jax.data import pipeline, processor
-  config = load_config("configs/tiny.py", ["data.view=crop"])
+  config = load_config(f"{CONFIGS}/tiny.py", ["data.view=crop"])
   with pytest.raises(ValueError, match="data.view='crop'"):
     pipeline.Preprocessor(config, processor.load_tokenizer("", config))

@@ -149,17 +149,42 @@ def decode(data: bytes, where: str = "") -> Record:
     raise RecordError(f"record {rid!r}{at}: {e}") from None
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+  """RGB copy of `image`; transparency is composited onto white, as transformers does."""
+  has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+  if not has_alpha:
+    return image.convert("RGB")
+  rgba = image.convert("RGBA")
+  background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+  return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def decode_image(data: bytes | None, what: str = "image") -> Image.Image:
+  """Encoded image bytes -> RGB (`to_rgb`); a ValueError saying why not, naming `what`.
+
+  Every reader of stored images (records, benchmarks, the agentic harness) decodes through here;
+  data_gen's pool checks raw images more strictly (truncation, size limits, EXIF) before they are stored.
+  """
+  if not data:
+    raise ValueError(f"no {what}")
+  try:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+  except Exception as e:  # PIL raises many types for bad bytes
+    raise ValueError(f"{what} does not decode ({type(e).__name__}: {e})") from None
+  return to_rgb(img)
+
+
 def open_image(record: Record) -> Image.Image:
   """The full image as RGB; a corrupt image raises RecordError naming the record."""
   try:
-    img = Image.open(io.BytesIO(record.image))
-    img.load()
-  except Exception as e:
-    raise RecordError(f"record {record.id!r}: image does not decode ({type(e).__name__}: {e})") from None
+    img = decode_image(record.image)
+  except ValueError as e:
+    raise RecordError(f"record {record.id!r}: {e}") from None
   if img.size != (record.width, record.height):
     raise RecordError(f"record {record.id!r}: image is {img.size[0]}x{img.size[1]}, "
                       f"record says {record.width}x{record.height}")
-  return img.convert("RGB")
+  return img
 
 
 def encode_image(image: Image.Image, fmt: str = "png") -> bytes:
@@ -184,10 +209,29 @@ def draw_box(image: Image.Image, bbox: Sequence[float], *, expand: float = BOX_E
   return out
 
 
-def crop_region(image: Image.Image, bbox: Sequence[float]) -> Image.Image:
-  """The record's region cut from its full image (outward-rounded pixels): the zoomed-in view."""
+def region_box(bbox: Sequence[float], size: tuple[int, int], context_frac: float = 0.0) -> tuple[int, int, int, int]:
+  """The whole pixels covering `bbox` grown by `context_frac` of its size per side: snapped outward,
+  clipped to the image of `size` (width, height), never empty."""
   x0, y0, x1, y1 = bbox
-  return image.crop((math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)))
+  dx, dy = (x1 - x0) * context_frac, (y1 - y0) * context_frac
+  w, h = size
+  cx0 = min(max(math.floor(x0 - dx), 0), w - 1)
+  cy0 = min(max(math.floor(y0 - dy), 0), h - 1)
+  return cx0, cy0, max(min(math.ceil(x1 + dx), w), cx0 + 1), max(min(math.ceil(y1 + dy), h), cy0 + 1)
+
+
+def zoom(image: Image.Image, box: tuple[int, int, int, int], upscale: float = 1.0) -> Image.Image:
+  """The pixels inside `box` (whole pixels), enlarged by `upscale` (bicubic): a zoomed-in view."""
+  crop = image.crop(box)
+  if upscale != 1.0:
+    crop = crop.resize((max(1, round(crop.width * upscale)), max(1, round(crop.height * upscale))),
+                       Image.Resampling.BICUBIC)
+  return crop
+
+
+def crop_region(image: Image.Image, bbox: Sequence[float]) -> Image.Image:
+  """The record's region cut from its full image: the regional view."""
+  return zoom(image, region_box(bbox, image.size))
 
 
 def format_question(question: str, options: Sequence[str] = ()) -> str:

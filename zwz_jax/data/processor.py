@@ -16,6 +16,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from zwz_jax.data import tiny_tokenizer
+from zwz_jax.records import to_rgb
 
 IMAGE_PAD = "<|image_pad|>"
 VISION_START = "<|vision_start|>"
@@ -56,16 +57,6 @@ def smart_resize(height, width, factor, min_pixels, max_pixels):
     raise ValueError(f"image {height}x{width} is too small: resizes to {h_bar}x{w_bar}, below one "
                      f"{factor}x{factor} merged patch (min_pixels={min_pixels})")
   return h_bar, w_bar
-
-
-def to_rgb(image):
-  """RGB copy of `image`; transparency is composited onto white, as transformers does."""
-  has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-  if not has_alpha:
-    return image.convert("RGB")
-  rgba = image.convert("RGBA")
-  background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-  return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _normalize(pixels_uint8, image_mean, image_std):

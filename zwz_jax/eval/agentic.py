@@ -21,7 +21,6 @@ in tests, or with our JAX student through `model_generate_fn` (KV-cache sampler,
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from zwz_jax import answers
+from zwz_jax import answers, records
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
 from zwz_jax.eval import jsonl_log
@@ -235,15 +234,6 @@ def original_box(box: Sequence[float], view_size: tuple[int, int], image_size: t
   return x0, y0, x1, y1
 
 
-def zoom(image: Image.Image, box: tuple[int, int, int, int], upscale: float) -> Image.Image:
-  """The original pixels inside `box`, enlarged by `upscale` (bicubic)."""
-  crop = image.crop(box)
-  if upscale != 1.0:
-    crop = crop.resize((max(1, round(crop.width * upscale)), max(1, round(crop.height * upscale))),
-                       Image.BICUBIC)
-  return crop
-
-
 def view_size_fn(config) -> Callable[[int, int], tuple[int, int]]:
   """(width, height) -> the frame the model's tool boxes are in: the (width, height) the processor
   resizes an image to, or (1000, 1000) for a relative-coordinate model (Qwen3-VL)."""
@@ -276,17 +266,6 @@ class AgentResult:
   skipped: bool = False  # the item itself could not be evaluated (bad image): not counted in accuracy
 
 
-def open_image(data: bytes) -> Image.Image:
-  if not data:
-    raise ValueError("no image")
-  try:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-  except Exception as e:  # PIL raises many types for bad bytes
-    raise ValueError(f"image does not decode ({type(e).__name__})") from None
-  return processor_lib.to_rgb(img)
-
-
 class AgenticHarness:
   """Runs the zoom-tool loop for one item at a time.
 
@@ -317,7 +296,7 @@ class AgenticHarness:
       res.error, res.skipped = item.error, True
     else:
       try:
-        image = open_image(item.image)
+        image = records.decode_image(item.image)
       except ValueError as e:
         res.error, res.skipped = str(e), True
     if image is not None:
@@ -356,7 +335,7 @@ class AgenticHarness:
         res.tool_calls.append(box)
         # Anything after the call is dropped: the agent must see the tool result before going on.
         conv.add("assistant", text[:call.end] + call.closing)
-        conv.add("tool", zoom(image, box, self.upscale))
+        conv.add("tool", records.zoom(image, box, self.upscale))
     except Exception as e:  # one item's failure (generation, resize) must not end an evaluation
       res.error = f"turn {res.turns}: {type(e).__name__}: {e}"
 

@@ -8,7 +8,6 @@ it stopped; the report is computed from that file alone, so it can be recomputed
 from __future__ import annotations
 
 import collections
-import io
 import json
 import os
 import time
@@ -30,17 +29,6 @@ PREDICTIONS = "predictions.jsonl"
 
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
-
-
-def _open(data: bytes | None, what: str) -> Image.Image:
-  if not data:
-    raise ValueError(f"no {what} image")
-  try:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
-  except Exception as e:  # PIL raises many types for bad bytes
-    raise ValueError(f"{what} image does not decode ({type(e).__name__})") from None
 
 
 def read_predictions(out_dir: str) -> dict[tuple[str, str], dict]:
@@ -77,7 +65,8 @@ class DualViewEvaluator:
       self._attention = jax.jit(lambda m, b, q: m(**b, attention_layer=coverage_layer, attention_query=q)[1])
 
   def _example(self, item: EvalItem, view: str):
-    img = _open(item.image if view == "global" else item.crop, "full" if view == "global" else "crop")
+    img = records.decode_image(item.image if view == "global" else item.crop,
+                               "full image" if view == "global" else "crop image")
     text = records.format_question(item.question, item.options)
     if view == "global" and self.grounding != "none":
       if item.bbox is None:
