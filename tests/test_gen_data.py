@@ -6,8 +6,12 @@ import sys
 
 import pytest
 
+from data_gen import pipeline, scenes, writer
+from data_gen.teachers.base import Request, Teacher
+from data_gen.teachers.scene import SceneTeacher
 from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
 from zwz_jax import records
+from zwz_jax.config import load_config
 
 SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.scenes.height=672",
          "--config.write.images_per_shard=2"]
@@ -87,14 +91,6 @@ def test_does_not_import_jax(tmp_path):
 
 
 # ---- in-process runs: custom pools and teachers --------------------------------------------------
-
-from data_gen import pipeline, scenes  # noqa: E402
-from data_gen.teachers.base import Teacher  # noqa: E402
-from data_gen.teachers.scene import SceneTeacher  # noqa: E402
-from data_gen import writer  # noqa: E402
-from data_gen.teachers.base import Request  # noqa: E402
-from zwz_jax.config import load_config  # noqa: E402
-
 
 def _config(out_dir, pool_dir, *overrides):
   cfg = load_config(f"{CONFIGS}/datagen_tiny.py", [f"out_dir={out_dir}", f"pool.path={pool_dir}",

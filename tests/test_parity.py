@@ -93,7 +93,7 @@ def test_greedy_generation_equals_transformers_generate(models, family_config):
   batch = batching.build_batch(exs, vision_cfg=ours.cfg.vision, image_token_id=ours.cfg.image_token_id,
                                max_tokens=max(len(e["input_ids"]) for e in exs) + 3, max_patches=512,
                                pad_side="left")
-  tokens, _ = sampler.generate(ours, batch, sampler.SamplingConfig(max_new_tokens=10))
+  tokens, lengths = sampler.generate(ours, batch, sampler.SamplingConfig(max_new_tokens=12))
   ids = torch.as_tensor(batch["input_ids"]).long()
   with torch.no_grad():
     want = hf.generate(
@@ -101,8 +101,9 @@ def test_greedy_generation_equals_transformers_generate(models, family_config):
         pixel_values=torch.as_tensor(np.concatenate([e["pixel_values"] for e in exs])),
         image_grid_thw=torch.as_tensor(np.concatenate([e["grid_thw"] for e in exs])),
         mm_token_type_ids=(ids == hf.config.image_token_id).int(), do_sample=False,
-        max_new_tokens=10, min_new_tokens=10, pad_token_id=0)
+        max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
   np.testing.assert_array_equal(tokens, want[:, ids.shape[1]:].numpy())
+  assert (lengths == 12).all()  # no stop ids: every row runs to the end
 
 
 def test_round_trip_through_hf_safetensors(auto_models, tmp_path):

@@ -3,7 +3,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from jax.sharding import NamedSharding
 
 from tests import hf_reference as ref
@@ -33,24 +32,8 @@ def setup(tiny_config, tmp_path_factory):
   return cfg, hf, ours, exs, batch
 
 
-def _hf_generate(hf, exs, batch, max_new_tokens):
-  ids = torch.as_tensor(batch["input_ids"]).long()
-  with torch.no_grad():
-    out = hf.generate(
-        input_ids=ids, attention_mask=torch.as_tensor(batch["attention_mask"]).long(),
-        pixel_values=torch.as_tensor(np.concatenate([e["pixel_values"] for e in exs])),
-        image_grid_thw=torch.as_tensor(np.concatenate([e["grid_thw"] for e in exs])),
-        mm_token_type_ids=(ids == hf.config.image_token_id).int(), do_sample=False,
-        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=0)
-  return out[:, ids.shape[1]:].numpy()
-
-
-def test_greedy_equals_transformers_generate(setup):
-  cfg, hf, ours, exs, batch = setup
-  tokens, lengths = sampler.generate(ours, batch, sampler.SamplingConfig(max_new_tokens=12))
-  expected = _hf_generate(hf, exs, batch, 12)
-  np.testing.assert_array_equal(tokens, expected)
-  assert (lengths == 12).all()
+# Greedy decoding against transformers' generate, for both families and every attention backend:
+# tests/test_parity.py.
 
 
 def test_cached_decode_equals_uncached_recompute(setup):

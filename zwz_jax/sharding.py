@@ -3,6 +3,9 @@
 Every parameter and key activation in the model carries logical axis names (``logical_axes``
 metadata on ``nnx.Param``); this module is the only place that maps them onto the physical
 ``('data', 'fsdp', 'tensor')`` mesh. Change a rule here and the whole model follows.
+Shardings are derived here rather than with flax's `nnx.get_named_sharding` so that a dimension that
+does not divide its mesh axes is caught before any array exists, naming the parameter, its logical
+axis and the rule to change.
 """
 from __future__ import annotations
 

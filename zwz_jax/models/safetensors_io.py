@@ -7,6 +7,8 @@ plus an optional "__metadata__" of strings, then the raw little-endian tensor by
 Reading memory-maps each file, so `get` returns a zero-copy read-only view and a 72B
 checkpoint costs no host RAM until its pages are touched. Writing takes an iterator so the
 caller can produce (and free) one tensor at a time; bfloat16 and float8 come from ml_dtypes.
+Kept instead of safetensors' own `safe_open` / `save_file`: `safe_open` copies each tensor out of
+the file and `save_file` needs every tensor in memory at once.
 """
 import json
 import os
