@@ -93,7 +93,7 @@ from zwz_jax.config import load_config
 from zwz_jax.models import convert
 from zwz_jax.models.qwen2_5_vl import ModelConfig
 from zwz_jax.sharding import make_mesh
-cfg = ModelConfig.from_config(load_config(f"{CONFIGS}/tiny.py", sys.argv[2:]).model)
+cfg = ModelConfig.from_config(load_config(sys.argv[2], sys.argv[3:]).model)
 mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
 tracemalloc.start()
 convert.load_hf_state(cfg, sys.argv[1], mesh)
@@ -109,8 +109,8 @@ def test_host_memory_peaks_near_one_tensor(tmp_path):
   ref.hf_model(cfg).save_pretrained(tmp_path)
   with safetensors_io.SafetensorsCheckpoint(str(tmp_path)) as ckpt:
     sizes = [int(np.prod(ckpt.shape(k))) * 4 for k in ckpt.keys()]
-  out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path), *overrides], capture_output=True,
-                       text=True, check=False, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path), f"{CONFIGS}/tiny.py", *overrides],
+                       capture_output=True, text=True, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   peak = int(out.stdout.split()[-1])
   # A loader that materialises the checkpoint first would peak above sum(sizes) (plus a copy).
