@@ -12,10 +12,11 @@ from typing import Any, Sequence
 from data_gen.boxes import FORMATS
 from data_gen.parsing import ParseError, as_text, json_items
 from zwz_jax import answers
+from zwz_jax.dimensions import normalise_dimension
 from zwz_jax.records import DIMENSIONS, FOCUS_OVERLAY, format_question
 
 __all__ = ["ParseError", "DIMENSION_GUIDE", "propose_prompt", "questions_prompt", "check_prompt",
-           "answer_prompt", "distractors_prompt", "student_prompt", "normalise_dimension",
+           "answer_prompt", "distractors_prompt", "student_prompt",
            "parse_questions", "parse_yes_no", "parse_list", "parse_answer"]
 
 # One line per perception dimension: what to ask, with an example, as given to the question writer.
@@ -27,24 +28,6 @@ DIMENSION_GUIDE = {
     "material": "what something is made of (e.g. 'What material is the bench seat made of?')",
     "identification": "what a specific object or part is (e.g. 'What is the man holding in his left hand?')",
 }
-
-_SYNONYMS = {
-    "count": "counting", "counts": "counting", "number": "counting", "quantity": "counting",
-    "how many": "counting", "numerosity": "counting",
-    "text": "ocr", "reading": "ocr", "text recognition": "ocr", "optical character recognition": "ocr",
-    "scene text": "ocr", "character recognition": "ocr",
-    "color": "colour", "colors": "colour", "colours": "colour", "hue": "colour",
-    "shape": "structure", "shapes": "structure", "form": "structure", "geometry": "structure",
-    "pattern": "structure", "structural": "structure",
-    "materials": "material", "texture": "material", "composition": "material",
-    "object": "identification", "objects": "identification", "identity": "identification",
-    "identify": "identification", "object identification": "identification", "recognition": "identification",
-    "object recognition": "identification", "category": "identification", "classification": "identification",
-}
-
-# Single words that name a dimension inside a longer tag; broader synonyms only match whole tags.
-_WORDS = {"count": "counting", "text": "ocr", "color": "colour", "shape": "structure",
-          "texture": "material", "object": "identification"}
 
 # ----------------------------------------------------------------------------------------------
 # Prompt builders
@@ -156,28 +139,6 @@ def student_prompt(question: str, options: Sequence[str] = ()) -> str:
 # ----------------------------------------------------------------------------------------------
 # Parsers
 # ----------------------------------------------------------------------------------------------
-
-
-def normalise_dimension(name: Any) -> str | None:
-  """A DIMENSIONS name for a teacher's dimension tag ("Color", "text/OCR", "shape"), else None."""
-  if not isinstance(name, str):
-    return None
-  s = re.sub(r"[_\-]+", " ", name.strip().lower())
-  s = re.sub(r"\s+", " ", s).strip(" .:")
-  if s in DIMENSIONS:
-    return s
-  if s in _SYNONYMS:
-    return _SYNONYMS[s]
-  found = set()
-  for part in re.split(r"\s*(?:/|,|&|\band\b|\bor\b|\(|\))\s*", s):
-    part = part.strip()
-    if part in DIMENSIONS or part in _SYNONYMS:
-      found.add(part if part in DIMENSIONS else _SYNONYMS[part])
-  if not found:
-    for word in s.split():  # "colour question", "material type"
-      if word in DIMENSIONS or word in _WORDS:
-        found.add(word if word in DIMENSIONS else _WORDS[word])
-  return found.pop() if len(found) == 1 else None
 
 
 def parse_questions(text: Any, k: int, *, strict: bool = True) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ from tests import record_fixtures
 from zwz_jax import records
 from zwz_jax.eval import benchmarks as B
 from zwz_jax import answers as J
+from zwz_jax.dimensions import normalise_dimension
 
 
 def _png(w, h, colour=(200, 30, 30)):
@@ -44,13 +45,16 @@ def test_parquet_round_trip(tmp_path):
   assert len(got) == 3 and all(it.error is None for it in got)
   for want, have in zip(_items(), got):
     for field in ("id", "image", "image_format", "width", "height", "crop", "crop_format", "question",
-                  "options", "answer", "answer_type", "dimension", "bbox"):
+                  "options", "answer", "answer_type", "bbox"):
       assert getattr(have, field) == getattr(want, field), field
     assert have.source.startswith("zoombench.parquet:")
+  # Labels come back as written; the unlabelled item's dimension is read from its question, marked.
+  assert [(it.dimension, it.dimension_inferred) for it in got] == [
+      ("Color Attributes", False), ("Fine-Grained Counting", False), ("ocr", True)]
   assert got[0].answer_text == "red" and got[0].prompt.endswith(records.MC_INSTRUCTION)
   assert got[0].raw_prompt == "What colour is the cup?\nA. red\nB. blue\nC. green\nD. black"
-  assert B.canonical_dimension(got[0].dimension) == "colour"
-  assert B.canonical_dimension(got[1].dimension) == "counting"
+  assert normalise_dimension(got[0].dimension) == "colour"
+  assert normalise_dimension(got[1].dimension) == "counting"
 
 
 def test_parquet_public_schema_and_bad_rows(tmp_path):
@@ -80,6 +84,42 @@ def test_parquet_public_schema_and_bad_rows(tmp_path):
   assert "image does not decode" in c.error and c.answer == "B"
   assert "image" in d.error and d.width == 0
   assert J.judge("the label says exit 12", b.answer, answer_type=b.answer_type).correct
+
+
+def test_released_zoombench_schema_question_types_and_inferred_dimensions(tmp_path):
+  """As released: query / response / question_type (mcq | blank), no dimension column."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  rows = {
+      "id": ["z0", "z1", "z2", "z3", "z4"],
+      "image": [{"bytes": _png(40, 30), "path": "z0.png"}] * 5,
+      "crop_image": [{"bytes": _png(10, 10), "path": "z0_crop.png"}] * 5,
+      "query": ["What colour is the umbrella held by the woman?\nA. red\nB. blue\nC. green\nD. white",
+                "What is written on the small sign?\nA. EXIT\nB. STOP",  # a blank whose answer is a letter:
+                "Which letter is painted on the tail of the plane?",     # it stays text, options are not read
+                "How many birds sit on the wire?", "What shape is the sign?"],
+      "response": ["B", "EXIT", "A", "3", "round"],
+      "question_type": ["mcq", "blank", "blank", "mcq", "essay"],
+      "bbox": [[1.0, 2.0, 5.0, 6.0]] * 5,
+  }
+  pq.write_table(pa.table(rows), tmp_path / "zoombench.parquet")
+  a, b, c, d, e = B.load_zoombench_parquet(str(tmp_path / "zoombench.parquet"))
+  assert a.error is None and a.answer_type == "mc" and a.answer == "B" and a.options == ("red", "blue", "green", "white")
+  assert b.error is None and b.options == () and b.question.endswith("B. STOP") and b.answer_type == "text"
+  assert c.error is None and c.answer == "A" and c.answer_type == "text" and c.options == ()
+  assert "question_type 'mcq' but no options" in d.error
+  assert "question_type 'essay' is not one of" in e.error
+  assert [(it.dimension, it.dimension_inferred) for it in (a, b, c, d, e)] == [
+      ("colour", True), ("ocr", True), ("ocr", True), ("counting", True), ("structure", True)]
+  # The report says the dimensions are inferred, and the writer does not turn them into labels.
+  from zwz_jax.eval import zoombench
+  preds = {(it.id, v): {"id": it.id, "view": v, "correct": v == "regional", "error": None,
+                        **zoombench._labels(it)} for it in (a, b, c) for v in zoombench.VIEWS}
+  rep = zoombench.report(preds, [a, b, c])
+  assert rep["inferred_dimensions"] == 3 and set(rep["by_dimension"]) == {"colour", "ocr"}
+  assert "Dimensions of 3 items are inferred" in zoombench.markdown({"ckpt": rep})
+  again = B.load_zoombench_parquet(B.write_zoombench_parquet([a, b, c], str(tmp_path / "again.parquet")))
+  assert [(it.dimension, it.dimension_inferred) for it in again] == [("colour", True), ("ocr", True), ("ocr", True)]
 
 
 def test_unreadable_files_raise_naming_the_file(tmp_path):

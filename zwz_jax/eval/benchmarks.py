@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
-from zwz_jax import answers, records
+from zwz_jax import answers, dimensions, records
 
 OPTION_LETTERS = records.OPTION_LETTERS
 
@@ -42,6 +42,7 @@ class EvalItem:
   source: str  # file:row the item came from
   error: str | None = None  # why this item cannot be evaluated; None when it is fine
   raw_prompt: str | None = None  # the prompt exactly as the benchmark wrote it
+  dimension_inferred: bool = False  # `dimension` read from the question (the benchmark has no label)
 
   @property
   def answer_text(self) -> str:
@@ -54,20 +55,6 @@ class EvalItem:
   def prompt(self) -> str:
     """Question plus lettered options and the letter instruction, as the student is trained on."""
     return records.format_question(self.question, self.options)
-
-
-def canonical_dimension(name: str | None) -> str | None:
-  """One of records.DIMENSIONS for a benchmark's dimension label ("Fine-Grained Counting" -> counting)."""
-  if not name:
-    return None
-  low = str(name).lower()
-  # Material before OCR: "texture" contains "text".
-  for keys, dim in ((("count",), "counting"), (("material", "texture"), "material"),
-                    (("ocr", "text", "symbol"), "ocr"), (("colo",), "colour"), (("struct", "shape"), "structure"),
-                    (("identif", "object", "recogn"), "identification")):
-    if any(k in low for k in keys):
-      return dim
-  return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,10 +176,17 @@ def _error_item(id, source: str, error: str) -> EvalItem:
                   source=source, error=error)
 
 
+QUESTION_TYPES = ("mcq", "blank")  # ZoomBench's question_type
+
+
 def _make_item(*, id, source: str, image: bytes | None, crop: bytes | None, prompt, answer,
                dimension=None, bbox=None, image_error: str | None = None, crop_error: str | None = None,
-               verify: bool = False) -> EvalItem:
-  """One EvalItem from raw fields; whatever is missing or unreadable goes into `error`."""
+               verify: bool = False, question_type: str | None = None, infer_dimension: bool = False) -> EvalItem:
+  """One EvalItem from raw fields; whatever is missing or unreadable goes into `error`.
+
+  question_type ("mcq" | "blank", ZoomBench's column): a blank question keeps its whole prompt and
+  has no options; an mcq must have options. infer_dimension: without a dimension label, read one
+  from the question (zwz_jax.dimensions.infer_dimension) and mark the item."""
   errors = [e for e in (image_error, crop_error) if e]
   fmt, w, h = "", 0, 0
   if not image:
@@ -213,8 +207,17 @@ def _make_item(*, id, source: str, image: bytes | None, crop: bytes | None, prom
   if not prompt:
     errors.append("field 'prompt' (question) is missing or empty")
   answer = "" if answer is None else str(answer).strip()
-  question, options = split_options(prompt)
+  if question_type is not None and question_type not in QUESTION_TYPES:
+    errors.append(f"question_type {question_type!r} is not one of {sorted(QUESTION_TYPES)}")
+  question, options = (prompt, ()) if question_type == "blank" else split_options(prompt)
   answer_type = answers.infer_answer_type(answer, options)
+  if question_type == "blank" and answer_type == "mc":
+    answer_type = "text"  # a blank whose answer is a letter ("Which letter is on the tail?" -> "A")
+  if question_type == "mcq" and not options:
+    errors.append("question_type 'mcq' but no options could be read from the query")
+  inferred = infer_dimension and not dimension and bool(question)
+  if inferred:
+    dimension = dimensions.infer_dimension(question)
   if not answer:
     errors.append("field 'answer' is missing or empty")
   elif answer_type == "mc":
@@ -227,7 +230,8 @@ def _make_item(*, id, source: str, image: bytes | None, crop: bytes | None, prom
       id=str(id), image=bytes(image or b""), image_format=fmt, width=w, height=h,
       crop=bytes(crop) if crop else None, crop_format=crop_fmt, question=question, options=tuple(options),
       answer=answer, answer_type=answer_type, dimension=None if dimension is None else str(dimension),
-      bbox=_as_bbox(bbox), source=source, error="; ".join(errors) or None, raw_prompt=prompt or None)
+      bbox=_as_bbox(bbox), source=source, error="; ".join(errors) or None, raw_prompt=prompt or None,
+      dimension_inferred=inferred)
 
 
 def _image_field(value, base_dir: str) -> tuple[bytes | None, str | None]:
@@ -264,9 +268,10 @@ def _read_file(path: str, root: str) -> tuple[bytes | None, str | None]:
 def load_zoombench_parquet(path: str, *, verify: bool = False) -> list[EvalItem]:
   """Items of a ZoomBench-schema parquet file.
 
-  Columns: image (bytes or {"bytes", "path"}), crop_image (same, may be null), prompt (question,
-  maybe with options appended), answer; optional dimension/category, id/index, bbox. verify=True
-  decodes every image fully (slower) instead of reading headers only.
+  Columns: image (bytes or {"bytes", "path"}), crop_image (same, may be null), prompt / query
+  (question, maybe with options appended), answer / response; optional question_type (mcq | blank,
+  as released), dimension / category (when absent, inferred from the question and marked),
+  id / index, bbox. verify=True decodes every image fully (slower) instead of reading headers only.
   """
   try:
     import pyarrow.parquet as pq
@@ -296,7 +301,8 @@ def load_zoombench_parquet(path: str, *, verify: bool = False) -> list[EvalItem]
             id=row_index if rid is None else rid, source=f"{name}:{row_index}", image=image, crop=crop,
             prompt=_first(row, "prompt", "question", "query"), answer=_first(row, "answer", "response"),
             dimension=_first(row, "dimension", "category"), bbox=row.get("bbox"),
-            image_error=err, crop_error=crop_err, verify=verify))
+            image_error=err, crop_error=crop_err, verify=verify, question_type=row.get("question_type"),
+            infer_dimension=True))
         row_index += 1
   except (OSError, ValueError) as e:  # pyarrow.ArrowException derives from these
     raise ValueError(f"{path}: unreadable at row {row_index} ({type(e).__name__}: {e})") from None
@@ -468,21 +474,24 @@ def write_zoombench_parquet(items: Iterable[EvalItem], path: str) -> str:
   """Writes items in the ZoomBench schema (image/crop_image as {"bytes", "path"} like HF datasets).
 
   The prompt is the question with its options appended as "A. ..." lines, which the loader parses
-  back. Written to a temporary file first, so a crash never leaves a half file at `path`.
+  back; question_type is "mcq" for items with options, else "blank". Written to a temporary file first, so a crash never leaves a half file at `path`.
   """
   import pyarrow as pa
   import pyarrow.parquet as pq
 
   img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
   schema = pa.schema([("id", pa.string()), ("image", img_t), ("crop_image", img_t), ("prompt", pa.string()),
-                      ("answer", pa.string()), ("dimension", pa.string()), ("bbox", pa.list_(pa.float64()))])
+                      ("answer", pa.string()), ("question_type", pa.string()), ("dimension", pa.string()),
+                      ("bbox", pa.list_(pa.float64()))])
   rows = []
   for it in items:
     rows.append({
         "id": str(it.id),
         "image": {"bytes": bytes(it.image), "path": f"{it.id}.{it.image_format or 'png'}"},
         "crop_image": {"bytes": bytes(it.crop), "path": f"{it.id}_crop.{it.crop_format or 'png'}"} if it.crop else None,
-        "prompt": _options_prompt(it.question, it.options), "answer": it.answer, "dimension": it.dimension,
+        "prompt": _options_prompt(it.question, it.options), "answer": it.answer,
+        "question_type": "mcq" if it.options else "blank",
+        "dimension": None if it.dimension_inferred else it.dimension,  # a label only where the source had one
         "bbox": [float(c) for c in it.bbox] if it.bbox is not None else None})
   table = pa.Table.from_pylist(rows, schema=schema)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -95,7 +95,7 @@ class DualViewEvaluator:
               error = str(e)
           if error is not None:
             rows.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
-                         "dimension": item.dimension, "answer_type": item.answer_type})
+                         **_labels(item)})
         if ready:
           rows += self._predict(ready)
         log.write(*rows)
@@ -123,8 +123,7 @@ class DualViewEvaluator:
       verdict = answers.judge(text, item.answer, options=item.options, answer_type=item.answer_type)
       rows.append({"id": item.id, "view": view, "prediction": text, "parsed": verdict.parsed,
                    "correct": bool(verdict.correct), "method": verdict.method, "error": None,
-                   "dimension": item.dimension, "answer_type": item.answer_type,
-                   "latency_s": latency, "coverage": cov})
+                   **_labels(item), "latency_s": latency, "coverage": cov})
     return rows
 
   def _coverage(self, ready, batch) -> list[float | None]:
@@ -151,6 +150,14 @@ class DualViewEvaluator:
     return out
 
 
+def _labels(item: EvalItem) -> dict:
+  """What a prediction row carries of its item for the report's groups."""
+  out = {"dimension": item.dimension, "answer_type": item.answer_type}
+  if item.dimension_inferred:
+    out["dimension_inferred"] = True
+  return out
+
+
 def _acc(rows) -> dict:
   n = len(rows)
   right = sum(bool(r["correct"]) for r in rows)
@@ -162,7 +169,8 @@ def report(predictions: dict[tuple[str, str], dict], items: Iterable[EvalItem] |
   ids = [it.id for it in items] if items is not None else sorted({k[0] for k in predictions})
   rows = {v: [predictions[(i, v)] for i in ids if (i, v) in predictions] for v in VIEWS}
   evaluated = {v: [r for r in rows[v] if not r.get("error")] for v in VIEWS}
-  out = {"items": len(ids), "views": {v: _acc(evaluated[v]) for v in VIEWS},
+  inferred = {r["id"] for v in VIEWS for r in rows[v] if r.get("dimension_inferred")}
+  out = {"items": len(ids), "views": {v: _acc(evaluated[v]) for v in VIEWS}, "inferred_dimensions": len(inferred),
          "errors": {v: sorted({r["id"]: r["error"] for r in rows[v] if r.get("error")}.items()) for v in VIEWS}}
   for key in ("dimension", "answer_type"):
     groups = collections.defaultdict(lambda: {v: [] for v in VIEWS})
@@ -199,6 +207,10 @@ def markdown(reports: dict[str, dict]) -> str:
       for v in VIEWS:
         cells = [pct(rep["by_dimension"].get(d, {}).get(v, {"accuracy": float("nan")})["accuracy"]) for d in dims]
         lines.append(f"| {name} | {v} | " + " | ".join(cells) + " |")
+    inferred = max(rep.get("inferred_dimensions", 0) for rep in reports.values())
+    if inferred:
+      lines += ["", f"Dimensions of {inferred} items are inferred from their questions (the benchmark labels "
+                "none; zwz_jax.dimensions.infer_dimension)."]
   agents = {name: rep for name, rep in reports.items() if "agentic" in rep}
   if agents:
     sec = lambda x: "n/a" if x != x else f"{x:.3f}"

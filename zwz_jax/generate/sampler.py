@@ -1,9 +1,10 @@
 """Batched generation with a KV cache: prefill the prompts (with their images), then decode.
 
 Prompts are left-padded (`batch.build_batch(..., pad_side="left")`) so every row writes its next
-token into the same cache slot. Greedy or temperature / top-p sampling, stop tokens per row, and
-one compiled program per (batch shape, max_new_tokens): the same sampler serves evaluation and RL
-rollouts. For rollouts, `num_samples` > 1 prefills each prompt (images included) once and copies its
+token into the same cache slot. Greedy or temperature / top-k / top-p sampling with an optional
+presence penalty (vLLM's order and meaning: the settings Qwen recommends and the ZwZ authors
+evaluate with), stop tokens per row, and one compiled program per (batch shape, sampling config):
+the same sampler serves evaluation and RL rollouts. For rollouts, `num_samples` > 1 prefills each prompt (images included) once and copies its
 KV cache to the samples, and the log-probability of every sampled token under the sampling
 distribution is returned. Runs sharded when called under `jax.set_mesh` with sharded parameters
 and inputs.
@@ -27,6 +28,10 @@ class SamplingConfig:
   max_new_tokens: int = 32
   temperature: float = 0.0  # 0 = greedy
   top_p: float = 1.0
+  top_k: int = 0  # 0 = every token
+  # Subtracted from the logit of every token the row has generated so far (not the prompt's), as in
+  # vLLM and the OpenAI API; applies to greedy decoding too.
+  presence_penalty: float = 0.0
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
 
@@ -34,7 +39,8 @@ class SamplingConfig:
 def token_logprobs(logits, tokens, temperature: float):
   """log p(token) under softmax(logits / temperature) (temperature 0: the unscaled logits), float32.
 
-  The sampler and the RL trainer both use this, so their log-probs are the same function."""
+  The sampler and the RL trainer both use this, so their log-probs are the same function; they are
+  taken before the presence penalty and top-k / top-p, which the trainer's forward does not apply."""
   logits = logits.astype(jnp.float32)
   if temperature > 0:
     logits = logits / temperature
@@ -42,18 +48,34 @@ def token_logprobs(logits, tokens, temperature: float):
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def _sample(logits, rng, temperature: float, top_p: float):
-  """Next token from (B, V) logits."""
-  if temperature <= 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits.astype(jnp.float32) / temperature
-  if top_p < 1.0:
+def sampling_logits(logits, cfg: SamplingConfig, generated=None):
+  """(B, V) logits -> the logits the next token is drawn from, float32: the presence penalty on the
+  tokens each row has generated (`generated`, (B, V) bool), then (when sampling) temperature, top-k
+  and top-p, in vLLM's order. Filtered tokens are -inf; ties at the top-k boundary are kept."""
+  logits = logits.astype(jnp.float32)
+  if cfg.presence_penalty and generated is not None:
+    logits = logits - cfg.presence_penalty * generated.astype(jnp.float32)
+  if cfg.temperature <= 0:
+    return logits
+  logits = logits / cfg.temperature
+  if 0 < cfg.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if cfg.top_p < 1.0:
     # Keep the smallest set of tokens whose probability reaches top_p (always the top one).
     sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
     cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    cutoff_index = jnp.sum(cum < top_p, axis=-1, keepdims=True)
+    cutoff_index = jnp.sum(cum < cfg.top_p, axis=-1, keepdims=True)
     cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return logits
+
+
+def _sample(logits, rng, cfg: SamplingConfig, generated=None):
+  """Next token from (B, V) logits."""
+  logits = sampling_logits(logits, cfg, generated)
+  if cfg.temperature <= 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -78,21 +100,26 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
     b *= num_samples
   stop = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
   rng, first = jax.random.split(rng)
-  tok = _sample(logits, first, cfg.temperature, cfg.top_p)
+  tok = _sample(logits, first, cfg)
   logp = token_logprobs(logits, tok, cfg.temperature)
+  # Which tokens each row has generated, for the presence penalty (a (B, 1) placeholder without one).
+  generated = jnp.zeros((b, logits.shape[-1] if cfg.presence_penalty else 1), bool)
 
   def step(carry, t):
-    tok, logp, done, cache, rng = carry
+    tok, logp, done, cache, rng, generated = carry
     emitted = jnp.where(done, cfg.pad_id, tok)
     emitted_logp = jnp.where(done, 0.0, logp)
     done = done | jnp.isin(tok, stop)
+    if cfg.presence_penalty:
+      generated = generated.at[jnp.arange(b), tok].set(True)
     pos = jnp.broadcast_to((next_pos + t)[None, :, None], (3, b, 1))
     logits, cache = model(tok[:, None], pos, key_mask, cache=cache, cache_index=l + t)
     rng, sub = jax.random.split(rng)
-    nxt = _sample(logits[:, 0], sub, cfg.temperature, cfg.top_p)
-    return (nxt, token_logprobs(logits[:, 0], nxt, cfg.temperature), done, cache, rng), (emitted, emitted_logp)
+    nxt = _sample(logits[:, 0], sub, cfg, generated)
+    carry = (nxt, token_logprobs(logits[:, 0], nxt, cfg.temperature), done, cache, rng, generated)
+    return carry, (emitted, emitted_logp)
 
-  init = (tok, logp, jnp.zeros((b,), bool), cache, rng)
+  init = (tok, logp, jnp.zeros((b,), bool), cache, rng, generated)
   _, (tokens, logps) = jax.lax.scan(step, init, jnp.arange(steps))
   tokens, logps = tokens.T, logps.T  # (B, steps)
   is_stop = jnp.isin(tokens, stop)
