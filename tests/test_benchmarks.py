@@ -1,4 +1,5 @@
 """Benchmark loaders: ZoomBench parquet round trip, the authors' JSON format, our records, bad items."""
+import base64
 import io
 import json
 import os
@@ -229,3 +230,118 @@ def test_from_records_cuts_the_box_and_keeps_bad_records(tmp_path):
   assert [it.id for it in B.load(path)] == [g.id for g in good]
   with pytest.raises(ValueError, match="unknown benchmark format"):
     B.load(str(tmp_path / "x.csv"))
+
+
+# ---- V*, HR-Bench and MME-RealWorld in their published formats ------------------------------------
+
+
+def _vstar_folder(root):
+  """The V* release layout: <category>/<name>.json beside <name>.jpg."""
+  for category, stem, options, boxes in (
+      ("direct_attributes", "sa_4690", ["white", "black", "red", "blue"], [[10, 12, 6, 4]]),
+      ("direct_attributes", "sa_7001", ["plastic", "wooden", "metal", "glass"], [[3, 3, 5, 5]]),
+      ("relative_position", "sa_1003", ["left", "right"], [[2, 3, 4, 4], [20, 10, 5, 6]])):
+    os.makedirs(root / category, exist_ok=True)
+    (root / category / f"{stem}.jpg").write_bytes(_jpeg(40, 30))
+    (root / category / f"{stem}.json").write_text(json.dumps(
+        {"target_object": ["thing"] * len(boxes), "bbox": boxes, "question": f"What about the {stem}?",
+         "options": options}))
+  (root / "direct_attributes" / "sa_0404.json").write_text(json.dumps(  # no image beside it
+      {"target_object": ["cup"], "bbox": [[1, 1, 2, 2]], "question": "What colour is the cup?", "options": ["a", "b"]}))
+  (root / "relative_position" / "sa_0500.json").write_text("{broken")
+  (root / "relative_position" / "sa_0501.json").write_text(json.dumps({"question": "Where?", "options": ["x"]}))
+
+
+def test_vstar_release_folders(tmp_path):
+  _vstar_folder(tmp_path)
+  got = {it.id: it for it in B.load(str(tmp_path))}
+  assert len(got) == 6
+  for rid, right in (("direct_attributes/sa_4690", "white"), ("direct_attributes/sa_7001", "plastic"),
+                     ("relative_position/sa_1003", "left")):
+    it = got[rid]
+    assert it.error is None and it.answer_type == "mc" and it.answer_text == right, rid  # options[0] is right
+    assert it.dimension == rid.split("/")[0] and it.crop is None and (it.width, it.height) == (40, 30)
+  assert sorted(got["direct_attributes/sa_4690"].options) == ["black", "blue", "red", "white"]
+  assert got["direct_attributes/sa_4690"].bbox == (10.0, 12.0, 16.0, 16.0)  # [x, y, w, h] -> corners
+  assert got["relative_position/sa_1003"].bbox == (2.0, 3.0, 25.0, 16.0)  # around both targets
+  # The order is drawn from the name: the right letter varies across items and is the same every load.
+  letters = [it.answer for it in B.load_vstar(str(tmp_path)) if it.error is None]
+  assert letters == [it.answer for it in B.load_vstar(str(tmp_path)) if it.error is None]
+  assert "no image sa_0404.*" in got["direct_attributes/sa_0404"].error
+  assert "annotation cannot be read" in got["relative_position/sa_0500"].error
+  assert "fewer than two options" in got["relative_position/sa_0501"].error
+
+
+def test_vstar_questions_jsonl(tmp_path):
+  (tmp_path / "direct_attributes").mkdir()
+  (tmp_path / "direct_attributes" / "sa_1.jpg").write_bytes(_jpeg(40, 30))
+  text = ("What is the color of the woman's umbrella?\n(A) yellow\n(B) red\n(C) white\n(D) blue\n"
+          "Answer with the option's letter from the given choices directly.")
+  rows = [{"image": "direct_attributes/sa_1.jpg", "text": text, "category": "direct_attributes", "question_id": 0,
+           "label": "C"},
+          {"image": "direct_attributes/missing.jpg", "text": text, "category": "direct_attributes", "question_id": 1,
+           "label": "A"}]
+  (tmp_path / B.VSTAR_QUESTIONS).write_text("\n".join(map(json.dumps, rows)) + "\n{oops\n")
+  a, b, c = B.load(str(tmp_path))
+  assert a.error is None and a.question == "What is the color of the woman's umbrella?"
+  assert a.options == ("yellow", "red", "white", "blue") and a.answer == "C" and a.answer_text == "white"
+  assert "cannot be read" in b.error and "not valid JSON" in c.error
+
+
+def _hrbench_table(image=None):
+  good = base64.b64encode(image or _png(48, 32)).decode()
+  return {"index": [0, 1, 2, 3], "question": ["What is the number on the bus?", "What colour is the kite?",
+                                               "Is the dog left of the tree?", "What is on the sign?"],
+          "answer": ["B", "A", "B", "A"], "A": ["12", "red", "yes", ""], "B": ["21", "blue", "no", ""],
+          "C": ["15", "green", "", ""], "D": ["51", "black", "", ""],
+          "category": ["single", "single", "cross", "single"], "cycle_category": ["c0", "c1", "c2", "c3"],
+          "image": [good, "!!not base64!!", good, good]}
+
+
+@pytest.mark.parametrize("form", ["tsv", "parquet"])
+def test_hrbench(tmp_path, form):
+  table = _hrbench_table()
+  path = tmp_path / f"hr_bench_4k.{form}"
+  if form == "tsv":
+    lines = ["\t".join(table)] + ["\t".join(str(table[c][i]) for c in table) for i in range(4)]
+    path.write_text("\n".join(lines) + "\n")
+  else:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table(table), path)
+  a, b, c, d = B.load(str(path))
+  assert a.error is None and a.options == ("12", "21", "15", "51") and a.answer == "B" and a.answer_text == "21"
+  assert a.dimension == "single" and (a.width, a.height) == (48, 32) and a.id == "0"
+  assert "not valid base64" in b.error
+  assert c.error is None and c.options == ("yes", "no") and c.dimension == "cross"  # two options: C, D empty
+  assert "hold 0 option(s)" in d.error
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"question": ["q"], "A": ["x"], "B": ["y"]}), tmp_path / "short.parquet")
+  with pytest.raises(ValueError, match=r"short.parquet.*no column \['answer', 'image'\]"):
+    B.load(str(tmp_path / "short.parquet"))
+
+
+def test_mme_realworld(tmp_path):
+  (tmp_path / "images").mkdir()
+  (tmp_path / "images" / "a.jpg").write_bytes(_jpeg(40, 30))
+  rows = [
+      {"Question_id": "perception/remote_sensing/color/0001", "Image": "images/a.jpg",
+       "Text": "What color is the roof of the building in the top left?",
+       "Question Type": "Multiple Choice",
+       "Answer choices": ["(A) Red", "(B) Blue", "(C) Green", "(D) White", "(E) The image does not feature the roof."],
+       "Ground truth": "B", "Task": "Perception", "Subtask": "Remote Sensing", "Category": "color"},
+      {"Question_id": "perception/ocr/0002", "Image": "images/gone.jpg", "Text": "What is written?",
+       "Answer choices": ["(A) x", "(B) y"], "Ground truth": "A", "Category": "ocr"},
+      {"Question_id": "perception/ocr/0003", "Image": "images/a.jpg", "Text": "What is written?",
+       "Answer choices": ["(A) x", "(B) y"], "Ground truth": "F", "Category": "ocr"},
+      {"Question_id": "perception/ocr/0004", "Image": "images/a.jpg", "Text": "What is written?"},
+  ]
+  (tmp_path / "MME_RealWorld.json").write_text(json.dumps(rows))
+  a, b, c, d = B.load(str(tmp_path / "MME_RealWorld.json"))
+  assert a.error is None and a.options == ("Red", "Blue", "Green", "White", "The image does not feature the roof.")
+  assert a.answer == "B" and a.answer_text == "Blue" and a.dimension == "Remote Sensing"
+  assert a.id == "perception/remote_sensing/color/0001" and a.crop is None
+  assert "cannot be read" in b.error and b.dimension == "ocr"
+  assert "'F' is not one of the option letters" in c.error
+  assert "'Answer choices' is missing" in d.error

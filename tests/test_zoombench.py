@@ -9,10 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests import hf_reference as ref
 from tests import record_fixtures
 from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
+from zwz_jax import records
 from zwz_jax.config import load_config
 from zwz_jax.eval import benchmarks, zoombench
 from zwz_jax.models.qwen2_5_vl import ModelConfig
@@ -180,3 +182,34 @@ def test_unknown_data_view_names_the_key():
   config = load_config(f"{CONFIGS}/tiny.py", ["data.view=crop"])
   with pytest.raises(ValueError, match="data.view='crop'"):
     pipeline.Preprocessor(config, processor.load_tokenizer("", config))
+
+
+def test_raw_prompt_and_sampling_settings(tmp_path):
+  """eval.prompt=raw asks the benchmark's own query; the sampling keys reach the sampler, and a
+  sampled batch's key depends only on its items and views (the same on every host and run)."""
+  from zwz_jax.config import ConfigError
+  from zwz_jax.data import processor
+  query = "How many lamps are there? Select from the following choices.\n(A) 0\n(B) 2\n(C) 1\n(D) 3"
+  item = benchmarks._make_item(id="q", source="t:0", image=records.encode_image(Image.new("RGB", (64, 48))),
+                               crop=None, prompt=query, answer="C")
+  overrides = ["eval.prompt=raw", "eval.temperature=0.7", "eval.top_p=0.8", "eval.top_k=20",
+               "eval.presence_penalty=1.5", "eval.seed=42"]
+  config = load_config(f"{CONFIGS}/eval_tiny.py", overrides)
+  tok = processor.load_tokenizer("", config)
+  evaluator = zoombench.DualViewEvaluator(config, None, tok)
+  _, ex = evaluator._example(item, "global")
+  text = tok.decode(ex["input_ids"].tolist(), skip_special_tokens=False)
+  assert "choices.\n(A) 0\n(B) 2" in text and records.MC_INSTRUCTION not in text
+  s = evaluator.sampling
+  assert (s.temperature, s.top_p, s.top_k, s.presence_penalty) == (0.7, 0.8, 20, 1.5)
+  ours = zoombench.DualViewEvaluator(load_config(f"{CONFIGS}/eval_tiny.py"), None, tok)
+  text = tok.decode(ours._example(item, "global")[1]["input_ids"].tolist(), skip_special_tokens=False)
+  assert records.MC_INSTRUCTION in text and "\nA. 0\nB. 2" in text and "(A) 0" not in text
+  import jax
+  key = lambda e, ready: jax.random.key_data(e._rng(ready)).tolist()
+  assert key(evaluator, [(item, "global")]) == key(evaluator, [(item, "global")])
+  assert key(evaluator, [(item, "global")]) != key(evaluator, [(item, "regional")])
+  assert key(evaluator, [(item, "global")]) != key(ours, [(item, "global")])  # another seed
+  with pytest.raises(ConfigError, match="eval.prompt"):
+    zoombench.DualViewEvaluator(load_config(f"{CONFIGS}/eval_tiny.py", ["eval.prompt=theirs"]), None, tok)
+

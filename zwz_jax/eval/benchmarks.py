@@ -9,12 +9,17 @@ Pure python: imports neither jax nor torch (pyarrow and array_record only where 
 """
 from __future__ import annotations
 
+import base64
+import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
+import random
 import re
+import sys
 from typing import Any, Iterable, Sequence
 
 from PIL import Image
@@ -379,6 +384,184 @@ def load_json(path: str, image_root: str | None = None, *, verify: bool = False)
   return items
 
 
+# ----------------------------------------------------------------------------------------------
+# The fine-grained suite the paper reports beside ZoomBench, in the formats its authors publish
+# ----------------------------------------------------------------------------------------------
+
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VSTAR_QUESTIONS = "test_questions.jsonl"
+
+
+def _read_lines(path: str) -> list[tuple[Any, str | None]]:
+  """(object, parse error) per non-empty line of a JSON-lines file."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        try:
+          out.append((json.loads(line), None))
+        except ValueError as e:
+          out.append((None, f"line is not valid JSON ({e})"))
+  return out
+
+
+def _union_xywh(boxes) -> tuple[float, ...] | None:
+  """The box covering every [x, y, w, h] of `boxes` as (x0, y0, x1, y1), or None if none parse."""
+  try:
+    xywh = [tuple(float(v) for v in b) for b in boxes or ()]
+  except (TypeError, ValueError):
+    return None
+  if not xywh or any(len(b) != 4 for b in xywh):
+    return None
+  return (min(b[0] for b in xywh), min(b[1] for b in xywh), max(b[0] + b[2] for b in xywh),
+          max(b[1] + b[3] for b in xywh))
+
+
+def load_vstar(path: str, *, verify: bool = False) -> list[EvalItem]:
+  """V* Bench from its release folder (github penghao-wu/vstar, HF craigwu/vstar_bench).
+
+  With `test_questions.jsonl` (image: relative path, text: question with "(A) ..." options and an
+  answer instruction, label: the letter, category, question_id) that file is read. Otherwise the
+  per-image annotations: <category>/<name>.json beside <name>.jpg, with question, options (the
+  first is the right one), target_object and bbox ([x, y, w, h] per target). Those options are put
+  in an order drawn from the item's name, so the right letter varies as in the jsonl, and the same
+  on every load; the box is the one around all targets. The category (direct_attributes,
+  relative_position) is the dimension. V* has no crops: only its global view is scored.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no V* Bench folder")
+  questions = os.path.join(path, VSTAR_QUESTIONS)
+  items = []
+  if os.path.exists(questions):
+    for i, (row, err) in enumerate(_read_lines(questions)):
+      source = f"{VSTAR_QUESTIONS}:{i}"
+      if not isinstance(row, dict):
+        items.append(_error_item(i, source, err or "item is not an object"))
+        continue
+      image, image_error = (_read_file(str(row["image"]), path) if row.get("image")
+                            else (None, "field 'image' is missing or empty"))
+      rid = row.get("question_id")
+      items.append(_make_item(id=i if rid is None else rid, source=source, image=image, crop=None,
+                              prompt=row.get("text"), answer=row.get("label"), dimension=row.get("category"),
+                              image_error=image_error, verify=verify))
+    return items
+  categories = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  for category in categories:
+    folder = os.path.join(path, category)
+    for ann in sorted(f for f in os.listdir(folder) if f.endswith(".json")):
+      stem, rid = ann[:-len(".json")], f"{category}/{ann[:-len('.json')]}"
+      source = f"{category}/{ann}"
+      try:
+        with open(os.path.join(folder, ann), encoding="utf-8") as f:
+          row = json.load(f)
+      except (OSError, ValueError) as e:
+        items.append(_error_item(rid, source, f"annotation cannot be read ({type(e).__name__}: {e})"))
+        continue
+      if not isinstance(row, dict):
+        items.append(_error_item(rid, source, "annotation is not an object"))
+        continue
+      image_path = next((stem + ext for ext in _IMAGE_EXTS if os.path.exists(os.path.join(folder, stem + ext))), None)
+      image, image_error = (_read_file(image_path, folder) if image_path
+                            else (None, f"no image {stem}.* beside the annotation"))
+      options = row.get("options")
+      if not isinstance(options, list) or len(options) < 2:
+        items.append(_error_item(rid, source, "field 'options' is missing or has fewer than two options"))
+        continue
+      order = list(range(len(options)))
+      random.Random(hashlib.sha1(rid.encode()).hexdigest()).shuffle(order)
+      shuffled = [str(options[k]) for k in order]
+      items.append(_make_item(
+          id=rid, source=source, image=image, crop=None, prompt=_options_prompt(str(row.get("question") or ""), shuffled),
+          answer=OPTION_LETTERS[order.index(0)], dimension=category, bbox=_union_xywh(row.get("bbox")),
+          image_error=image_error, verify=verify))
+  if not items:
+    raise ValueError(f"{path}: neither {VSTAR_QUESTIONS} nor <category>/*.json annotations")
+  return items
+
+
+def _hrbench_rows(path: str):
+  """The rows of an HR-Bench file: a TSV (as released) or the same table as parquet."""
+  if path.lower().endswith(".parquet"):
+    import pyarrow.parquet as pq
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=16):
+      yield from batch.to_pylist()
+    return
+  csv.field_size_limit(sys.maxsize)  # one cell holds a whole 8K image in base64
+  with open(path, encoding="utf-8", newline="") as f:
+    yield from csv.DictReader(f, delimiter="\t")
+
+
+def load_hrbench(path: str, *, verify: bool = False) -> list[EvalItem]:
+  """HR-Bench 4K / 8K (github DreamMr/HR-Bench): hr_bench_{4k,8k}.tsv or .parquet with columns index,
+  question, answer (a letter), A, B, C, D, category (the dimension), cycle_category and image (the
+  image as base64). Each question appears once per rotation of its options; the paper averages
+  over all rows, as here. HR-Bench has no crops."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such benchmark file")
+  name, items = os.path.basename(path), []
+  try:
+    for i, row in enumerate(_hrbench_rows(path)):
+      missing = [c for c in ("question", "answer", "image") if c not in row]
+      if missing:
+        raise ValueError(f"not an HR-Bench table, no column {missing} (columns: {sorted(row)})")
+      options = [str(row[c]).strip() for c in OPTION_LETTERS[:4] if row.get(c) not in (None, "") and row[c] == row[c]]
+      image, image_error = None, None
+      try:
+        image = base64.b64decode(row["image"] or "", validate=True) or None
+      except (ValueError, TypeError) as e:
+        image_error = f"field 'image' is not valid base64 ({type(e).__name__})"
+      rid = row.get("index")
+      item = _make_item(id=i if rid in (None, "") else rid, source=f"{name}:{i}", image=image, crop=None,
+                        prompt=_options_prompt(str(row.get("question") or ""), options), answer=row.get("answer"),
+                        dimension=row.get("category"), image_error=image_error, verify=verify)
+      if len(options) < 2:
+        item = dataclasses.replace(item, error="; ".join(filter(None, [
+            item.error, f"option columns {', '.join(OPTION_LETTERS[:4])} hold {len(options)} option(s)"])))
+      items.append(item)
+  except (OSError, ValueError, csv.Error) as e:  # pyarrow.ArrowException derives from these
+    raise ValueError(f"{path}: unreadable at row {len(items)} ({type(e).__name__}: {e})") from None
+  return items
+
+
+_CHOICE = re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*")
+
+
+def load_mme_realworld(path: str, image_root: str | None = None, *, verify: bool = False) -> list[EvalItem]:
+  """MME-RealWorld, English (MME_RealWorld.json) or Chinese (MME_RealWorld_CN.json), as released
+  (github yfzhang114/MME-RealWorld): a JSON list of Question_id, Image (path under image_root,
+  default the file's folder), Text, "Answer choices" (["(A) ...", ...], up to E), "Ground truth" (a
+  letter), Task, Subtask, Category. The subtask (else the category) is the dimension. No crops."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      rows = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: no such benchmark file") from None
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a JSON list ({type(e).__name__}: {e})") from None
+  if not isinstance(rows, list):
+    raise ValueError(f"{path}: not a JSON list of questions")
+  root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
+  name, items = os.path.basename(path), []
+  for i, row in enumerate(rows):
+    source = f"{name}:{i}"
+    if not isinstance(row, dict):
+      items.append(_error_item(i, source, "item is not an object"))
+      continue
+    rid = _first(row, "Question_id", "question_id")
+    choices = row.get("Answer choices")
+    if not isinstance(choices, list) or len(choices) < 2:
+      items.append(_error_item(i if rid is None else rid, source, "field 'Answer choices' is missing or short"))
+      continue
+    options = [_CHOICE.sub("", str(c), count=1).strip() for c in choices]
+    image, image_error = (_read_file(str(row["Image"]), root) if row.get("Image")
+                          else (None, "field 'Image' is missing or empty"))
+    items.append(_make_item(
+        id=i if rid is None else rid, source=source, image=image, crop=None,
+        prompt=_options_prompt(str(row.get("Text") or ""), options), answer=row.get("Ground truth"),
+        dimension=_first(row, "Subtask", "Category", "Task"), image_error=image_error, verify=verify))
+  return items
+
+
 def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]:
   """Our own ArrayRecord records as items; the crop is the record's box cut from the full image.
 
@@ -452,17 +635,47 @@ def _record_item(r: records.Record, source: str) -> EvalItem:
 
 
 def load(path: str, *, image_root: str | None = None, verify: bool = False) -> list[EvalItem]:
-  """Any supported benchmark by its form: a record directory, a .parquet file, or .json/.jsonl."""
+  """Any supported benchmark by its form: a record directory or a V* Bench folder; a .parquet file
+  (ZoomBench, or HR-Bench by its option columns); an HR-Bench .tsv; MME-RealWorld's .json (by its
+  keys) or the authors' .json / .jsonl."""
   if os.path.isdir(path):
-    if not os.path.exists(os.path.join(path, records.MANIFEST)):
-      raise ValueError(f"{path}: a directory without {records.MANIFEST} is not a record directory")
-    return from_records(path)
+    if os.path.exists(os.path.join(path, records.MANIFEST)):
+      return from_records(path)
+    if os.path.exists(os.path.join(path, VSTAR_QUESTIONS)) or any(
+        os.path.isdir(os.path.join(path, d)) and any(f.endswith(".json") for f in os.listdir(os.path.join(path, d)))
+        for d in os.listdir(path)):
+      return load_vstar(path, verify=verify)
+    raise ValueError(f"{path}: a directory that is neither a record directory (no {records.MANIFEST}) "
+                     "nor a V* Bench folder")
   low = path.lower()
+  if low.endswith(".tsv") or (low.endswith(".parquet") and _parquet_columns(path) >= {"A", "B", "question"}):
+    return load_hrbench(path, verify=verify)
   if low.endswith(".parquet"):
     return load_zoombench_parquet(path, verify=verify)
+  if low.endswith(".json") and _first_keys(path) & {"Ground truth", "Answer choices"}:
+    return load_mme_realworld(path, image_root, verify=verify)
   if low.endswith((".json", ".jsonl")):
     return load_json(path, image_root, verify=verify)
-  raise ValueError(f"{path}: unknown benchmark format (expected a record directory, .parquet, .json or .jsonl)")
+  raise ValueError(f"{path}: unknown benchmark format (expected a record directory, a V* folder, .parquet, "
+                   ".tsv, .json or .jsonl)")
+
+
+def _parquet_columns(path: str) -> set[str]:
+  try:
+    import pyarrow.parquet as pq
+    return set(pq.ParquetFile(path).schema_arrow.names)
+  except Exception:  # unreadable: the ZoomBench loader says why, naming the file
+    return set()
+
+
+def _first_keys(path: str) -> set[str]:
+  """Keys of the first object of a JSON list (MME-RealWorld is recognised by them)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      head = f.read(1 << 16)
+  except OSError:
+    return set()
+  return set(re.findall(r'"([^"]+)"\s*:', head[:head.find("}") + 1] if "}" in head else head))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ it stopped; the report is computed from that file alone, so it can be recomputed
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from zwz_jax.eval import jsonl_log
 from zwz_jax.eval.benchmarks import EvalItem
 
 VIEWS = ("global", "regional")
+PROMPTS = ("ours", "raw")  # eval.prompt: our training format, or the benchmark's own query
 PREDICTIONS = "predictions.jsonl"
 
 
@@ -48,7 +50,13 @@ class DualViewEvaluator:
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
     e = config.eval
     im_end = tokenizer.token_to_id(processor_lib.IM_END)
-    self.sampling = sampler.SamplingConfig(max_new_tokens=e.max_new_tokens, stop_ids=(im_end,))
+    self.sampling = sampler.SamplingConfig(
+        max_new_tokens=e.max_new_tokens, temperature=float(e.temperature), top_p=float(e.top_p), top_k=int(e.top_k),
+        presence_penalty=float(e.presence_penalty), stop_ids=(im_end,))
+    self.seed = int(e.seed)
+    if e.prompt not in PROMPTS:
+      raise ConfigError(f"config key eval.prompt={e.prompt!r} is not one of {PROMPTS}")
+    self.prompt = e.prompt
     self.batch_size = e.batch_size
     # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
     # question alone names the region); "overlay" / "coords" mark the item's box as in training, for
@@ -67,7 +75,10 @@ class DualViewEvaluator:
   def _example(self, item: EvalItem, view: str):
     img = records.decode_image(item.image if view == "global" else item.crop,
                                "full image" if view == "global" else "crop image")
-    text = records.format_question(item.question, item.options)
+    if self.prompt == "raw" and item.raw_prompt:
+      text = item.raw_prompt  # the benchmark's own words, options and instruction included
+    else:
+      text = records.format_question(item.question, item.options)
     if view == "global" and self.grounding != "none":
       if item.bbox is None:
         raise ValueError(f"eval.grounding={self.grounding!r} needs a box and the item has none")
@@ -114,7 +125,7 @@ class DualViewEvaluator:
                                  image_token_id=self.model.cfg.image_token_id, max_tokens=max_tokens,
                                  max_patches=max_patches, pad_side="left")
     t0 = time.perf_counter()
-    tokens, lengths = self.sampler.generate(self.model, batch, self.sampling)
+    tokens, lengths = self.sampler.generate(self.model, batch, self.sampling, self._rng(ready))
     latency = (time.perf_counter() - t0) / n
     texts = self.sampler.decode_texts(self.tokenizer, tokens, lengths, self.sampling.stop_ids)
     cover = self._coverage(ready, batch) if self.coverage_layer >= 0 else [None] * n
@@ -125,6 +136,13 @@ class DualViewEvaluator:
                    "correct": bool(verdict.correct), "method": verdict.method, "error": None,
                    **_labels(item), "latency_s": latency, "coverage": cov})
     return rows
+
+  def _rng(self, ready):
+    """The key a sampled batch draws from: the seed folded with a digest of its (item, view)s, so the
+    same batch draws the same answers on any host and in any run (greedy decoding ignores it)."""
+    import jax
+    digest = hashlib.sha256("|".join(f"{item.id}/{view}" for item, view, *_ in ready).encode()).digest()
+    return jax.random.fold_in(jax.random.key(self.seed), int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
 
   def _coverage(self, ready, batch) -> list[float | None]:
     """Answer-position attention mass inside the ground-truth box (global view with a bbox only)."""
