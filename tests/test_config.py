@@ -52,9 +52,10 @@ def test_every_config_loads_with_the_tiny_schema(path):
 
 @pytest.mark.parametrize("path", EVAL_FILES, ids=lambda p: p.stem)
 def test_eval_configs_are_a_student_config_plus_eval(path):
-  flat = _flat_types(config_lib.load_config(str(path)))
+  config = config_lib.load_config(str(path))
+  flat = _flat_types(config)
   student = {k: t for k, t in flat.items() if not k.startswith("eval.")}
-  assert student == _flat_types(config_lib.load_config(TINY))
+  assert student == _student_schema(config_lib.load_config(FAMILY_TINY[config.model.name]))
   assert {"eval.benchmark", "eval.batch_size", "eval.coverage_layer"} <= set(flat)
 
 

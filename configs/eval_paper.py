@@ -1,0 +1,19 @@
+"""The paper's evaluation of a Qwen2.5-VL-7B student, with the authors' protocol (ZoomBench:
+Qwen2.5-VL-7B 42.5 -> ZwZ-7B 55.6): their system prompt, the benchmark's own query, images up to
+16,777,216 pixels, sampling at temperature 0.7 / top_p 0.8 / top_k 20 / presence penalty 1.5 /
+seed 42, up to 8,192 new tokens (configs/_eval.py: add_paper_protocol).
+
+  python launch/eval.py --config=configs/eval_paper.py --config.eval.benchmark=/data/zoombench.parquet \
+      --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct \
+      --checkpoint=/models/Qwen2.5-VL-7B-Instruct --checkpoint=/runs/zwz-7b --out=out/eval_paper
+
+Slice: v5p:2x2x2 (8 chips) holds the eval program at this resolution (21,632 tokens and 87,808
+patches per prompt, 16 prompts, 8,192 new tokens): 51.60 / 95.74 GiB per chip (launch/compile.py
+--functions=eval --cost=none); on v5p:4x4x4, where 16 prompts do not divide 64 chips and the batch
+is replicated, 36.08 GiB.
+"""
+from configs import _eval, student_7b
+
+
+def get_config():
+  return _eval.add_paper_protocol(student_7b.get_config(), batch_size=16)
