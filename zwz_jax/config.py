@@ -24,6 +24,7 @@ from typing import Sequence
 
 import ml_collections
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _EXPECTS = {int: "an int", float: "a float", bool: "a bool (true/false/1/0)", str: "a string",
@@ -66,6 +67,9 @@ class ConfigFlag:
       rest = self._flag_values(self._argv)
     except flags.IllegalFlagValueError as e:
       raise _value_error(base, str(e)) from None
+    if self._flag_values is flags.FLAGS and not flags.FLAGS["verbosity"].present:
+      # app.run logs at INFO: keep the libraries' INFO lines (jax, orbax) for --verbosity=0.
+      absl_logging.set_verbosity(absl_logging.WARNING)
     overrides = config_flags.get_override_values(self._flag_values["config"])
     for key, value in overrides.items():
       if isinstance(value, tuple):
