@@ -28,7 +28,10 @@ setup(
     extras_require={
         # PyTorch teacher side (data generation) and the numerical reference.
         "teacher": ["torch==2.13.0", "transformers>=5.0", "pyarrow"],
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=5.0", "pyarrow"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers>=5.0", "pyarrow", "mathruler==0.1.0",
+                 "pylatexenc"],
+        # The ZwZ authors' answer grader, to report their judge beside ours (eval.authors_judge).
+        "paper": ["mathruler==0.1.0", "pylatexenc"],
         # The TPU runtime and compiler, matched to our jax: needed on TPU VMs, and on any machine
         # for launch/compile.py (compile for a TPU slice without one).
         "tpu": ["jax[tpu]==0.10.2"],

@@ -27,6 +27,11 @@ def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
   e.top_k = 0
   e.presence_penalty = 0.0
   e.seed = 0
+  # Also read every answer with the authors' rules (zwz_jax/eval/authors_judge.py; needs mathruler),
+  # reported beside ours; authors_mcq: the benchmark is on their MCQ list (V*, HR-Bench,
+  # MME-RealWorld; not ZoomBench), so their first-letter step applies.
+  e.authors_judge = False
+  e.authors_mcq = False
   # The thinking-with-images baseline on the global view, same model and sampler, beside the single
   # pass: the model may call the zoom tool up to agentic_max_turns times (batch of 1 per item).
   e.agentic = False

@@ -39,6 +39,7 @@ def _eval(bench, out, *extra, kill_at=""):
   harness = [f"{KILL_AT}", kill_at] if kill_at else []  # a SIGKILL at that point
   return subprocess.run([sys.executable, *harness, f"{LAUNCH}/eval.py", f"--config={CONFIGS}/eval_tiny.py",
                          f"--config.eval.benchmark={bench / 'bench.parquet'}", "--config.eval.coverage_layer=1",
+                         "--config.eval.authors_judge=true",
                          f"--checkpoint={bench / 'ckpt'}", f"--out={out}", *extra],
                         capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
 
@@ -68,6 +69,9 @@ def test_report_equals_hand_computation(reference):
   assert report["right_on_crop_wrong_on_full"] == pytest.approx(crop_only / len(both))
   assert report["coverage"]["n"] == len(covs) == len(ok["global"])
   assert report["coverage"]["mean"] == pytest.approx(np.mean(covs)) and 0 <= np.mean(covs) <= 1
+  for v in zoombench.VIEWS:  # the authors' rules read the same answers
+    assert all(r["authors"] in (True, None) for r in ok[v])
+    assert report["authors_rules"][v]["right"] == sum(r["authors"] is True for r in ok[v])
   assert (reference / "report.md").read_text().startswith("| checkpoint | global | regional")
   assert (reference / "report.png").exists()
   assert len(list((reference / "ckpt" / "heatmaps").glob("*.png"))) == 8
@@ -193,7 +197,7 @@ def test_raw_prompt_and_sampling_settings(tmp_path):
   item = benchmarks._make_item(id="q", source="t:0", image=records.encode_image(Image.new("RGB", (64, 48))),
                                crop=None, prompt=query, answer="C")
   overrides = ["eval.prompt=raw", "eval.temperature=0.7", "eval.top_p=0.8", "eval.top_k=20",
-               "eval.presence_penalty=1.5", "eval.seed=42"]
+               "eval.presence_penalty=1.5", "eval.seed=42", "eval.authors_judge=true", "eval.authors_mcq=true"]
   config = load_config(f"{CONFIGS}/eval_tiny.py", overrides)
   tok = processor.load_tokenizer("", config)
   evaluator = zoombench.DualViewEvaluator(config, None, tok)
@@ -202,6 +206,7 @@ def test_raw_prompt_and_sampling_settings(tmp_path):
   assert "choices.\n(A) 0\n(B) 2" in text and records.MC_INSTRUCTION not in text
   s = evaluator.sampling
   assert (s.temperature, s.top_p, s.top_k, s.presence_penalty) == (0.7, 0.8, 20, 1.5)
+  assert evaluator.authors == (True, True)
   ours = zoombench.DualViewEvaluator(load_config(f"{CONFIGS}/eval_tiny.py"), None, tok)
   text = tok.decode(ours._example(item, "global")[1]["input_ids"].tolist(), skip_special_tokens=False)
   assert records.MC_INSTRUCTION in text and "\nA. 0\nB. 2" in text and "(A) 0" not in text

@@ -21,7 +21,7 @@ from zwz_jax import answers, records
 from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
-from zwz_jax.eval import jsonl_log
+from zwz_jax.eval import authors_judge, jsonl_log
 from zwz_jax.eval.benchmarks import EvalItem
 
 VIEWS = ("global", "regional")
@@ -57,6 +57,7 @@ class DualViewEvaluator:
     if e.prompt not in PROMPTS:
       raise ConfigError(f"config key eval.prompt={e.prompt!r} is not one of {PROMPTS}")
     self.prompt = e.prompt
+    self.authors = (bool(e.authors_judge), bool(e.authors_mcq))
     self.batch_size = e.batch_size
     # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
     # question alone names the region); "overlay" / "coords" mark the item's box as in training, for
@@ -132,9 +133,12 @@ class DualViewEvaluator:
     rows = []
     for (item, view, img, ex), text, cov in zip(ready, texts, cover):
       verdict = answers.judge(text, item.answer, options=item.options, answer_type=item.answer_type)
-      rows.append({"id": item.id, "view": view, "prediction": text, "parsed": verdict.parsed,
-                   "correct": bool(verdict.correct), "method": verdict.method, "error": None,
-                   **_labels(item), "latency_s": latency, "coverage": cov})
+      row = {"id": item.id, "view": view, "prediction": text, "parsed": verdict.parsed,
+             "correct": bool(verdict.correct), "method": verdict.method, "error": None,
+             **_labels(item), "latency_s": latency, "coverage": cov}
+      if self.authors[0]:
+        row["authors"] = authors_judge.verdict(text, item.answer, mcq=self.authors[1])
+      rows.append(row)
     return rows
 
   def _rng(self, ready):
@@ -176,6 +180,12 @@ def _labels(item: EvalItem) -> dict:
   return out
 
 
+def _authors(rows) -> dict:
+  """The authors' rules on the same answers: accepted, and left to their LLM judge (not run here)."""
+  right = sum(r.get("authors") is True for r in rows)
+  return {"right": right, "undecided": len(rows) - right, "accuracy": right / len(rows) if rows else float("nan")}
+
+
 def _acc(rows) -> dict:
   n = len(rows)
   right = sum(bool(r["correct"]) for r in rows)
@@ -189,6 +199,7 @@ def report(predictions: dict[tuple[str, str], dict], items: Iterable[EvalItem] |
   evaluated = {v: [r for r in rows[v] if not r.get("error")] for v in VIEWS}
   inferred = {r["id"] for v in VIEWS for r in rows[v] if r.get("dimension_inferred")}
   out = {"items": len(ids), "views": {v: _acc(evaluated[v]) for v in VIEWS}, "inferred_dimensions": len(inferred),
+         "authors_rules": {v: _authors(evaluated[v]) for v in VIEWS if any("authors" in r for r in evaluated[v])},
          "errors": {v: sorted({r["id"]: r["error"] for r in rows[v] if r.get("error")}.items()) for v in VIEWS}}
   for key in ("dimension", "answer_type"):
     groups = collections.defaultdict(lambda: {v: [] for v in VIEWS})
@@ -229,6 +240,14 @@ def markdown(reports: dict[str, dict]) -> str:
     if inferred:
       lines += ["", f"Dimensions of {inferred} items are inferred from their questions (the benchmark labels "
                 "none; zwz_jax.dimensions.infer_dimension)."]
+  judged = {name: rep for name, rep in reports.items() if rep.get("authors_rules")}
+  if judged:
+    lines += ["", "The authors' rules on the same answers (zwz_jax/eval/authors_judge.py; the undecided go to their "
+              "LLM judge, not run here, so their accuracy is at least this):", "",
+              "| checkpoint | view | ours | authors' rules | undecided |", "| --- | --- | --- | --- | --- |"]
+    for name, rep in judged.items():
+      for v, a in rep["authors_rules"].items():
+        lines.append(f"| {name} | {v} | {pct(rep['views'][v]['accuracy'])} | {pct(a['accuracy'])} | {a['undecided']} |")
   agents = {name: rep for name, rep in reports.items() if "agentic" in rep}
   if agents:
     sec = lambda x: "n/a" if x != x else f"{x:.3f}"
