@@ -19,7 +19,7 @@ venv: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[teacher,test,tpu]'
+	$(PY) -m pip install -e '.[teacher,test,tpu,tfds]'
 	touch $@
 
 # Two pytest workers on two cores: one BLAS thread each, or torch oversubscribes.

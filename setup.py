@@ -32,6 +32,9 @@ setup(
                  "pylatexenc"],
         # The ZwZ authors' answer grader, to report their judge beside ours (eval.authors_judge).
         "paper": ["mathruler==0.1.0", "pylatexenc"],
+        # TFDS builders for our records and ZoomBench (zwz_jax/data/tfds_datasets), without TensorFlow;
+        # TFDS imports importlib_resources without declaring it.
+        "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources", "pyarrow"],
         # The TPU runtime and compiler, matched to our jax: needed on TPU VMs, and on any machine
         # for launch/compile.py (compile for a TPU slice without one).
         "tpu": ["jax[tpu]==0.10.2"],

@@ -2,11 +2,12 @@
 import ml_collections
 
 
-def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
+def add_eval(c, *, benchmarks="", batch_size=8, max_new_tokens=16):
   e = c.eval = ml_collections.ConfigDict()
-  # A ZoomBench-style parquet, a JSON/JSONL file in the original release format (images relative to
-  # image_root), or a directory of our records.
-  e.benchmark = benchmark
+  # Comma-separated benchmark files or folders, each read by its form (zwz_jax/eval/benchmarks.load):
+  # ZoomBench parquet, V* folder, HR-Bench .tsv/.parquet, MME-RealWorld .json, the authors' JSON/JSONL
+  # (images under image_root, default the file's folder), or a directory of our records.
+  e.benchmarks = benchmarks
   e.image_root = ""
   e.batch_size = batch_size
   e.max_new_tokens = max_new_tokens
@@ -21,17 +22,16 @@ def add_eval(c, *, benchmark="", batch_size=8, max_new_tokens=16):
   # evaluate).
   e.prompt = "ours"
   # Decoding: greedy by default; the authors sample (temperature 0.7, top_p 0.8, top_k 20,
-  # presence_penalty 1.5, seed 42). A sampled batch draws from fold_in(seed, its item ids and views).
+  # presence_penalty 1.5, seed 42). Each sampled row draws from fold_in(seed, its item and view).
   e.temperature = 0.0
   e.top_p = 1.0
   e.top_k = 0
   e.presence_penalty = 0.0
   e.seed = 0
   # Also read every answer with the authors' rules (zwz_jax/eval/authors_judge.py; needs mathruler),
-  # reported beside ours; authors_mcq: the benchmark is on their MCQ list (V*, HR-Bench,
-  # MME-RealWorld; not ZoomBench), so their first-letter step applies.
+  # reported beside ours; their first-letter step applies to the benchmarks on their MCQ list (V*,
+  # HR-Bench, MME-RealWorld; not ZoomBench).
   e.authors_judge = False
-  e.authors_mcq = False
   # The thinking-with-images baseline on the global view, same model and sampler, beside the single
   # pass: the model may call the zoom tool up to agentic_max_turns times (batch of 1 per item).
   e.agentic = False

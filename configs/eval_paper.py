@@ -3,7 +3,7 @@ Qwen2.5-VL-7B 42.5 -> ZwZ-7B 55.6): their system prompt, the benchmark's own que
 16,777,216 pixels, sampling at temperature 0.7 / top_p 0.8 / top_k 20 / presence penalty 1.5 /
 seed 42, up to 8,192 new tokens (configs/_eval.py: add_paper_protocol).
 
-  python launch/eval.py --config=configs/eval_paper.py --config.eval.benchmark=/data/zoombench.parquet \
+  python launch/eval.py --config=configs/eval_paper.py --config.eval.benchmarks=/data/zoombench.parquet,/data/vstar_bench,/data/hr_bench_4k.tsv,/data/hr_bench_8k.tsv \
       --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct \
       --checkpoint=/models/Qwen2.5-VL-7B-Instruct --checkpoint=/runs/zwz-7b --out=out/eval_paper
 

@@ -1,7 +1,7 @@
 """The paper's evaluation of a Qwen3-VL-8B student, with the authors' protocol (ZoomBench:
 Qwen3-VL-8B 37.9 -> ZwZ-8B 58.1): as configs/eval_paper.py (configs/_eval.py: add_paper_protocol).
 
-  python launch/eval.py --config=configs/eval_paper_qwen3.py --config.eval.benchmark=/data/zoombench.parquet \
+  python launch/eval.py --config=configs/eval_paper_qwen3.py --config.eval.benchmarks=/data/zoombench.parquet,/data/vstar_bench,/data/hr_bench_4k.tsv \
       --config.processor.tokenizer=/models/Qwen3-VL-8B-Instruct \
       --checkpoint=/models/Qwen3-VL-8B-Instruct --checkpoint=/runs/zwz-8b --out=out/eval_paper_qwen3
 

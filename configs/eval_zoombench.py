@@ -1,6 +1,6 @@
 """Dual-view ZoomBench evaluation of a Qwen2.5-VL-7B student.
 
-  python launch/eval.py --config=configs/eval_zoombench.py --config.eval.benchmark=/data/zoombench.parquet \
+  python launch/eval.py --config=configs/eval_zoombench.py --config.eval.benchmarks=/data/zoombench.parquet \
       --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct \
       --checkpoint=/models/Qwen2.5-VL-7B-Instruct --checkpoint=/runs/zwz-7b --out=out/eval_zoombench
 """

@@ -14,6 +14,6 @@ def get_config():
   c.data.buckets = ((96, 64), (128, 256), (256, 576))
   c.data.train = ("out/demo/data/train",)
   c.grpo.max_new_tokens = 8
-  _eval.add_eval(c, benchmark="out/demo/data/test", batch_size=8, max_new_tokens=8)
+  _eval.add_eval(c, benchmarks="out/demo/data/test", batch_size=8, max_new_tokens=8)
   c.eval.grounding = "overlay"  # the held-out records' questions are about "the red box"
   return c

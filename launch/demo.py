@@ -75,7 +75,7 @@ def summary(cfg, reports: dict, prior: float, times: dict) -> str:
                  f"(untrained {pct(g.get(INIT, float('nan')))}, answer prior {pct(prior)})."
                  + (f" Without the box: {pct(g['distill_no_box'])}." if "distill_no_box" in g else ""))
   lines += ["", "Per checkpoint and dimension (launch/eval.py's report, chart in eval/report.png):", "",
-            zoombench.markdown(reports),
+            zoombench.benchmark_markdown(reports),
             "Stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()), ""]
   return "\n".join(lines)
 
@@ -120,14 +120,15 @@ def main(argv):
 
   eval_dir = os.path.join(out, "eval")
   stage("dual-view evaluation", "eval.py",
-        [f"--config={cfg.student}", f"--config.eval.benchmark={test_dir}", f"--config.eval.max_items={cfg.eval_items}",
+        [f"--config={cfg.student}", f"--config.eval.benchmarks={test_dir}", f"--config.eval.max_items={cfg.eval_items}",
          *[f"--checkpoint={c}" for c in checkpoints], f"--out={eval_dir}"])
 
   from zwz_jax.eval import benchmarks
   with open(os.path.join(eval_dir, "report.json")) as f:
     reports = json.load(f)
+  reports = reports["benchmarks"]["test"]["checkpoints"]
   reports = {name: reports[name] for name in [os.path.basename(c) for c in checkpoints]}
-  items = benchmarks.load(test_dir)[:cfg.eval_items]
+  items = benchmarks.load(test_dir).items[:cfg.eval_items]
   prior = benchmarks.answer_prior(train_dir, items)
   text = summary(cfg, reports, prior, stage.times)
   with open(os.path.join(out, "demo.md"), "w") as f:

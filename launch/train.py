@@ -16,28 +16,13 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
+from zwz_jax import distributed
 from zwz_jax.config import ConfigFlag
 
 CONFIG = ConfigFlag("configs/tiny.py")
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard logs", required=True)
-flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize()")
-flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (explicit setup)")
-flags.DEFINE_integer("num_processes", 1, "processes in the job (explicit setup)")
-flags.DEFINE_integer("process_id", 0, "this process's index (explicit setup)")
-flags.DEFINE_string("cpu_collectives", "", "'gloo' for multi-process CPU runs")
+distributed.define_flags()
 FLAGS = flags.FLAGS
-
-
-def init_distributed() -> None:
-  if not (FLAGS.multihost or FLAGS.coordinator_address):
-    return
-  if FLAGS.cpu_collectives:
-    jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
-  kwargs = {}
-  if FLAGS.coordinator_address:
-    kwargs = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                  process_id=FLAGS.process_id)
-  jax.distributed.initialize(**kwargs)
 
 
 def main(argv):
@@ -47,7 +32,7 @@ def main(argv):
   config = CONFIG.value
   if config.trainer not in loop.TRAINERS:
     raise app.UsageError(f"config key trainer={config.trainer!r} is not one of {loop.TRAINERS}")
-  init_distributed()
+  distributed.initialize()
   out = loop.train(config, FLAGS.workdir)
   headline = out["trainer"].source.headline
   if jax.process_index() == 0 and out["metrics"]:

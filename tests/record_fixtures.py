@@ -1,7 +1,11 @@
 """Synthetic record directories for data-pipeline tests: small, valid records plus chosen bad ones."""
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
+import pathlib
 from typing import Sequence
 
 import msgpack
@@ -97,3 +101,50 @@ def write_records(directory: str, n: int, *, seed: int = 0, sizes: tuple[int, in
   records.write_manifest(directory, {"shards": shards, "num_records": len(blobs),
                                      "config": {"fixture": "tests/record_fixtures.py", "seed": seed}})
   return [rid for rid, _ in blobs]
+
+
+def _image(w: int, h: int, colour=(90, 90, 90), fmt: str = "JPEG") -> bytes:
+  buf = io.BytesIO()
+  Image.new("RGB", (w, h), colour).save(buf, format=fmt)
+  return buf.getvalue()
+
+
+def write_vstar(root, size: tuple[int, int] = (40, 30)) -> pathlib.Path:
+  """A V* Bench release folder (<category>/<name>.json beside <name>.jpg): three good items, then one
+  without its image, one unreadable annotation and one with a single option."""
+  root = pathlib.Path(root)
+  for category, stem, options, boxes in (
+      ("direct_attributes", "sa_4690", ["white", "black", "red", "blue"], [[10, 12, 6, 4]]),
+      ("direct_attributes", "sa_7001", ["plastic", "wooden", "metal", "glass"], [[3, 3, 5, 5]]),
+      ("relative_position", "sa_1003", ["left", "right"], [[2, 3, 4, 4], [20, 10, 5, 6]])):
+    os.makedirs(root / category, exist_ok=True)
+    (root / category / f"{stem}.jpg").write_bytes(_image(*size))
+    (root / category / f"{stem}.json").write_text(json.dumps(
+        {"target_object": ["thing"] * len(boxes), "bbox": boxes, "question": f"What about the {stem}?",
+         "options": options}))
+  (root / "direct_attributes" / "sa_0404.json").write_text(json.dumps(  # no image beside it
+      {"target_object": ["cup"], "bbox": [[1, 1, 2, 2]], "question": "What colour is the cup?", "options": ["a", "b"]}))
+  (root / "relative_position" / "sa_0500.json").write_text("{broken")
+  (root / "relative_position" / "sa_0501.json").write_text(json.dumps({"question": "Where?", "options": ["x"]}))
+  return root
+
+
+def write_hrbench(path, size: tuple[int, int] = (48, 32)) -> pathlib.Path:
+  """An HR-Bench table (.tsv as released, or .parquet by the name): rows 0 and 2 good (2 with two
+  options), row 1's image not base64, row 3 without options."""
+  path = pathlib.Path(path)
+  good = base64.b64encode(_image(*size, colour=(200, 30, 30), fmt="PNG")).decode()
+  table = {"index": [0, 1, 2, 3], "question": ["What is the number on the bus?", "What colour is the kite?",
+                                                "Is the dog left of the tree?", "What is on the sign?"],
+           "answer": ["B", "A", "B", "A"], "A": ["12", "red", "yes", ""], "B": ["21", "blue", "no", ""],
+           "C": ["15", "green", "", ""], "D": ["51", "black", "", ""],
+           "category": ["single", "single", "cross", "single"], "cycle_category": ["c0", "c1", "c2", "c3"],
+           "image": [good, "!!not base64!!", good, good]}
+  if path.suffix == ".parquet":
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table(table), path)
+  else:
+    lines = ["\t".join(table)] + ["\t".join(str(table[c][i]) for c in table) for i in range(4)]
+    path.write_text("\n".join(lines) + "\n")
+  return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import socket
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,3 +35,10 @@ def shared_dir(tmp_path_factory, name: str, build: Callable[[str], None]) -> str
       build(str(path))
       done.touch()
   return str(path)
+
+
+def free_port() -> int:
+  """A free TCP port on loopback, for a jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -46,7 +46,7 @@ def test_report_puts_them_beside_ours():
   rep = zoombench.report(preds)
   assert rep["authors_rules"]["global"] == {"right": 2, "undecided": 2, "accuracy": 0.5}
   assert rep["views"]["global"]["accuracy"] == 0.5
-  md = zoombench.markdown({"ckpt": rep})
+  md = zoombench.benchmark_markdown({"ckpt": rep})
   assert "The authors' rules on the same answers" in md and "| ckpt | global | 50.0 | 50.0 | 2 |" in md
-  assert "authors' rules" not in zoombench.markdown({"ckpt": zoombench.report(
+  assert "authors' rules" not in zoombench.benchmark_markdown({"ckpt": zoombench.report(
       {k: {kk: vv for kk, vv in v.items() if kk != "authors"} for k, v in preds.items()})})

@@ -1,5 +1,4 @@
 """Benchmark loaders: ZoomBench parquet round trip, the authors' JSON format, our records, bad items."""
-import base64
 import io
 import json
 import os
@@ -118,7 +117,7 @@ def test_released_zoombench_schema_question_types_and_inferred_dimensions(tmp_pa
                         **zoombench._labels(it)} for it in (a, b, c) for v in zoombench.VIEWS}
   rep = zoombench.report(preds, [a, b, c])
   assert rep["inferred_dimensions"] == 3 and set(rep["by_dimension"]) == {"colour", "ocr"}
-  assert "Dimensions of 3 items are inferred" in zoombench.markdown({"ckpt": rep})
+  assert "Dimensions of 3 items are inferred" in zoombench.benchmark_markdown({"ckpt": rep})
   again = B.load_zoombench_parquet(B.write_zoombench_parquet([a, b, c], str(tmp_path / "again.parquet")))
   assert [(it.dimension, it.dimension_inferred) for it in again] == [("colour", True), ("ocr", True), ("ocr", True)]
 
@@ -226,8 +225,10 @@ def test_from_records_cuts_the_box_and_keeps_bad_records(tmp_path):
       (g.id, g.question, g.options, g.answer, g.crop) for g in good]
   assert os.path.exists(path) and not os.path.exists(path + ".tmp")
   # One entry point picks the loader by form.
-  assert [it.id for it in B.load(str(tmp_path))] == ids
-  assert [it.id for it in B.load(path)] == [g.id for g in good]
+  assert [it.id for it in B.load(str(tmp_path)).items] == ids
+  export = B.load(path)
+  assert [it.id for it in export.items] == [g.id for g in good]
+  assert (export.name, export.kind, export.authors_mcq, export.dual_view) == ("export", "zoombench", False, True)
   with pytest.raises(ValueError, match="unknown benchmark format"):
     B.load(str(tmp_path / "x.csv"))
 
@@ -235,26 +236,9 @@ def test_from_records_cuts_the_box_and_keeps_bad_records(tmp_path):
 # ---- V*, HR-Bench and MME-RealWorld in their published formats ------------------------------------
 
 
-def _vstar_folder(root):
-  """The V* release layout: <category>/<name>.json beside <name>.jpg."""
-  for category, stem, options, boxes in (
-      ("direct_attributes", "sa_4690", ["white", "black", "red", "blue"], [[10, 12, 6, 4]]),
-      ("direct_attributes", "sa_7001", ["plastic", "wooden", "metal", "glass"], [[3, 3, 5, 5]]),
-      ("relative_position", "sa_1003", ["left", "right"], [[2, 3, 4, 4], [20, 10, 5, 6]])):
-    os.makedirs(root / category, exist_ok=True)
-    (root / category / f"{stem}.jpg").write_bytes(_jpeg(40, 30))
-    (root / category / f"{stem}.json").write_text(json.dumps(
-        {"target_object": ["thing"] * len(boxes), "bbox": boxes, "question": f"What about the {stem}?",
-         "options": options}))
-  (root / "direct_attributes" / "sa_0404.json").write_text(json.dumps(  # no image beside it
-      {"target_object": ["cup"], "bbox": [[1, 1, 2, 2]], "question": "What colour is the cup?", "options": ["a", "b"]}))
-  (root / "relative_position" / "sa_0500.json").write_text("{broken")
-  (root / "relative_position" / "sa_0501.json").write_text(json.dumps({"question": "Where?", "options": ["x"]}))
-
-
 def test_vstar_release_folders(tmp_path):
-  _vstar_folder(tmp_path)
-  got = {it.id: it for it in B.load(str(tmp_path))}
+  record_fixtures.write_vstar(tmp_path)
+  got = {it.id: it for it in B.load(str(tmp_path)).items}
   assert len(got) == 6
   for rid, right in (("direct_attributes/sa_4690", "white"), ("direct_attributes/sa_7001", "plastic"),
                      ("relative_position/sa_1003", "left")):
@@ -282,34 +266,18 @@ def test_vstar_questions_jsonl(tmp_path):
           {"image": "direct_attributes/missing.jpg", "text": text, "category": "direct_attributes", "question_id": 1,
            "label": "A"}]
   (tmp_path / B.VSTAR_QUESTIONS).write_text("\n".join(map(json.dumps, rows)) + "\n{oops\n")
-  a, b, c = B.load(str(tmp_path))
+  a, b, c = B.load(str(tmp_path)).items
   assert a.error is None and a.question == "What is the color of the woman's umbrella?"
   assert a.options == ("yellow", "red", "white", "blue") and a.answer == "C" and a.answer_text == "white"
   assert "cannot be read" in b.error and "not valid JSON" in c.error
 
 
-def _hrbench_table(image=None):
-  good = base64.b64encode(image or _png(48, 32)).decode()
-  return {"index": [0, 1, 2, 3], "question": ["What is the number on the bus?", "What colour is the kite?",
-                                               "Is the dog left of the tree?", "What is on the sign?"],
-          "answer": ["B", "A", "B", "A"], "A": ["12", "red", "yes", ""], "B": ["21", "blue", "no", ""],
-          "C": ["15", "green", "", ""], "D": ["51", "black", "", ""],
-          "category": ["single", "single", "cross", "single"], "cycle_category": ["c0", "c1", "c2", "c3"],
-          "image": [good, "!!not base64!!", good, good]}
-
-
 @pytest.mark.parametrize("form", ["tsv", "parquet"])
 def test_hrbench(tmp_path, form):
-  table = _hrbench_table()
-  path = tmp_path / f"hr_bench_4k.{form}"
-  if form == "tsv":
-    lines = ["\t".join(table)] + ["\t".join(str(table[c][i]) for c in table) for i in range(4)]
-    path.write_text("\n".join(lines) + "\n")
-  else:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    pq.write_table(pa.table(table), path)
-  a, b, c, d = B.load(str(path))
+  path = record_fixtures.write_hrbench(tmp_path / f"hr_bench_4k.{form}")
+  bench = B.load(str(path))
+  assert (bench.name, bench.kind, bench.authors_mcq, bench.dual_view) == ("hr_bench_4k", "hrbench", True, False)
+  a, b, c, d = bench.items
   assert a.error is None and a.options == ("12", "21", "15", "51") and a.answer == "B" and a.answer_text == "21"
   assert a.dimension == "single" and (a.width, a.height) == (48, 32) and a.id == "0"
   assert "not valid base64" in b.error
@@ -338,7 +306,9 @@ def test_mme_realworld(tmp_path):
       {"Question_id": "perception/ocr/0004", "Image": "images/a.jpg", "Text": "What is written?"},
   ]
   (tmp_path / "MME_RealWorld.json").write_text(json.dumps(rows))
-  a, b, c, d = B.load(str(tmp_path / "MME_RealWorld.json"))
+  bench = B.load(str(tmp_path / "MME_RealWorld.json"))
+  assert (bench.name, bench.kind, bench.authors_mcq) == ("MME_RealWorld", "mme_realworld", True)
+  a, b, c, d = bench.items
   assert a.error is None and a.options == ("Red", "Blue", "Green", "White", "The image does not feature the roof.")
   assert a.answer == "B" and a.answer_text == "Blue" and a.dimension == "Remote Sensing"
   assert a.id == "perception/remote_sensing/color/0001" and a.crop is None

@@ -56,7 +56,7 @@ def test_eval_configs_are_a_student_config_plus_eval(path):
   flat = _flat_types(config)
   student = {k: t for k, t in flat.items() if not k.startswith("eval.")}
   assert student == _student_schema(config_lib.load_config(FAMILY_TINY[config.model.name]))
-  assert {"eval.benchmark", "eval.batch_size", "eval.coverage_layer"} <= set(flat)
+  assert {"eval.benchmarks", "eval.batch_size", "eval.coverage_layer"} <= set(flat)
 
 
 @pytest.mark.parametrize("path", STUDENT_FILES + EVAL_FILES, ids=lambda p: p.stem)

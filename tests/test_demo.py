@@ -30,10 +30,10 @@ def test_shortened_demo_writes_every_artefact(tmp_path):
     steps = os.listdir(out / "runs" / name / "checkpoints")
     assert any(s.isdigit() and int(s) >= 1 for s in steps), (name, steps)
 
-  report = json.load(open(out / "eval" / "report.json"))
+  report = json.load(open(out / "eval" / "report.json"))["benchmarks"]["test"]["checkpoints"]
   assert set(report) == set(STAGES)
   for name in STAGES:
-    rows = [json.loads(line) for line in open(out / "eval" / name / "predictions.jsonl")]
+    rows = [json.loads(line) for line in open(out / "eval" / name / "test" / "predictions.jsonl")]
     assert len(rows) == 2 * report[name]["items"] and {r["view"] for r in rows} == {"global", "regional"}
     assert 0.0 <= report[name]["views"]["global"]["accuracy"] <= 1.0
   with Image.open(out / "eval" / "report.png") as im:

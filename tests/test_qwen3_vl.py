@@ -234,7 +234,7 @@ def test_train_grpo_and_eval_launchers_run_qwen3(tmp_path_factory, tmp_path):
             "--config.grpo.max_new_tokens=3", "--config.grpo.dynamic_sampling=false")
   assert out.returncode == 0, out.stderr[-3000:]
   out = subprocess.run([sys.executable, f"{LAUNCH}/eval.py", f"--config={CONFIGS}/tiny_qwen3.py",
-                        f"--config.eval.benchmark={records_dir}", "--config.eval.max_items=4",
+                        f"--config.eval.benchmarks={records_dir}", "--config.eval.max_items=4",
                         "--config.eval.max_new_tokens=3", f"--checkpoint={rl}", f"--out={tmp_path / 'eval'}"],
                        capture_output=True, text=True, check=False, env=env)
   assert out.returncode == 0, out.stderr[-3000:]

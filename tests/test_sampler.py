@@ -77,6 +77,23 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(setup):
   np.testing.assert_array_equal(nucleus, greedy)
 
 
+def test_a_key_per_row_draws_independently_of_the_batch(setup):
+  """With a key per prompt, a row's sample depends on its key alone: the same in a batch, alone,
+  or in another place of the batch; with samples per prompt, each sample folds in its index."""
+  cfg, _, ours, exs, batch = setup
+  hot = sampler.SamplingConfig(max_new_tokens=6, temperature=1.0)
+  keys = jax.random.key_data(jnp.stack([jax.random.key(5), jax.random.key(6)]))
+  both, _ = sampler.generate(ours, batch, hot, keys)
+  swapped = {k: np.flip(v, axis=batching.row_axis(k)) for k, v in batch.items()}
+  flipped, _ = sampler.generate(ours, swapped, hot, keys[::-1])
+  np.testing.assert_array_equal(flipped[::-1], both)
+  alone = {k: np.take(v, [1], axis=batching.row_axis(k)) for k, v in batch.items()}
+  one, _ = sampler.generate(ours, alone, hot, keys[1:])
+  np.testing.assert_array_equal(one[0], both[1])
+  many, _ = sampler.generate(ours, batch, hot, keys, num_samples=3)
+  assert not np.array_equal(many[0], many[1])  # samples of a prompt differ
+
+
 def test_sharded_generation_equals_single_device(setup):
   cfg, _, ours, _, batch = setup
   want, _ = sampler.generate(ours, batch, sampler.SamplingConfig(max_new_tokens=6))

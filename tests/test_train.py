@@ -3,7 +3,6 @@ two processes == one, SIGTERM checkpoints, the loss falls, and clear errors."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests import record_fixtures
-from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
+from tests.shared import CONFIGS, KILL_AT, LAUNCH, free_port, shared_dir
 from zwz_jax.config import load_config
 from zwz_jax.data import pipeline as data_pipeline
 from zwz_jax.data import processor
@@ -198,16 +197,10 @@ def test_sigterm_writes_a_checkpoint_and_exits(records_dir, tmp_path):
   assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=3).latest_step() == step
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.xdist_group("train_reference")  # shares the fixture run: one worker
 def test_two_processes_match_one(records_dir, reference_run, tmp_path):
   """Two JAX processes (4 CPU devices each, gloo collectives on loopback) == one process with 8."""
-  port = _free_port()
+  port = free_port()
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   procs = [_launch(tmp_path, records_dir, f"--config.data.eval={records_dir}", "--config.train.eval_every=3",
                    "--coordinator_address=127.0.0.1:%d" % port, "--num_processes=2",

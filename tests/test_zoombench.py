@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests import hf_reference as ref
 from tests import record_fixtures
-from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
+from tests.shared import CONFIGS, KILL_AT, LAUNCH, free_port, shared_dir
 from zwz_jax import records
 from zwz_jax.config import load_config
 from zwz_jax.eval import benchmarks, zoombench
@@ -30,16 +30,22 @@ def bench(tmp_path_factory):
     items[1] = dataclasses.replace(items[1], crop=None)  # missing crop image
     items[2] = dataclasses.replace(items[2], image=b"not an image")  # unreadable full image
     benchmarks.write_zoombench_parquet(items, str(root / "bench.parquet"))
+    record_fixtures.write_vstar(root / "vstar", size=(120, 90))
+    record_fixtures.write_hrbench(root / "hr_bench_4k.tsv", size=(160, 100))
     config = load_config(f"{CONFIGS}/eval_tiny.py")
     ref.hf_model(ModelConfig.from_config(config.model), seed=2).save_pretrained(root / "ckpt")
   return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_bench", build))
 
 
-def _eval(bench, out, *extra, kill_at=""):
+SUITE = ("bench.parquet", "vstar", "hr_bench_4k.tsv")  # ZoomBench, V*, HR-Bench
+
+
+def _eval(bench, out, *extra, kill_at="", suite=SUITE):
+  """The authors' protocol (sampled) on the tiny student over a mixed ZoomBench + V* + HR-Bench suite."""
   harness = [f"{KILL_AT}", kill_at] if kill_at else []  # a SIGKILL at that point
-  return subprocess.run([sys.executable, *harness, f"{LAUNCH}/eval.py", f"--config={CONFIGS}/eval_tiny.py",
-                         f"--config.eval.benchmark={bench / 'bench.parquet'}", "--config.eval.coverage_layer=1",
-                         "--config.eval.authors_judge=true",
+  return subprocess.run([sys.executable, *harness, f"{LAUNCH}/eval.py", f"--config={CONFIGS}/eval_paper_tiny.py",
+                         f"--config.eval.benchmarks={','.join(str(bench / b) for b in suite)}",
+                         "--config.eval.coverage_layer=1", "--config.eval.authors_judge=true",
                          f"--checkpoint={bench / 'ckpt'}", f"--out={out}", *extra],
                         capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
 
@@ -52,9 +58,14 @@ def reference(bench, tmp_path_factory):
   return pathlib.Path(shared_dir(tmp_path_factory, "zoombench_reference", build))
 
 
+def _rows(out, bench="bench"):
+  """The prediction rows of every process's file."""
+  return [json.loads(l) for f in sorted((out / "ckpt" / bench).glob("predictions*.jsonl")) for l in open(f)]
+
+
 @pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_report_equals_hand_computation(reference):
-  rows = [json.loads(l) for l in open(reference / "ckpt" / "predictions.jsonl")]
+  rows = _rows(reference)
   assert len(rows) == 20 and len({(r["id"], r["view"]) for r in rows}) == 20
   ok = {v: [r for r in rows if r["view"] == v and not r["error"]] for v in zoombench.VIEWS}
   acc = {v: sum(r["correct"] for r in ok[v]) / len(ok[v]) for v in ok}
@@ -62,7 +73,8 @@ def test_report_equals_hand_computation(reference):
   both = [i for i in {r["id"] for r in rows} if all(not by_id[(i, v)]["error"] for v in zoombench.VIEWS)]
   crop_only = sum(by_id[(i, "regional")]["correct"] and not by_id[(i, "global")]["correct"] for i in both)
   covs = [r["coverage"] for r in ok["global"] if r["coverage"] is not None]
-  report = json.load(open(reference / "report.json"))["ckpt"]
+  suite = json.load(open(reference / "report.json"))
+  report = suite["benchmarks"]["bench"]["checkpoints"]["ckpt"]
   assert report["views"]["global"]["accuracy"] == pytest.approx(acc["global"])
   assert report["views"]["regional"]["accuracy"] == pytest.approx(acc["regional"])
   assert report["zooming_gap"] == pytest.approx(acc["regional"] - acc["global"])
@@ -72,44 +84,112 @@ def test_report_equals_hand_computation(reference):
   for v in zoombench.VIEWS:  # the authors' rules read the same answers
     assert all(r["authors"] in (True, None) for r in ok[v])
     assert report["authors_rules"][v]["right"] == sum(r["authors"] is True for r in ok[v])
-  assert (reference / "report.md").read_text().startswith("| checkpoint | global | regional")
+  # V* and HR-Bench have no crops: only their global view is asked, and their whole item lists are.
+  globals_ = {}
+  for name, n, good in (("vstar", 6, 3), ("hr_bench_4k", 4, 2)):
+    b = suite["benchmarks"][name]
+    assert (b["dual_view"], b["authors_mcq"]) == (False, True)
+    rows = _rows(reference, name)
+    assert len(rows) == n and {r["view"] for r in rows} == {"global"}
+    assert sum(not r["error"] for r in rows) == good
+    rep = b["checkpoints"]["ckpt"]
+    assert rep["views"]["global"]["n"] == good and rep["views"]["regional"]["n"] == 0
+    globals_[name] = sum(r["correct"] for r in rows if not r["error"]) / good
+  globals_["bench"] = acc["global"]
+  assert suite["average"]["ckpt"] == {"global": pytest.approx(np.mean(list(globals_.values()))), "benchmarks": 3}
+  md = (reference / "report.md").read_text()
+  assert md.startswith("Global-view accuracy (%) per benchmark")
+  assert "| checkpoint | bench | vstar | hr_bench_4k | average |" in md
+  assert "## vstar (vstar, 6 items, global view only (no crops))" in md
+  assert "## bench (zoombench, 10 items, global and regional views)" in md
   assert (reference / "report.png").exists()
-  assert len(list((reference / "ckpt" / "heatmaps").glob("*.png"))) == 8
+  assert len(list((reference / "ckpt" / "bench" / "heatmaps").glob("*.png"))) == 8
 
 
 @pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_bad_items_are_recorded_not_fatal(reference):
-  rows = {(r["id"], r["view"]): r for r in map(json.loads, open(reference / "ckpt" / "predictions.jsonl"))}
+  rows = {(r["id"], r["view"]): r for r in _rows(reference)}
   errors = {k: r["error"] for k, r in rows.items() if r["error"]}
   # Item 1 lost its crop: only its regional view fails. Item 2's full image is unreadable: the
   # loader marks the item bad, so both of its views are recorded as errors.
   assert sorted(v for _, v in errors) == ["global", "regional", "regional"]
   assert sum("no crop image" in e for e in errors.values()) == 1
   assert sum("does not decode" in e for e in errors.values()) == 2
-  report = json.load(open(reference / "report.json"))["ckpt"]
+  report = json.load(open(reference / "report.json"))["benchmarks"]["bench"]["checkpoints"]["ckpt"]
   assert report["views"]["global"]["n"] == 9 and report["views"]["regional"]["n"] == 8
   assert len(report["errors"]["regional"]) == 2
 
 
 @pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
+  """Killed in the first benchmark, re-run: the same sampled answers and the same report."""
   killed = _eval(bench, tmp_path, kill_at="eval_batches=2")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-  assert len(open(tmp_path / "ckpt" / "predictions.jsonl").readlines()) == 8
+  assert len(_rows(tmp_path)) == 8
   resumed = _eval(bench, tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  strip = lambda rep: {k: v for k, v in rep["ckpt"].items() if k != "latency_s_per_item"}
-  assert strip(json.load(open(tmp_path / "report.json"))) == strip(json.load(open(reference / "report.json")))
+  for name in ("bench", "vstar", "hr_bench_4k"):
+    key = lambda r: (r["id"], r["view"])
+    strip = lambda rows: sorted(({k: v for k, v in r.items() if k != "latency_s"} for r in rows), key=key)
+    assert strip(_rows(tmp_path, name)) == strip(_rows(reference, name))
+  latency = lambda suite: {b: {k: v for k, v in r["checkpoints"]["ckpt"].items() if k != "latency_s_per_item"}
+                           for b, r in suite["benchmarks"].items()}
+  assert latency(json.load(open(tmp_path / "report.json"))) == latency(json.load(open(reference / "report.json")))
+
+
+@pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
+def test_two_processes_give_the_one_process_report(bench, reference, tmp_path):
+  """Two JAX processes (4 CPU devices each, gloo on loopback) split each batch of 8 and write a file
+  each; killed mid-way (one process SIGKILLed, the other stopped) and re-run, they give the
+  predictions and report of the uninterrupted single process with batches of 4."""
+  def launch(kill_at=""):
+    port = free_port()
+    harness = lambda i: [f"{KILL_AT}", kill_at] if kill_at and i == 1 else []
+    return [subprocess.Popen(
+        [sys.executable, *harness(i), f"{LAUNCH}/eval.py", f"--config={CONFIGS}/eval_paper_tiny.py",
+         f"--config.eval.benchmarks={','.join(str(bench / b) for b in SUITE)}", "--config.eval.coverage_layer=1",
+         "--config.eval.authors_judge=true", "--config.eval.batch_size=8", f"--checkpoint={bench / 'ckpt'}",
+         f"--out={tmp_path}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+         "--cpu_collectives=gloo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TQDM_DISABLE": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+        for i in range(2)]
+
+  first, second = launch(kill_at="eval_batches=1")
+  second.communicate(timeout=600)
+  assert second.returncode == -signal.SIGKILL
+  first.kill()  # its partner is gone: it would wait in the next collective
+  first.communicate(timeout=60)
+  files = sorted(p.name for p in (tmp_path / "ckpt" / "bench").glob("predictions*.jsonl"))
+  assert files == ["predictions.process0-of-2.jsonl", "predictions.process1-of-2.jsonl"]
+  assert 0 < len(_rows(tmp_path)) < 20
+  procs = launch()
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  key = lambda r: (r["id"], r["view"])
+  same = lambda rows: sorted(((key(r), r["prediction"], r["correct"], r["error"], r.get("authors")) for r in rows))
+  for name in ("bench", "vstar", "hr_bench_4k"):
+    got = _rows(tmp_path, name)
+    assert len({key(r) for r in got}) == len(got) == len(_rows(reference, name))  # nothing lost or twice
+    assert same(got) == same(_rows(reference, name))
+    covs = {key(r): r.get("coverage") for r in got}
+    for r in _rows(reference, name):
+      want = r.get("coverage")
+      assert covs[key(r)] == (None if want is None else pytest.approx(want, rel=1e-4, abs=1e-6))
+  ours, theirs = (json.load(open(d / "report.json")) for d in (tmp_path, reference))
+  assert ours["average"] == theirs["average"]
+  assert ({b: r["checkpoints"]["ckpt"]["views"] for b, r in ours["benchmarks"].items()}
+          == {b: r["checkpoints"]["ckpt"]["views"] for b, r in theirs["benchmarks"].items()})
 
 
 def test_agentic_baseline_beside_the_single_pass(bench, tmp_path):
   from zwz_jax.eval import agentic
   proc = _eval(bench, tmp_path, "--config.eval.agentic=true", "--config.eval.max_items=3",
-               "--config.eval.agentic_max_new_tokens=8")
+               "--config.eval.agentic_max_new_tokens=8", suite=SUITE[:1])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = agentic.read_results(str(tmp_path / "ckpt"))
-  assert sorted(rows) == sorted({json.loads(l)["id"] for l in open(tmp_path / "ckpt" / "predictions.jsonl")})
-  report = json.load(open(tmp_path / "report.json"))["ckpt"]
+  rows = agentic.read_results(str(tmp_path / "ckpt" / "bench"))
+  assert sorted(rows) == sorted({r["id"] for r in _rows(tmp_path)})
+  report = json.load(open(tmp_path / "report.json"))["benchmarks"]["bench"]["checkpoints"]["ckpt"]
   a = report["agentic"]
   # Item 2's image does not decode: skipped, not counted; the other two ran at least one turn each.
   assert a["n"] == 2 and a["skipped"] == 1 and a["mean_turns"] >= 1
@@ -190,14 +270,14 @@ def test_unknown_data_view_names_the_key():
 
 def test_raw_prompt_and_sampling_settings(tmp_path):
   """eval.prompt=raw asks the benchmark's own query; the sampling keys reach the sampler, and a
-  sampled batch's key depends only on its items and views (the same on every host and run)."""
+  sampled row's key depends only on the seed, its item and view (the same on every host and run)."""
   from zwz_jax.config import ConfigError
   from zwz_jax.data import processor
   query = "How many lamps are there? Select from the following choices.\n(A) 0\n(B) 2\n(C) 1\n(D) 3"
   item = benchmarks._make_item(id="q", source="t:0", image=records.encode_image(Image.new("RGB", (64, 48))),
                                crop=None, prompt=query, answer="C")
   overrides = ["eval.prompt=raw", "eval.temperature=0.7", "eval.top_p=0.8", "eval.top_k=20",
-               "eval.presence_penalty=1.5", "eval.seed=42", "eval.authors_judge=true", "eval.authors_mcq=true"]
+               "eval.presence_penalty=1.5", "eval.seed=42", "eval.authors_judge=true"]
   config = load_config(f"{CONFIGS}/eval_tiny.py", overrides)
   tok = processor.load_tokenizer("", config)
   evaluator = zoombench.DualViewEvaluator(config, None, tok)
@@ -206,15 +286,14 @@ def test_raw_prompt_and_sampling_settings(tmp_path):
   assert "choices.\n(A) 0\n(B) 2" in text and records.MC_INSTRUCTION not in text
   s = evaluator.sampling
   assert (s.temperature, s.top_p, s.top_k, s.presence_penalty) == (0.7, 0.8, 20, 1.5)
-  assert evaluator.authors == (True, True)
+  assert evaluator.authors_judge
   ours = zoombench.DualViewEvaluator(load_config(f"{CONFIGS}/eval_tiny.py"), None, tok)
   text = tok.decode(ours._example(item, "global")[1]["input_ids"].tolist(), skip_special_tokens=False)
   assert records.MC_INSTRUCTION in text and "\nA. 0\nB. 2" in text and "(A) 0" not in text
-  import jax
-  key = lambda e, ready: jax.random.key_data(e._rng(ready)).tolist()
-  assert key(evaluator, [(item, "global")]) == key(evaluator, [(item, "global")])
-  assert key(evaluator, [(item, "global")]) != key(evaluator, [(item, "regional")])
-  assert key(evaluator, [(item, "global")]) != key(ours, [(item, "global")])  # another seed
+  key = lambda e, view: e._keys([(item, view)], 2)[0].tolist()
+  assert key(evaluator, "global") == key(evaluator, "global") != key(evaluator, "regional")
+  other = zoombench.DualViewEvaluator(load_config(f"{CONFIGS}/eval_tiny.py", overrides + ["eval.seed=43"]), None, tok)
+  assert key(evaluator, "global") != key(other, "global")
   with pytest.raises(ConfigError, match="eval.prompt"):
     zoombench.DualViewEvaluator(load_config(f"{CONFIGS}/eval_tiny.py", ["eval.prompt=theirs"]), None, tok)
 

@@ -162,17 +162,12 @@ def batch_shapes(config, rows: int, tokens: int, patches: int) -> dict[str, jax.
 
 
 def place_batch(mesh, shapes: dict) -> dict:
-  """Batch shardings as the trainer places batches (batch axes over data x fsdp); replicated when
-  the rows do not divide over them (evaluation batches may be smaller than the slice)."""
-  from zwz_jax.data.batch import row_axis
-  from zwz_jax.data.batch import batch_spec
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
-  out = {}
-  for key, s in shapes.items():
-    rows = s.shape[row_axis(key)]
-    spec = batch_spec(key, len(s.shape)) if rows % n == 0 else PartitionSpec()
-    out[key] = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, spec))
-  return out
+  """Abstract batch inputs placed as the trainer and the evaluator place batches: rows over the batch
+  axes (data x fsdp), replicated when they do not divide (evaluation batches may be smaller than the
+  slice; zwz_jax.data.batch.placement)."""
+  from zwz_jax.data.batch import placement
+  return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement(mesh, key, s.shape))
+          for key, s in shapes.items()}
 
 
 def eval_resolution(config) -> tuple[int, int]:
@@ -260,20 +255,24 @@ def _rollout(config, mesh) -> list[_Program]:
 
 
 def _eval(config, mesh) -> list[_Program]:
-  """Greedy decoding of eval.batch_size prompts with one image at processor.max_pixels."""
+  """Decoding eval.batch_size prompts with one image at processor.max_pixels, with the eval
+  section's sampling settings (a key per prompt when sampling, as the evaluator draws)."""
   if "eval" not in config:
     raise KeyError("config key eval: the eval sampler is compiled at the eval config's settings "
                    "(e.g. configs/eval_zoombench.py); this config has no eval section")
   tokens, patches = eval_resolution(config)
-  sampling = dict(max_new_tokens=int(config.eval.max_new_tokens), temperature=0.0)
-  return [_sampler_program(config, mesh, int(config.eval.batch_size), tokens, patches, 1, sampling)]
+  e = config.eval
+  sampling = dict(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p),
+                  top_k=int(e.top_k), presence_penalty=float(e.presence_penalty))
+  return [_sampler_program(config, mesh, int(e.batch_size), tokens, patches, 1, sampling,
+                           keys_per_row=float(e.temperature) > 0)]
 
 
 PROGRAMS = {"sft": _sft, "grpo_update": _grpo_update, "rollout": _rollout, "eval": _eval}
 FUNCTIONS = tuple(PROGRAMS)
 
 
-def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) -> _Program:
+def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling, keys_per_row=False) -> _Program:
   from zwz_jax.generate import sampler as sampler_lib
   from zwz_jax.models import registry
   from zwz_jax.params import ParamSpace
@@ -282,8 +281,12 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling) 
   graphdef, state = nnx.split(space.model(space.abstract))
   shapes = batch_shapes(config, prompts, tokens, patches)
   batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+  if keys_per_row:  # raw key data, placed as the evaluator places it
+    from zwz_jax.data.batch import placement
+    rng = jax.ShapeDtypeStruct((prompts, 2), jnp.uint32, sharding=placement(mesh, "keys", (prompts, 2)))
+  else:
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
   cfg = sampler_lib.SamplingConfig(stop_ids=(0,), **sampling)
   shape = {"rows": prompts * samples, "tokens": tokens, "patches": patches, "new_tokens": sampling["max_new_tokens"]}
   return _Program(shape, sampler_lib._generate.lower(graphdef, state, batch, rng, cfg, samples),

@@ -6,8 +6,8 @@ are imported from the `configs` package). A launcher declares the flag and parse
   CONFIG = config.ConfigFlag("configs/tiny.py")   # --config=configs/x.py --config.a.b=value ...
   app.run(main, flags_parser=CONFIG.parse_or_exit)  # then CONFIG.value in main
 
-config_flags loads the file, parses each override by its field's type and locks the config.
-Kept here, because config_flags does neither: every override key is checked before parsing (a typo
+The file is loaded once, here; config_flags (DEFINE_config_dict) parses each override by its
+field's type and locks the config. Kept here, because config_flags does neither: every override key is checked before parsing (a typo
 is one line naming the whole key, its valid siblings and the closest, not an AttributeError
 traceback), and tuple elements must have the default's type (ints widen to floats).
 `load_config(path, overrides)` is the same parse for tests, benchmarks and the demo.
@@ -42,15 +42,12 @@ class ConfigFlag:
   def __init__(self, default: str | None, *, flag_values: flags.FlagValues = flags.FLAGS):
     self.default, self._flag_values = default, flag_values
     self.path = None  # the config file, once parsed
-    # config_flags reads overrides from an argv of its own and, when that argv names no --config,
-    # parses the default at definition time. We hand it a list we fill in `parse`, naming --config.
-    self._argv = ["", f"--config={default or ''}"]
-    self._holder = config_flags.DEFINE_config_file(
-        "config", default, "config file (python, get_config()); override keys with --config.a.b=value",
-        flag_values=flag_values, lock_config=True, sys_argv=self._argv)
+    self._holder = None  # the config flag, defined by `parse` once the file is loaded
 
   @property
   def value(self) -> ml_collections.ConfigDict:
+    if self._holder is None:
+      raise RuntimeError("the config is read before its flags are parsed")
     return self._holder.value
 
   def parse(self, argv: Sequence[str]) -> list[str]:
@@ -58,13 +55,21 @@ class ConfigFlag:
     path, keys, others = _scan(argv[1:], self.default)
     if not path:
       raise ConfigError("missing --config=path/to/config.py")
-    base = _load(path)
+    if self._holder is not None:
+      raise RuntimeError("a ConfigFlag parses once")
+    config = _load(path)
     self.path = path
+    base = config.copy_and_resolve_references()  # the defaults, as the overrides leave `config` changed
     for key in keys:
       _field_type(base, key)
-    self._argv[:] = [argv[0], f"--config={path}", *others]
+    # config_flags reads the overrides from this argv when the flag is defined, and then parses them
+    # by the types of the config's fields.
+    argv = [argv[0], *others]
+    self._holder = config_flags.DEFINE_config_dict(
+        "config", config, f"{path}; override keys with --config.a.b=value",
+        flag_values=self._flag_values, lock_config=True, sys_argv=argv)
     try:
-      rest = self._flag_values(self._argv)
+      rest = self._flag_values(argv)
     except flags.IllegalFlagValueError as e:
       raise _value_error(base, str(e)) from None
     if self._flag_values is flags.FLAGS and not flags.FLAGS["verbosity"].present:
@@ -123,7 +128,7 @@ def _scan(args: Sequence[str], default: str) -> tuple[str, list[str], list[str]]
 
 
 def _load(path: str) -> ml_collections.ConfigDict:
-  """The file's get_config(), unlocked (config_flags loads it again and applies the overrides)."""
+  """The file's get_config(), unlocked."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file not found: {path!r}")
   name = "_zwz_config_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]

@@ -308,3 +308,16 @@ def read_manifest(directory: str) -> dict[str, Any]:
 def shard_paths(directory: str) -> list[str]:
   """Absolute paths of the shards a manifest lists, in order."""
   return [os.path.join(directory, s["path"]) for s in read_manifest(directory)["shards"]]
+
+
+def read_shard(path: str) -> list[bytes]:
+  """The serialized records of one ArrayRecord shard; a shard that cannot be read is a ValueError
+  naming it."""
+  from array_record.python import array_record_module  # only the record readers need it
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+    raws = reader.read_all()
+    reader.close()
+  except Exception as e:
+    raise ValueError(f"{path}: cannot be read as an ArrayRecord shard ({type(e).__name__}: {e})") from None
+  return raws

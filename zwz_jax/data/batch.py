@@ -81,6 +81,44 @@ def batch_spec(key: str, ndim: int):
   return logical_to_spec(tuple(axes))
 
 
+def placement(mesh, key: str, shape: Sequence[int], processes: int = 1):
+  """Where an evaluation batch key goes: its rows split over the batch axes (as `batch_spec`) when
+  the global rows (this process's times `processes`) divide over data x fsdp, else replicated.
+  Evaluation batches may be smaller than the slice; the compiled eval program (zwz_jax/aot.py)
+  takes its inputs this way too."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  rows = shape[row_axis(key)] * processes
+  if rows % n == 0:
+    return NamedSharding(mesh, batch_spec(key, len(shape)))
+  if processes > 1:
+    raise ValueError(f"{rows} rows of {key!r} do not divide over the batch axes data x fsdp = {n} of mesh "
+                     f"{dict(mesh.shape)}, which several processes need")
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def place(mesh, local_batch: dict, keys: Sequence[str]) -> dict:
+  """This process's rows of an evaluation batch -> global arrays placed by `placement`."""
+  import jax
+  out = {}
+  for key in keys:
+    x = np.asarray(local_batch[key])
+    out[key] = jax.make_array_from_process_local_data(placement(mesh, key, x.shape, jax.process_count()), x)
+  return out
+
+
+def local_rows(x) -> np.ndarray:
+  """This process's rows of a global array placed by `to_global` or `place` (its block, in process
+  order), as numpy."""
+  import jax
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  per = full.shape[0] // jax.process_count()
+  return full[jax.process_index() * per:(jax.process_index() + 1) * per]
+
+
 def to_global(mesh, local_batch: dict, keys: Sequence[str]) -> dict:
   """This process's numpy rows of `keys` -> global arrays sharded over the mesh's batch axes."""
   import jax

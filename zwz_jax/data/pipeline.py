@@ -178,19 +178,35 @@ class _Located:
 
 
 def _source(dirs: Sequence[str], key: str, preprocessor: Preprocessor) -> grain.MapDataset:
-  """Preprocessed records of `dirs` in shard order (lazy: nothing is read until indexed)."""
-  paths, counts = [], []
+  """Preprocessed records of `dirs` in order (lazy: nothing is read until indexed). An entry is a
+  record directory, or a prepared TFDS zwz_records split (zwz_jax/data/tfds_datasets)."""
+  from zwz_jax.data import tfds_datasets
+  parts, paths, counts = [], [], []
+
+  def flush():  # our shards so far, as one ArrayRecord source
+    if paths:
+      source = grain.sources.ArrayRecordDataSource(list(paths))
+      if len(source) != sum(counts):
+        raise ValueError(f"{key}: manifests in {list(dirs)} list {sum(counts)} records but the shards "
+                         f"hold {len(source)}")
+      parts.append(grain.MapDataset.source(source).map_with_index(_Located(preprocessor, paths, counts)))
+      paths.clear()
+      counts.clear()
+
   for d in dirs:
+    if tfds_datasets.is_prepared(d):
+      flush()
+      source = tfds_datasets.RecordSource(d)
+      parts.append(grain.MapDataset.source(source).map_with_index(_Located(preprocessor, [d], [len(source)])))
+      continue
     manifest = records.read_manifest(d)
     paths += records.shard_paths(d)
     counts += [int(s["num_records"]) for s in manifest["shards"]]
-  if not paths or sum(counts) == 0:
+  flush()
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts) if parts else None
+  if ds is None or len(ds) == 0:
     raise ValueError(f"{key}: no records in {list(dirs)}")
-  source = grain.sources.ArrayRecordDataSource(paths)
-  if len(source) != sum(counts):
-    raise ValueError(f"{key}: manifests in {list(dirs)} list {sum(counts)} records but the shards "
-                     f"hold {len(source)}")
-  return grain.MapDataset.source(source).map_with_index(_Located(preprocessor, paths, counts))
+  return ds
 
 
 def _absl_flags_parsed():

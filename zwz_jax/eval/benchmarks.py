@@ -10,6 +10,7 @@ Pure python: imports neither jax nor torch (pyarrow and array_record only where 
 from __future__ import annotations
 
 import base64
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -22,9 +23,11 @@ import re
 import sys
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 from PIL import Image
 
 from zwz_jax import answers, dimensions, records
+from zwz_jax.data import tfds_datasets
 
 OPTION_LETTERS = records.OPTION_LETTERS
 
@@ -294,33 +297,47 @@ def load_zoombench_parquet(path: str, *, verify: bool = False) -> list[EvalItem]
   if missing:
     raise ValueError(f"{path}: not a ZoomBench parquet, no column for {missing} (columns: {sorted(cols)})")
   base, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-  items, row_index = [], 0
+  items = []
   try:
-    batches = pf.iter_batches(batch_size=32)
-    for batch in batches:
+    for batch in pf.iter_batches(batch_size=32):
       for row in batch.to_pylist():
-        image, err = _image_field(row.get("image"), base)
-        crop, crop_err = _image_field(row.get("crop_image"), base)
-        rid = _first(row, "id", "index", "question_id")
-        items.append(_make_item(
-            id=row_index if rid is None else rid, source=f"{name}:{row_index}", image=image, crop=crop,
-            prompt=_first(row, "prompt", "question", "query"), answer=_first(row, "answer", "response"),
-            dimension=_first(row, "dimension", "category"), bbox=row.get("bbox"),
-            image_error=err, crop_error=crop_err, verify=verify, question_type=row.get("question_type"),
-            infer_dimension=True))
-        row_index += 1
+        items.append(zoombench_item(row, f"{name}:{len(items)}", len(items), base, verify=verify))
   except (OSError, ValueError) as e:  # pyarrow.ArrowException derives from these
-    raise ValueError(f"{path}: unreadable at row {row_index} ({type(e).__name__}: {e})") from None
+    raise ValueError(f"{path}: unreadable at row {len(items)} ({type(e).__name__}: {e})") from None
   return items
 
 
-def load_json(path: str, image_root: str | None = None, *, verify: bool = False) -> list[EvalItem]:
-  """Items of the authors' JSON (a list) or JSON-lines format.
+def zoombench_item(row: dict, source: str, index: int, base: str, *, verify: bool = False) -> EvalItem:
+  """One item of a ZoomBench row (its parquet's columns, or the TFDS zoombench features)."""
+  image, err = _image_field(row.get("image"), base)
+  crop, crop_err = _image_field(row.get("crop_image"), base)
+  rid = _first(row, "id", "index", "question_id")
+  return _make_item(
+      id=index if rid is None else rid, source=source, image=image, crop=crop,
+      prompt=_first(row, "prompt", "question", "query"), answer=_first(row, "answer", "response"),
+      dimension=_first(row, "dimension", "category"), bbox=row.get("bbox"), image_error=err, crop_error=crop_err,
+      verify=verify, question_type=row.get("question_type"), infer_dimension=True)
 
-  Each item: images (paths relative to image_root, default the file's folder; the first is the full
-  image, a second one the crop), optional crop_images (the crop, as their converter writes it),
-  query (prompt), response (answer), optional dimension/category, id, bbox.
-  """
+
+def load_tfds_zoombench(entry: str, *, verify: bool = False) -> list[EvalItem]:
+  """ZoomBench from its TFDS dataset (zwz_jax/data/tfds_datasets/zoombench): the released columns."""
+  name, source = tfds_datasets.open_split(entry, ("image", "crop_image"))
+  if name != "zoombench":
+    raise ValueError(f"{entry}: a TFDS {name!r} dataset; eval.benchmarks reads TFDS zoombench only")
+  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
+  items = []
+  for i in range(len(source)):
+    ex = source[i]
+    row = {k: text(v) for k, v in ex.items() if k not in ("image", "crop_image", "bbox")}
+    row.update(image=bytes(ex["image"]), crop_image=bytes(ex["crop_image"]) or None,
+               bbox=None if np.isnan(ex["bbox"]).any() else [float(c) for c in ex["bbox"]],
+               dimension=row.get("dimension") or None, question_type=row.get("question_type") or None)
+    items.append(zoombench_item(row, f"{os.path.basename(entry)}:{i}", i, "", verify=verify))
+  return items
+
+
+def _json_rows(path: str) -> tuple[list[tuple[Any, str | None]], bool]:
+  """((object, parse error) per item, whether the file is one JSON list) of a JSON or JSON-lines file."""
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()
@@ -328,9 +345,6 @@ def load_json(path: str, image_root: str | None = None, *, verify: bool = False)
     raise FileNotFoundError(f"{path}: no such benchmark file") from None
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: cannot be read ({e})") from None
-  root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
-  name = os.path.basename(path)
-  rows: list[tuple[Any, str | None]] = []  # (item, parse error)
   stripped = text.lstrip()
   whole = None
   if stripped.startswith("["):
@@ -344,19 +358,39 @@ def load_json(path: str, image_root: str | None = None, *, verify: bool = False)
     except ValueError:
       whole = None  # JSON lines
   if isinstance(whole, list):
-    rows = [(r, None) for r in whole]
-  elif isinstance(whole, dict):
-    rows = [(whole, None)]
-  else:
-    for line in text.splitlines():
-      if not line.strip():
-        continue
+    return [(r, None) for r in whole], True
+  if isinstance(whole, dict):
+    return [(whole, None)], False
+  rows = []
+  for line in text.splitlines():
+    if line.strip():
       try:
         rows.append((json.loads(line), None))
       except ValueError as e:
         rows.append((None, f"line is not valid JSON ({e})"))
   if not rows and stripped:
     raise ValueError(f"{path}: no items")
+  return rows, False
+
+
+def _is_mme_realworld(rows) -> bool:
+  first = rows[0][0] if rows else None
+  return isinstance(first, dict) and bool({"Ground truth", "Answer choices"} & set(first))
+
+
+def load_json(path: str, image_root: str | None = None, *, verify: bool = False) -> list[EvalItem]:
+  """Items of the authors' JSON (a list) or JSON-lines format.
+
+  Each item: images (paths relative to image_root, default the file's folder; the first is the full
+  image, a second one the crop), optional crop_images (the crop, as their converter writes it),
+  query (prompt), response (answer), optional dimension/category, id, bbox.
+  """
+  return _authors_items(path, _json_rows(path)[0], image_root, verify)
+
+
+def _authors_items(path, rows, image_root, verify) -> list[EvalItem]:
+  root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
+  name = os.path.basename(path)
   items = []
   for i, (row, err) in enumerate(rows):
     source = f"{name}:{i}"
@@ -531,18 +565,16 @@ def load_mme_realworld(path: str, image_root: str | None = None, *, verify: bool
   (github yfzhang114/MME-RealWorld): a JSON list of Question_id, Image (path under image_root,
   default the file's folder), Text, "Answer choices" (["(A) ...", ...], up to E), "Ground truth" (a
   letter), Task, Subtask, Category. The subtask (else the category) is the dimension. No crops."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      rows = json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{path}: no such benchmark file") from None
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: not a JSON list ({type(e).__name__}: {e})") from None
-  if not isinstance(rows, list):
+  rows, is_list = _json_rows(path)
+  if not is_list:
     raise ValueError(f"{path}: not a JSON list of questions")
+  return _mme_items(path, rows, image_root, verify)
+
+
+def _mme_items(path, rows, image_root, verify) -> list[EvalItem]:
   root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
   name, items = os.path.basename(path), []
-  for i, row in enumerate(rows):
+  for i, (row, _) in enumerate(rows):
     source = f"{name}:{i}"
     if not isinstance(row, dict):
       items.append(_error_item(i, source, "item is not an object"))
@@ -573,7 +605,7 @@ def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]
   items = []
   for path in records.shard_paths(record_dir):
     name = os.path.basename(path)
-    for i, raw in enumerate(_shard_entries(path)):
+    for i, raw in enumerate(records.read_shard(path)):
       source = f"{name}:{i}"
       try:
         r = records.decode(raw, where=source)
@@ -592,26 +624,12 @@ def from_records(record_dir: str, *, split: str | None = None) -> list[EvalItem]
   return items
 
 
-def _shard_entries(path: str) -> list[bytes]:
-  """The serialized records of one ArrayRecord shard; a shard that cannot be read is a ValueError
-  naming it."""
-  from array_record.python import array_record_module  # only the record readers need it
-  try:
-    reader = array_record_module.ArrayRecordReader(path)
-    raws = reader.read_all()
-    reader.close()
-  except Exception as e:
-    raise ValueError(f"{path}: cannot be read as an ArrayRecord shard ({type(e).__name__}: {e})") from None
-  return raws
-
-
 def answer_prior(record_dir: str, items: Sequence[EvalItem]) -> float:
   """Accuracy of answering each item with its dimension's most frequent answer among the records in
   `record_dir` (the training data): what a student blind to the image gets."""
-  import collections
   counts = collections.defaultdict(collections.Counter)
   for path in records.shard_paths(record_dir):
-    for raw in _shard_entries(path):
+    for raw in records.read_shard(path):
       r = records.decode(raw, where=path)
       counts[r.dimension][answers.normalise_answer(r.answer_text)] += 1
   right = [answers.judge(counts[it.dimension].most_common(1)[0][0] if counts[it.dimension] else "", it.answer,
@@ -634,28 +652,74 @@ def _record_item(r: records.Record, source: str) -> EvalItem:
       raw_prompt=records.format_question(r.question, r.options))
 
 
-def load(path: str, *, image_root: str | None = None, verify: bool = False) -> list[EvalItem]:
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  name: str  # its key in reports: the file or folder name without extension
+  kind: str  # which loader read it: one of KINDS
+  path: str
+  items: list[EvalItem]
+
+  @property
+  def authors_mcq(self) -> bool:
+    """On the ZwZ authors' MCQ list, so their first-letter step reads its answers (ZoomBench is not)."""
+    return self.kind in ("vstar", "hrbench", "mme_realworld")
+
+  @property
+  def dual_view(self) -> bool:
+    """Whether the benchmark has region crops, so its regional view is scored too."""
+    return any(it.crop for it in self.items)
+
+
+KINDS = ("records", "vstar", "hrbench", "zoombench", "mme_realworld", "json")
+
+
+def load(path: str, *, image_root: str | None = None, verify: bool = False) -> Benchmark:
   """Any supported benchmark by its form: a record directory or a V* Bench folder; a .parquet file
   (ZoomBench, or HR-Bench by its option columns); an HR-Bench .tsv; MME-RealWorld's .json (by its
-  keys) or the authors' .json / .jsonl."""
+  keys) or the authors' .json / .jsonl; a prepared TFDS zoombench (DIR/zoombench/1.0.0[test])."""
+  kind, items = _load(path, image_root, verify)
+  if tfds_datasets.is_prepared(path):  # DIR/<name>/<version>[split]
+    name = os.path.basename(os.path.dirname(os.path.normpath(tfds_datasets.split_entry(path)[0])))
+  else:
+    name = os.path.basename(os.path.normpath(path))
+    name = name if os.path.isdir(path) else os.path.splitext(name)[0]
+  name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+  return Benchmark(name=name or kind, kind=kind, path=path, items=items)
+
+
+def load_suite(paths: str, *, image_root: str | None = None, verify: bool = False) -> list[Benchmark]:
+  """The benchmarks of a comma-separated list of paths (eval.benchmarks), with distinct names."""
+  suite = [load(p.strip(), image_root=image_root, verify=verify) for p in paths.split(",") if p.strip()]
+  seen = collections.Counter()
+  for i, b in enumerate(suite):
+    seen[b.name] += 1
+    if seen[b.name] > 1:
+      suite[i] = dataclasses.replace(b, name=f"{b.name}_{seen[b.name]}")
+  return suite
+
+
+def _load(path: str, image_root: str | None, verify: bool) -> tuple[str, list[EvalItem]]:
+  if tfds_datasets.is_prepared(path):
+    return "zoombench", load_tfds_zoombench(path, verify=verify)
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, records.MANIFEST)):
-      return from_records(path)
+      return "records", from_records(path)
     if os.path.exists(os.path.join(path, VSTAR_QUESTIONS)) or any(
         os.path.isdir(os.path.join(path, d)) and any(f.endswith(".json") for f in os.listdir(os.path.join(path, d)))
         for d in os.listdir(path)):
-      return load_vstar(path, verify=verify)
+      return "vstar", load_vstar(path, verify=verify)
     raise ValueError(f"{path}: a directory that is neither a record directory (no {records.MANIFEST}) "
                      "nor a V* Bench folder")
   low = path.lower()
   if low.endswith(".tsv") or (low.endswith(".parquet") and _parquet_columns(path) >= {"A", "B", "question"}):
-    return load_hrbench(path, verify=verify)
+    return "hrbench", load_hrbench(path, verify=verify)
   if low.endswith(".parquet"):
-    return load_zoombench_parquet(path, verify=verify)
-  if low.endswith(".json") and _first_keys(path) & {"Ground truth", "Answer choices"}:
-    return load_mme_realworld(path, image_root, verify=verify)
+    return "zoombench", load_zoombench_parquet(path, verify=verify)
   if low.endswith((".json", ".jsonl")):
-    return load_json(path, image_root, verify=verify)
+    rows, is_list = _json_rows(path)  # read once; MME-RealWorld is told by its keys
+    if is_list and _is_mme_realworld(rows):
+      return "mme_realworld", _mme_items(path, rows, image_root, verify)
+    return "json", _authors_items(path, rows, image_root, verify)
   raise ValueError(f"{path}: unknown benchmark format (expected a record directory, a V* folder, .parquet, "
                    ".tsv, .json or .jsonl)")
 
@@ -666,16 +730,6 @@ def _parquet_columns(path: str) -> set[str]:
     return set(pq.ParquetFile(path).schema_arrow.names)
   except Exception:  # unreadable: the ZoomBench loader says why, naming the file
     return set()
-
-
-def _first_keys(path: str) -> set[str]:
-  """Keys of the first object of a JSON list (MME-RealWorld is recognised by them)."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      head = f.read(1 << 16)
-  except OSError:
-    return set()
-  return set(re.findall(r'"([^"]+)"\s*:', head[:head.find("}") + 1] if "}" in head else head))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import time
 from typing import Iterable, Sequence
 
@@ -22,7 +23,7 @@ from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
 from zwz_jax.eval import authors_judge, jsonl_log
-from zwz_jax.eval.benchmarks import EvalItem
+from zwz_jax.eval.benchmarks import Benchmark, EvalItem
 
 VIEWS = ("global", "regional")
 PROMPTS = ("ours", "raw")  # eval.prompt: our training format, or the benchmark's own query
@@ -34,14 +35,28 @@ def _round_up(n: int, m: int) -> int:
 
 
 def read_predictions(out_dir: str) -> dict[tuple[str, str], dict]:
-  """(item id, view) -> prediction row."""
-  return jsonl_log.read(os.path.join(out_dir, PREDICTIONS), key=lambda r: (r["id"], r["view"]))
+  """(item id, view) -> prediction row, over the files of every process that wrote here."""
+  out = {}
+  for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else ():
+    if name.startswith("predictions") and name.endswith(".jsonl"):
+      out.update(jsonl_log.read(os.path.join(out_dir, name), key=lambda r: (r["id"], r["view"])))
+  return out
+
+
+def _predictions_file(process_index: int, process_count: int) -> str:
+  return PREDICTIONS if process_count == 1 else f"predictions.process{process_index}-of-{process_count}.jsonl"
 
 
 class DualViewEvaluator:
-  """Runs a model over both views of a benchmark with the batched KV-cache sampler."""
+  """Runs a model over both views of a benchmark with the batched KV-cache sampler.
 
-  def __init__(self, config, model, tokenizer, *, coverage_layer: int = -1, heatmaps: int = 0):
+  On several processes (jax.distributed), every process runs the same loop: each batch of
+  eval.batch_size (item, view)s is split over the processes, which prepare their rows, generate
+  together on the mesh and write their rows to their own predictions file; the report reads them
+  all. A sampled row draws from a key of its own (the seed and its item and view), so answers do
+  not depend on the batch, the process or a resume."""
+
+  def __init__(self, config, model, tokenizer, *, mesh=None, coverage_layer: int = -1, heatmaps: int = 0):
     from zwz_jax.generate import sampler  # jax side, imported here so reports need no jax
     self.sampler = sampler
     self.config = config
@@ -57,8 +72,11 @@ class DualViewEvaluator:
     if e.prompt not in PROMPTS:
       raise ConfigError(f"config key eval.prompt={e.prompt!r} is not one of {PROMPTS}")
     self.prompt = e.prompt
-    self.authors = (bool(e.authors_judge), bool(e.authors_mcq))
-    self.batch_size = e.batch_size
+    self.authors_judge = bool(e.authors_judge)
+    self.authors_mcq = False  # per benchmark, set by `run`
+    self.batch_size = int(e.batch_size)  # global: over all processes
+    self.mesh = mesh
+    self._blank = None  # a padding example, for a process with no row to fill
     # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
     # question alone names the region); "overlay" / "coords" mark the item's box as in training, for
     # benchmarks whose questions refer to the box (our records' held-out split).
@@ -86,19 +104,27 @@ class DualViewEvaluator:
       img, text = records.ground_view(img, text, item.bbox, self.grounding, **self.processor.box_frame(*img.size))
     return img, self.processor([img], text)
 
-  def run(self, items: Sequence[EvalItem], out_dir: str, *, progress: bool = True) -> dict:
-    """Evaluates every (item, view) not yet in `out_dir`'s predictions; returns the report."""
+  def run(self, bench: Benchmark, out_dir: str, *, progress: bool = True) -> dict:
+    """Evaluates every (item, view) of `bench` not yet in `out_dir`'s predictions (the regional view
+    only where the benchmark has crops); returns the report."""
+    import jax
     import tqdm
+    pi, pc = jax.process_index(), jax.process_count()
+    if self.batch_size % pc:
+      raise ConfigError(f"config key eval.batch_size={self.batch_size} does not divide over {pc} processes")
+    per_process = self.batch_size // pc
     os.makedirs(out_dir, exist_ok=True)
     self.out_dir = out_dir
-    done = read_predictions(out_dir)
-    todo = [(it, v) for it in items for v in VIEWS if (it.id, v) not in done]
-    with jsonl_log.Appender(os.path.join(out_dir, PREDICTIONS)) as log, \
-        tqdm.tqdm(total=len(todo), desc="dual-view eval", disable=not progress) as bar:
+    self.authors_mcq = bench.authors_mcq
+    views = VIEWS if bench.dual_view else VIEWS[:1]
+    done = read_predictions(out_dir)  # every process reads the same files, so agrees on `todo`
+    todo = [(it, v) for it in bench.items for v in views if (it.id, v) not in done]
+    with jsonl_log.Appender(os.path.join(out_dir, _predictions_file(pi, pc))) as log, \
+        tqdm.tqdm(total=len(todo), desc=f"{bench.name}", disable=not progress or pi > 0) as bar:
       for start in range(0, len(todo), self.batch_size):
         chunk = todo[start:start + self.batch_size]
         rows, ready = [], []
-        for item, view in chunk:
+        for item, view in chunk[pi * per_process:(pi + 1) * per_process]:
           error = item.error or (None if view == "global" or item.crop else "no crop image")
           if error is None:
             try:
@@ -108,53 +134,79 @@ class DualViewEvaluator:
           if error is not None:
             rows.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
                          **_labels(item)})
-        if ready:
-          rows += self._predict(ready)
+        rows += self._predict(ready, per_process)  # with every process, even with nothing to ask
         log.write(*rows)
         bar.update(len(chunk))
-    return report(read_predictions(out_dir), items)
+    if pc > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"eval {bench.name} written")
+    return report(read_predictions(out_dir), bench.items)
 
-  def _predict(self, ready) -> list[dict]:
+  def _predict(self, ready, rows: int) -> list[dict]:
+    """Answers of this process's `ready` examples, in a batch of `rows` rows per process."""
+    import jax
     exs = [r[3] for r in ready]
     layout = batching.VisionLayout.of(self.model.cfg.vision)
-    # Shapes rounded up so that only a few distinct programs are compiled.
-    max_tokens = _round_up(max(len(e["input_ids"]) for e in exs), 64)
-    max_patches = _round_up(max(layout.padded_patches(e["grid_thw"]) for e in exs), 4 * layout.window_patches)
+    # Shapes rounded up so that only a few distinct programs are compiled; the same on every process.
+    shape = np.array([max((len(e["input_ids"]) for e in exs), default=0),
+                      max((layout.padded_patches(e["grid_thw"]) for e in exs), default=0)], np.int32)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      shape = np.asarray(multihost_utils.process_allgather(shape)).max(axis=0)
+    if not shape[0]:
+      return []  # no process has a row to ask
+    max_tokens = _round_up(int(shape[0]), 64)
+    max_patches = _round_up(int(shape[1]), 4 * layout.window_patches)
     n = len(exs)
-    pad = [exs[-1]] * (self.batch_size - n)  # fixed batch size: one program per shape bucket
+    pad = [exs[-1] if exs else self._blank_example()] * (rows - n)  # fixed batch size: one program per shape
     batch = batching.build_batch(exs + pad, vision_cfg=layout,
                                  image_token_id=self.model.cfg.image_token_id, max_tokens=max_tokens,
                                  max_patches=max_patches, pad_side="left")
+    keys = self._keys(ready, rows)
     t0 = time.perf_counter()
-    tokens, lengths = self.sampler.generate(self.model, batch, self.sampling, self._rng(ready))
-    latency = (time.perf_counter() - t0) / n
-    texts = self.sampler.decode_texts(self.tokenizer, tokens, lengths, self.sampling.stop_ids)
-    cover = self._coverage(ready, batch) if self.coverage_layer >= 0 else [None] * n
-    rows = []
+    with jax.set_mesh(self.mesh):
+      inputs = batching.place(self.mesh, {**batch, "keys": keys}, (*batching.MODEL_INPUTS, "keys"))
+      keys = inputs.pop("keys") if self.sampling.temperature > 0 else None
+      tokens, lengths = self.sampler.generate(self.model, inputs, self.sampling, keys, to_host=False)
+      tokens, lengths = batching.local_rows(tokens), batching.local_rows(lengths)
+    latency = (time.perf_counter() - t0) / max(n, 1)
+    texts = self.sampler.decode_texts(self.tokenizer, tokens[:n], lengths[:n], self.sampling.stop_ids)
+    cover = self._coverage(ready, batch, inputs) if self.coverage_layer >= 0 else [None] * n
+    out = []
     for (item, view, img, ex), text, cov in zip(ready, texts, cover):
       verdict = answers.judge(text, item.answer, options=item.options, answer_type=item.answer_type)
       row = {"id": item.id, "view": view, "prediction": text, "parsed": verdict.parsed,
              "correct": bool(verdict.correct), "method": verdict.method, "error": None,
              **_labels(item), "latency_s": latency, "coverage": cov}
-      if self.authors[0]:
-        row["authors"] = authors_judge.verdict(text, item.answer, mcq=self.authors[1])
-      rows.append(row)
-    return rows
+      if self.authors_judge:
+        row["authors"] = authors_judge.verdict(text, item.answer, mcq=self.authors_mcq)
+      out.append(row)
+    return out
 
-  def _rng(self, ready):
-    """The key a sampled batch draws from: the seed folded with a digest of its (item, view)s, so the
-    same batch draws the same answers on any host and in any run (greedy decoding ignores it)."""
+  def _blank_example(self):
+    if self._blank is None:
+      self._blank = self.processor([Image.new("RGB", (56, 56))], "")
+    return self._blank
+
+  def _keys(self, ready, rows: int) -> np.ndarray:
+    """(rows, 2) uint32 key data: each ready row's key is the seed folded with a digest of its item
+    and view, so it draws the same answer in any batch, on any process and after a resume; padding
+    rows repeat the last."""
     import jax
-    digest = hashlib.sha256("|".join(f"{item.id}/{view}" for item, view, *_ in ready).encode()).digest()
-    return jax.random.fold_in(jax.random.key(self.seed), int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
+    base = jax.random.key(self.seed)
+    keys = [jax.random.key_data(jax.random.fold_in(
+        base, int.from_bytes(hashlib.sha256(f"{item.id}/{view}".encode()).digest()[:4], "little") & 0x7FFFFFFF))
+        for item, view, *_ in ready] or [jax.random.key_data(base)]
+    return np.stack([np.asarray(k) for k in keys + keys[-1:] * (rows - len(keys))]).astype(np.uint32)
 
-  def _coverage(self, ready, batch) -> list[float | None]:
+  def _coverage(self, ready, batch, inputs) -> list[float | None]:
     """Answer-position attention mass inside the ground-truth box (global view with a bbox only)."""
-    import jax.numpy as jnp
+    import jax
     from zwz_jax.eval import coverage as cov_lib
     last = np.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[1] - 1, np.int32)
-    inputs = {k: jnp.asarray(batch[k]) for k in batching.MODEL_INPUTS}
-    probs = np.asarray(self._attention(self.model, inputs, jnp.asarray(last))["attention"])
+    with jax.set_mesh(self.mesh):
+      last = batching.place(self.mesh, {"last": last}, ("last",))["last"]
+      probs = batching.local_rows(self._attention(self.model, inputs, last)["attention"])
     out = []
     for i, (item, view, img, ex) in enumerate(ready):
       if view != "global" or item.bbox is None:
@@ -168,7 +220,7 @@ class DualViewEvaluator:
         self.heatmaps -= 1
         os.makedirs(os.path.join(self.out_dir, "heatmaps"), exist_ok=True)
         cov_lib.heatmap_png(img, attn, ex["grid_thw"][0], bbox=item.bbox, merge_size=merge,
-                            path=os.path.join(self.out_dir, "heatmaps", f"{item.id}.png"))
+                            path=os.path.join(self.out_dir, "heatmaps", re.sub(r"[^A-Za-z0-9._-]+", "_", item.id) + ".png"))
     return out
 
 
@@ -220,8 +272,43 @@ def report(predictions: dict[tuple[str, str], dict], items: Iterable[EvalItem] |
   return out
 
 
-def markdown(reports: dict[str, dict]) -> str:
-  """One table comparing checkpoints (name -> report), then per-dimension accuracies."""
+def suite_report(benchmarks: Sequence[Benchmark], reports: dict[str, dict[str, dict]]) -> dict:
+  """One job's report: per benchmark (what it is, checkpoint -> report), and per checkpoint the
+  paper's average, the mean over benchmarks of the global-view accuracy."""
+  out = {"benchmarks": {b.name: {"kind": b.kind, "path": b.path, "dual_view": b.dual_view,
+                                 "authors_mcq": b.authors_mcq, "checkpoints": reports[b.name]} for b in benchmarks}}
+  names = [name for b in benchmarks for name in reports[b.name]]
+  out["average"] = {}
+  for name in dict.fromkeys(names):
+    accs = [reports[b.name][name]["views"]["global"]["accuracy"] for b in benchmarks if name in reports[b.name]]
+    out["average"][name] = {"global": float(np.mean(accs)) if accs else float("nan"), "benchmarks": len(accs)}
+  return out
+
+
+def markdown(suite: dict) -> str:
+  """The job's report as markdown: global accuracy per benchmark and checkpoint with the average,
+  then each benchmark's own tables."""
+  pct = lambda x: "n/a" if x != x else f"{100 * x:.1f}"
+  benches = suite["benchmarks"]
+  lines = []
+  if len(benches) > 1:
+    lines += ["Global-view accuracy (%) per benchmark; the average weighs each benchmark equally, as the paper's.", "",
+              "| checkpoint | " + " | ".join(benches) + " | average |",
+              "| --- | " + " | ".join("---" for _ in benches) + " | --- |"]
+    for name, avg in suite["average"].items():
+      cells = [pct(b["checkpoints"][name]["views"]["global"]["accuracy"]) if name in b["checkpoints"] else "n/a"
+               for b in benches.values()]
+      lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(avg['global'])} |")
+    lines.append("")
+  for bname, b in benches.items():
+    n = max((rep["items"] for rep in b["checkpoints"].values()), default=0)
+    views = "global and regional views" if b["dual_view"] else "global view only (no crops)"
+    lines += [f"## {bname} ({b['kind']}, {n} items, {views})", "", benchmark_markdown(b["checkpoints"])]
+  return "\n".join(lines)
+
+
+def benchmark_markdown(reports: dict[str, dict]) -> str:
+  """One benchmark's table comparing checkpoints (name -> report), then per-dimension accuracies."""
   pct = lambda x: "n/a" if x != x else f"{100 * x:.1f}"
   lines = ["| checkpoint | global | regional | zooming gap | crop-only right | coverage | items |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -232,8 +319,9 @@ def markdown(reports: dict[str, dict]) -> str:
   dims = sorted({d for rep in reports.values() for d in rep["by_dimension"]})
   if dims:
     lines += ["", "| checkpoint | view | " + " | ".join(dims) + " |", "| --- | --- | " + " | ".join("---" for _ in dims) + " |"]
+    asked = [v for v in VIEWS if any(rep["views"][v]["n"] for rep in reports.values())] or VIEWS[:1]
     for name, rep in reports.items():
-      for v in VIEWS:
+      for v in asked:
         cells = [pct(rep["by_dimension"].get(d, {}).get(v, {"accuracy": float("nan")})["accuracy"]) for d in dims]
         lines.append(f"| {name} | {v} | " + " | ".join(cells) + " |")
     inferred = max(rep.get("inferred_dimensions", 0) for rep in reports.values())
@@ -261,8 +349,11 @@ def markdown(reports: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def bar_chart(reports: dict[str, dict], path: str, width: int = 640, height: int = 360) -> None:
-  """Global vs regional accuracy per checkpoint as a PNG (drawn with PIL: no plotting dependency)."""
+def bar_chart(suite: dict, path: str, width: int = 640, height: int = 360) -> None:
+  """Global vs regional accuracy per benchmark and checkpoint as a PNG (drawn with PIL: no plotting
+  dependency)."""
+  bars = [(f"{bname}/{name}" if len(suite["benchmarks"]) > 1 else name, rep)
+          for bname, b in suite["benchmarks"].items() for name, rep in b["checkpoints"].items()]
   img = Image.new("RGB", (width, height), "white")
   d = ImageDraw.Draw(img)
   base, top, left = height - 40, 20, 50
@@ -271,26 +362,26 @@ def bar_chart(reports: dict[str, dict], path: str, width: int = 640, height: int
   for y in range(0, 101, 25):
     yy = base - (base - top) * y / 100
     d.text((5, yy - 6), f"{y}%", fill="black")
-  names = list(reports)
-  slot = (width - left - 20) / max(len(names), 1)
+  slot = (width - left - 20) / max(len(bars), 1)
   colours = {"global": (70, 110, 200), "regional": (230, 140, 40)}
-  for i, name in enumerate(names):
+  for i, (label, rep) in enumerate(bars):
     for j, v in enumerate(VIEWS):
-      acc = reports[name]["views"][v]["accuracy"]
+      acc = rep["views"][v]["accuracy"]
       acc = 0.0 if acc != acc else acc
       x0 = left + 10 + i * slot + j * slot * 0.4
       d.rectangle((x0, base - (base - top) * acc, x0 + slot * 0.35, base), fill=colours[v])
-    d.text((left + 10 + i * slot, base + 8), name[:24], fill="black")
+    d.text((left + 10 + i * slot, base + 8), label[:24], fill="black")
   for j, v in enumerate(VIEWS):
     d.rectangle((width - 150, top + 16 * j, width - 140, top + 16 * j + 10), fill=colours[v])
     d.text((width - 135, top + 16 * j - 2), v, fill="black")
   img.save(path)
 
 
-def write_reports(reports: dict[str, dict], out_dir: str) -> None:
+def write_reports(suite: dict, out_dir: str) -> None:
+  """<out_dir>/report.json (the suite report), report.md and report.png."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(reports, f, indent=2, sort_keys=True)
+    json.dump(suite, f, indent=2, sort_keys=True)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(markdown(reports))
-  bar_chart(reports, os.path.join(out_dir, "report.png"))
+    f.write(markdown(suite))
+  bar_chart(suite, os.path.join(out_dir, "report.png"))

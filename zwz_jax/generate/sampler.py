@@ -72,16 +72,28 @@ def sampling_logits(logits, cfg: SamplingConfig, generated=None):
 
 
 def _sample(logits, rng, cfg: SamplingConfig, generated=None):
-  """Next token from (B, V) logits."""
+  """Next token from (B, V) logits; `rng` is one key, or one key per row ((B,) keys)."""
   logits = sampling_logits(logits, cfg, generated)
   if cfg.temperature <= 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if rng.ndim:
+    return jax.vmap(lambda k, row: jax.random.categorical(k, row))(rng, logits).astype(jnp.int32)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _split(rng):
+  """(carried key, key for this draw) of one key or of each row's key."""
+  if rng.ndim:
+    pair = jax.vmap(jax.random.split)(rng)
+    return pair[:, 0], pair[:, 1]
+  return tuple(jax.random.split(rng))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "num_samples"))
 def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int = 1):
   model = nnx.merge(graphdef, state)
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)  # raw key data: (2,) or (B, 2) uint32
   b, l = batch["input_ids"].shape
   steps = cfg.max_new_tokens
   cache = model.init_cache(b, l + steps)
@@ -97,9 +109,11 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
     cache = cache.repeat(num_samples)
     logits, key_mask, next_pos = rep(logits), rep(key_mask), rep(next_pos)
+    if rng.ndim:  # a key per prompt: its samples fold in their index
+      rng = jax.vmap(jax.random.fold_in)(rep(rng), jnp.tile(jnp.arange(num_samples), b))
     b *= num_samples
   stop = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
-  rng, first = jax.random.split(rng)
+  rng, first = _split(rng)
   tok = _sample(logits, first, cfg)
   logp = token_logprobs(logits, tok, cfg.temperature)
   # Which tokens each row has generated, for the presence penalty (a (B, 1) placeholder without one).
@@ -114,7 +128,7 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
       generated = generated.at[jnp.arange(b), tok].set(True)
     pos = jnp.broadcast_to((next_pos + t)[None, :, None], (3, b, 1))
     logits, cache = model(tok[:, None], pos, key_mask, cache=cache, cache_index=l + t)
-    rng, sub = jax.random.split(rng)
+    rng, sub = _split(rng)
     nxt = _sample(logits[:, 0], sub, cfg, generated)
     carry = (nxt, token_logprobs(logits[:, 0], nxt, cfg.temperature), done, cache, rng, generated)
     return carry, (emitted, emitted_logp)
@@ -133,6 +147,9 @@ def generate(model: nnx.Module, batch: dict, cfg: SamplingConfig, rng: jax.Array
   """Generates for a left-padded batch. Returns (tokens (B * num_samples, max_new_tokens) int32,
   lengths (B * num_samples,)) and with `return_logprobs` the sampled tokens' log-probs (float32,
   0 past the stop), as numpy (or as device arrays with to_host=False, e.g. for multi-host).
+
+  `rng` is one key for the batch, or a key per prompt ((B,) keys, or their (B, 2) uint32 data):
+  then a row's draws depend on its key alone, not on the batch it sits in or its place there.
 
   Rows i * num_samples ... (i + 1) * num_samples - 1 are the samples of prompt i. tokens after a
   row's stop token are `cfg.pad_id`; lengths count up to and including the stop.

@@ -236,6 +236,7 @@ class RolloutCollector:
     """`tokenizer` decodes responses for the judge and gives the stop id; None builds a collector
     that can only be described (what launch/compile.py needs), not run."""
     from zwz_jax.data import processor
+    _check(config)  # the collector reads the same keys as the objective, whichever is built first
     self.config, self.tokenizer = config, tokenizer
     g = config.grpo
     self.updates_per_step = int(g.ppo_epochs) * int(g.num_minibatches)
@@ -268,7 +269,7 @@ class RolloutCollector:
     """Log-probs of the response tokens under `params` (process-local rows in and out)."""
     with jax.set_mesh(trainer.mesh):
       out = self._logprobs(trainer, params, trainer.device_batch(local_rows, MODEL_INPUTS + ("response",)))
-    return _local_rows(out)
+    return batch_lib.local_rows(out)
 
   def sample(self, trainer, params, prompts: dict, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, lengths, sampler log-probs) of num_generations responses per prompt, process-local."""
@@ -276,7 +277,7 @@ class RolloutCollector:
       out = sampler_lib.generate(trainer.model(params), trainer.device_batch(prompts, MODEL_INPUTS), self.sampling,
                                  rng, num_samples=int(self.config.grpo.num_generations),
                                  return_logprobs=True, to_host=False)
-    return tuple(_local_rows(x) for x in out)
+    return tuple(batch_lib.local_rows(x) for x in out)
 
   def rewards(self, prompts: dict, tokens, lengths) -> tuple[np.ndarray, dict]:
     """Reward per response, and its parts (accuracy, format, stopped) for the metrics."""
@@ -360,16 +361,6 @@ class RolloutCollector:
 
 def _mean(x) -> float:
   return float(np.mean(x)) if np.size(x) else float("nan")
-
-
-def _local_rows(x) -> np.ndarray:
-  """This process's rows of a batch-sharded global array (its block, in process order)."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  per = full.shape[0] // jax.process_count()
-  return full[jax.process_index() * per:(jax.process_index() + 1) * per]
 
 
 def _min_over_processes(value: int) -> int:
