@@ -40,6 +40,7 @@ def get_config():
   c.questions.teacher = "qwen3"
   c.check.teacher = "qwen3"
   c.answers.teachers = ("qwen3", "qwen25")  # 2 teachers x 4 samples
+  c.answers.grouper, c.answers.grouper_teacher = "llm", "qwen3"  # the 8 answers grouped by meaning
   c.mc.teacher = "qwen3"
   c.difficulty.enabled = True
   c.difficulty.student = "student"

@@ -38,8 +38,10 @@ def get_config():
   c.crop = ml_collections.ConfigDict(dict(upscale=2.0))
   c.questions = ml_collections.ConfigDict(dict(teacher="scene", per_crop=3, temperature=0.7))
   c.check = ml_collections.ConfigDict(dict(enabled=True, teacher="scene"))
+  # grouper: "rules" (answers equal after normalisation vote together) or "llm" (grouper_teacher also
+  # groups them by meaning, as the authors do; data_gen/grouping.py).
   c.answers = ml_collections.ConfigDict(dict(teachers=("scene",), samples=8, temperature=1.0, min_agreement=6,
-                                                   max_new_tokens=64))
+                                             max_new_tokens=64, grouper="rules", grouper_teacher="scene"))
   # num_options=0: open answers (the consensus answer text) instead of multiple choice.
   c.mc = ml_collections.ConfigDict(dict(num_options=4, teacher="scene", temperature=0.7))
   c.difficulty = ml_collections.ConfigDict(dict(

@@ -3,13 +3,13 @@
 A question is kept when at least `min_agreement` of its sampled answers (6 of 8 in the paper) fall in
 one group. Groups come from `zwz_jax.answers.normalise_answer` (surface variants such as "Blue." and
 "blue", "3" and "three"; the judge compares answers by the same function), optionally merged further
-by a semantic `grouper` (the paper groups with an LLM).
+by groups of meaning (the paper groups with an LLM: data_gen/grouping.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable, Sequence
+from typing import Sequence
 
 from zwz_jax.answers import normalise_answer
 from zwz_jax.records import OPTION_LETTERS
@@ -52,29 +52,33 @@ def _union_find(n: int, pairs) -> list[int]:
   return [find(i) for i in range(n)]
 
 
-def consensus(answers: Sequence[str | None], min_agreement: int,
-              grouper: Callable[[list[str]], list[int]] | None = None) -> Consensus:
+def valid_answers(answers: Sequence[str | None]) -> list[str]:
+  """The answers a vote counts (stripped; failed samples and empty ones left out), in order: what
+  `groups` in `consensus` labels."""
+  return [a.strip() for a in answers if isinstance(a, str) and normalise_answer(a)]
+
+
+def consensus(answers: Sequence[str | None], min_agreement: int, groups: Sequence[int] | None = None) -> Consensus:
   """Majority vote over sampled answers; None or empty entries are failed samples.
 
-  grouper: given the non-empty answers, returns one group id per answer (e.g. from an LLM judging
-  meaning); answers with equal normalised forms are always in one group.
+  groups: one group id per answer of `valid_answers(answers)` (e.g. an LLM's judgement of meaning);
+  answers with equal normalised forms are always in one group.
   A tie for the top group is never kept: there is no single answer to distil.
   """
   if min_agreement < 1:
     raise ValueError(f"min_agreement must be >= 1, got {min_agreement}")
   total = len(answers)
-  valid = [a.strip() for a in answers if isinstance(a, str) and normalise_answer(a)]
+  valid = valid_answers(answers)
   if not valid:
     return Consensus(False, "", {}, 0.0, [], "no_answers")
   norms = [normalise_answer(a) for a in valid]
   first = {}
   pairs = [(first.setdefault(n, i), i) for i, n in enumerate(norms)]
-  if grouper is not None:
-    ids = list(grouper(list(valid)))
-    if len(ids) != len(valid):
-      raise ValueError(f"grouper returned {len(ids)} group ids for {len(valid)} answers")
+  if groups is not None:
+    if len(groups) != len(valid):
+      raise ValueError(f"{len(groups)} group ids for {len(valid)} answers")
     first_of_id = {}
-    pairs += [(first_of_id.setdefault(g, i), i) for i, g in enumerate(ids)]
+    pairs += [(first_of_id.setdefault(g, i), i) for i, g in enumerate(groups)]
   roots = _union_find(len(valid), pairs)
 
   groups: dict[int, list[int]] = {}

@@ -21,6 +21,7 @@ import tqdm
 
 from data_gen import boxes as boxes_lib
 from data_gen import consensus as consensus_lib
+from data_gen import grouping
 from data_gen import pool as pool_lib
 from data_gen import prompts
 from data_gen import writer as writer_lib
@@ -66,6 +67,10 @@ class Pipeline:
   def __post_init__(self):
     spec = self.cfg.propose.detector
     self._detector = _import(spec, "propose.detector") if spec else None
+    if self.cfg.answers.grouper not in grouping.GROUPERS:
+      raise ValueError(f"config answers.grouper={self.cfg.answers.grouper!r} is not one of {grouping.GROUPERS}")
+    if self.cfg.answers.grouper == "llm":
+      self._teacher(self.cfg.answers.grouper_teacher)
 
   def _teacher(self, name: str) -> Teacher:
     if name not in self.teachers:
@@ -170,10 +175,16 @@ class Pipeline:
           except prompts.ParseError:
             answers[k].append(None)  # still counts in the denominator: 6 of 8, not 6 of 7
             counts["errors/unparsable_answers"] += 1
+    answers = [votes[:c.answers.samples] for votes in answers]
+    groups = [None] * len(candidates)
+    if c.answers.grouper == "llm":
+      groups = grouping.llm_groups(
+          self._teacher(c.answers.grouper_teacher),
+          [(q, {"image_key": item.key, "crop_box": list(crops[i][1]), "dimension": d}) for i, q, d in candidates],
+          answers, counts)
     out_records = []
-    for (i, q, d), votes in zip(candidates, answers):
-      votes = votes[:c.answers.samples]
-      cons = consensus_lib.consensus(votes, c.answers.min_agreement)
+    for (i, q, d), votes, ids in zip(candidates, answers, groups):
+      cons = consensus_lib.consensus(votes, c.answers.min_agreement, groups=ids)
       if not cons.keep:
         counts["questions_dropped/no_consensus"] += 1
         continue
@@ -186,7 +197,7 @@ class Pipeline:
       rec = records.Record(
           id=rid, image=data, image_format=fmt, width=image.width, height=image.height, bbox=tuple(bbox),
           question=q, options=options, answer=answer, dimension=d, source=source,
-          teacher={"names": names, "votes": cons.votes, "agreement": cons.agreement,
+          teacher={"names": names, "grouper": c.answers.grouper, "votes": cons.votes, "agreement": cons.agreement,
                    "answer": cons.answer, "region_label": regions[i].label, "region_score": regions[i].score},
           split=c.split)
       try:

@@ -130,6 +130,19 @@ def distractors_prompt(question: str, answer: str, k: int = 3, dimension: str | 
   )
 
 
+def group_prompt(question: str, answers: Sequence[str]) -> str:
+  """Ask which sampled answers mean the same (the vote counts groups of equal meaning)."""
+  listing = "\n".join(f"{i}. {a}" for i, a in enumerate(answers, 1))
+  return (
+      f"Several people answered this question about an image.\nQuestion: {question}\n\nAnswers:\n{listing}\n\n"
+      "Group the answers that mean the same thing: the same number however it is written ('2', 'two', "
+      "'a pair'), the same text, colour, material or object in other words. Answers that differ in "
+      "meaning, or are more or less specific in a way that matters for the question, go to different "
+      "groups. Put every answer number in exactly one group.\n"
+      "Output only a JSON list of groups, each a list of answer numbers, for example: [[1, 3], [2]]"
+  )
+
+
 def student_prompt(question: str, options: Sequence[str] = ()) -> str:
   """The boxed full-image question as the student sees it (difficulty filter); the same text as
   records.ground(record, "overlay"), for use before a record exists."""
@@ -202,6 +215,30 @@ def parse_list(text: Any) -> list[str]:
   if not out:
     raise ParseError("no list in teacher output", raw)
   return out
+
+
+def parse_groups(text: Any, n: int) -> list[int]:
+  """One group id per answer (the index of its group in the reply) from a JSON list of groups of
+  1-based answer numbers; every answer must be in exactly one group."""
+  raw = text
+  text = as_text(text)
+  groups = json_items(text, list)
+  if groups is None or not groups:
+    raise ParseError("no JSON list of groups in teacher output", raw)
+  ids = [None] * n
+  for g, members in enumerate(groups):
+    if not isinstance(members, list) or not members:
+      raise ParseError(f"group {g + 1} is not a non-empty list of answer numbers", raw)
+    for m in members:
+      if isinstance(m, bool) or not isinstance(m, (int, float)) or m != int(m) or not 1 <= int(m) <= n:
+        raise ParseError(f"{m!r} in group {g + 1} is not an answer number 1-{n}", raw)
+      if ids[int(m) - 1] is not None:
+        raise ParseError(f"answer {int(m)} is in two groups", raw)
+      ids[int(m) - 1] = g
+  missing = [i + 1 for i, g in enumerate(ids) if g is None]
+  if missing:
+    raise ParseError(f"answer(s) {missing} are in no group", raw)
+  return ids
 
 
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")

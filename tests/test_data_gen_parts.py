@@ -83,20 +83,17 @@ def test_consensus_grouper_merges_meanings():
   plain = cons.consensus(answers, 6)
   assert not plain.keep and plain.votes["sofa"] == 4
 
-  calls = []
-
-  def grouper(texts):
-    calls.append(list(texts))
-    return [1 if t.lower() in ("sofa", "couch", "settee") else 2 for t in texts]
-
-  c = cons.consensus(answers, 6, grouper=grouper)
+  valid = cons.valid_answers(answers)
+  assert valid == answers
+  groups = [1 if t.lower() in ("sofa", "couch", "settee") else 2 for t in valid]
+  c = cons.consensus(answers, 6, groups=groups)
   assert c.keep and c.answer == "sofa" and c.votes == {"sofa": 7, "chair": 1}
-  assert calls == [answers]
-  # Normalised duplicates stay together even when the grouper splits them.
-  c2 = cons.consensus(["Red", "red", "red."], 3, grouper=lambda t: [0, 1, 2])
+  # Normalised duplicates stay together even when the groups split them.
+  c2 = cons.consensus(["Red", "red", "red."], 3, groups=[0, 1, 2])
   assert c2.keep and c2.votes == {"red": 3}
-  with pytest.raises(ValueError, match="grouper returned"):
-    cons.consensus(["a", "b"], 1, grouper=lambda t: [0])
+  assert cons.valid_answers([" a ", None, "", "b"]) == ["a", "b"]
+  with pytest.raises(ValueError, match="1 group ids for 2 answers"):
+    cons.consensus(["a", "b"], 1, groups=[0])
 
 
 def test_multiple_choice_dedupes_and_keeps_order_of_sources():
@@ -255,6 +252,7 @@ def test_prompt_builders_cover_every_task():
       "check": prompts.check_prompt("What colour is the bell?", "colour"),
       "answer": prompts.answer_prompt("How many spokes?", "counting"),
       "distractors": prompts.distractors_prompt("What colour is the bell?", "silver", 3),
+      "group": prompts.group_prompt("How many spokes?", ["12", "twelve", "a dozen", "10"]),
       "student": prompts.student_prompt("What colour is the bell?", ["red", "silver"]),
   }
   assert set(built) == set(TASKS)
@@ -268,6 +266,7 @@ def test_prompt_builders_cover_every_task():
   assert "Image 1" in prompts.check_prompt("q?", full_image=True)
   assert "digits" in built["answer"]
   assert "silver" in built["distractors"] and "JSON list of 3" in built["distractors"]
+  assert "1. 12\n2. twelve\n3. a dozen\n4. 10" in built["group"] and "[[1, 3], [2]]" in built["group"]
   rec = records.Record(id="x", image=records.encode_image(Image.new("RGB", (8, 8))), image_format="png",
                        width=8, height=8, bbox=(1, 1, 4, 4), question="What colour is the bell?",
                        options=("red", "silver"), answer="B", dimension="colour", source={}, teacher={})
@@ -334,9 +333,29 @@ def test_parse_list_and_answer():
     prompts.parse_answer("**.**")
 
 
+@pytest.mark.parametrize("text,want", [
+    ("[[1, 2, 4], [3]]", [0, 0, 1, 0]),
+    ("Grouped:\n```json\n[[3], [1, 2], [4]]\n```", [1, 1, 0, 2]),
+    ('{"groups": [[1], [2], [3], [4]]}', [0, 1, 2, 3]),
+    ("[[1.0, 2], [3, 4],]", [0, 0, 1, 1]),  # near-JSON
+])
+def test_parse_groups(text, want):
+  assert prompts.parse_groups(text, 4) == want
+
+
+@pytest.mark.parametrize("text,why", [
+    ("no groups here", "no JSON list of groups"), ("[[1, 2], [3]]", r"answer\(s\) \[4\] are in no group"),
+    ("[[1, 2], [2, 3, 4]]", "answer 2 is in two groups"), ("[[1, 5], [2, 3, 4]]", "5 in group 1 is not an answer"),
+    ("[[1, 2], [], [3, 4]]", "group 2 is not a non-empty list"), ("[[1, true], [2, 3, 4]]", "True in group 1"),
+])
+def test_parse_groups_rejects(text, why):
+  with pytest.raises(ParseError, match=why):
+    prompts.parse_groups(text, 4)
+
+
 def test_parsers_stay_fast_and_safe_on_bracket_garbage():
   for text in ["[" * 60_000, "[" * 3000 + "]" * 3000, "x[" * 20_000, '[{"bbox_2d":' * 5000, "{'a': (" * 5000]:
-    for parser in (prompts.parse_list, lambda t: boxes_lib.parse_boxes(t, (10, 10))):
+    for parser in (prompts.parse_list, lambda t: boxes_lib.parse_boxes(t, (10, 10)), lambda t: prompts.parse_groups(t, 3)):
       with pytest.raises(ParseError):
         parser(text)
 
@@ -344,7 +363,7 @@ def test_parsers_stay_fast_and_safe_on_bracket_garbage():
 @pytest.mark.parametrize("garbage", [b"\xff\xfe\xfd", b"ok \x80\x81", "bad \udc80 surrogate", b"", 3.5, None,
                                      bytes(range(256))])
 @pytest.mark.parametrize("parser", [lambda t: prompts.parse_questions(t, 3), prompts.parse_yes_no,
-                                    prompts.parse_list, prompts.parse_answer,
+                                    prompts.parse_list, prompts.parse_answer, lambda t: prompts.parse_groups(t, 2),
                                     lambda t: boxes_lib.parse_boxes(t, (10, 10))])
 def test_non_utf8_output_is_a_parse_error(parser, garbage):
   with pytest.raises(ParseError):

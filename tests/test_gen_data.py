@@ -1,4 +1,5 @@
 """data_gen end to end: scene teacher, resume after kill -9, sharded workers + merge, bad input."""
+import json
 import os
 import pathlib
 import subprocess
@@ -13,8 +14,10 @@ from tests.shared import CONFIGS, KILL_AT, LAUNCH, shared_dir
 from zwz_jax import records
 from zwz_jax.config import load_config
 
+# The answers are grouped by the teacher too (the scene oracle: by normalised form), so resume and
+# merge are checked with the grouper's requests in the loop.
 SMALL = ["--config.scenes.num_images=6", "--config.scenes.width=896", "--config.scenes.height=672",
-         "--config.write.images_per_shard=2"]
+         "--config.write.images_per_shard=2", "--config.answers.grouper=llm"]
 
 
 def gen(out_dir, *extra, check=True, kill_at=""):
@@ -54,6 +57,8 @@ def test_scene_run_writes_valid_records(reference_run):
     assert (r.bbox[2] - r.bbox[0]) * (r.bbox[3] - r.bbox[1]) < 0.10 * r.width * r.height
     assert len(r.options) == 4 and r.teacher["agreement"] >= 6 / 8
   stages = manifest["stages"]
+  assert stages["grouped_questions"] > 0 and "errors/unparsable_groups" not in stages
+  assert {r.teacher["grouper"] for r in recs} == {"llm"}
   # The scene oracle proposes decoys that the filters must drop.
   assert stages["regions_dropped/low_score"] > 0 and stages["regions_dropped/too_large"] > 0
   assert stages["questions_dropped/check"] > 0
@@ -203,6 +208,43 @@ def test_detector_hook_adds_proposals(scene_pool, tmp_path):
   assert hooked["proposals"] == base["proposals"] + 3
   with pytest.raises(ValueError, match="config propose.detector='nope:x': cannot import"):
     pipeline.Pipeline(_config(tmp_path / "c", scene_pool, "propose.detector=nope:x"), {})
+
+
+class _Grouper(Teacher):
+  """Answers only the grouping task: reply(request) -> text."""
+  name = "grouper"
+
+  def __init__(self, reply):
+    self.reply = reply
+
+  def generate(self, requests):
+    assert {r.task for r in requests} == {"group"} and not any(r.images for r in requests)
+    return [[self.reply(r)] for r in requests]
+
+
+def test_llm_grouper_in_the_pipeline(scene_pool, tmp_path):
+  """answers.grouper=llm asks its teacher about every question with more than one distinct answer;
+  a reply it cannot read is counted in the manifest and that question is voted by the rules; one
+  that merges everything makes every such question unanimous."""
+  rules = _run(_config(tmp_path / "rules", scene_pool), {"scene": SceneTeacher(str(scene_pool))})
+  llm = lambda name, reply: _run(_config(tmp_path / name, scene_pool, "answers.grouper=llm",
+                                         "answers.grouper_teacher=llm"),
+                                 {"scene": SceneTeacher(str(scene_pool)), "llm": _Grouper(reply)})
+  broken = llm("broken", lambda r: "I would rather not.")
+  stages = broken[0]["stages"]
+  assert stages["grouped_questions"] > 0 and stages["errors/unparsable_groups"] == stages["grouped_questions"]
+  assert [r.id for r in broken[1]] == [r.id for r in rules[1]]  # the rules decided every vote
+  # All of a question's answers in one group: every asked question is unanimous, so the vote keeps
+  # what the rules kept and more (a question with failed samples can still fall short of 6).
+  merged = llm("merged", lambda r: json.dumps([list(range(1, len(r.context["answers"]) + 1))]))
+  assert "errors/unparsable_groups" not in merged[0]["stages"]
+  assert {r.id for r in rules[1]} < {r.id for r in merged[1]}
+  assert all(len(r.teacher["votes"]) == 1 for r in merged[1])
+  with pytest.raises(ValueError, match="answers.grouper='meaning' is not one of"):
+    pipeline.Pipeline(_config(tmp_path / "c", scene_pool, "answers.grouper=meaning"), {})
+  with pytest.raises(KeyError, match="teacher 'nobody'"):
+    pipeline.Pipeline(_config(tmp_path / "d", scene_pool, "answers.grouper=llm", "answers.grouper_teacher=nobody"),
+                      {"scene": SceneTeacher(str(scene_pool))})
 
 
 def test_images_in_flight_do_not_change_the_output(scene_pool, tmp_path):

@@ -39,11 +39,11 @@ def noise(h, w, seed=0):
 
 
 class FakeChatServer:
-  """POST /v1/chat/completions; answers "<prompt>|<call>|<choice>" per choice.
+  """POST /v1/chat/completions; answers "<prompt>|<call>|<choice>" per choice, or reply(prompt).
 
   Knobs: the first `fail_first` calls answer `fail_status`; the first `sleep_first` calls sleep
   `sleep_s` (past the client's timeout); `max_choices` caps the choices returned; `delay_for` maps
-  a prompt to a delay.
+  a prompt to a delay; `reply` (prompt -> text), when set, writes every choice.
   """
 
   def __init__(self):
@@ -51,6 +51,7 @@ class FakeChatServer:
     self.sleep_first, self.sleep_s = 0, 0.0
     self.max_choices = None
     self.delay_for = {}
+    self.reply = None
     self.calls = []  # (headers, body) per call
     self.in_flight = self.max_in_flight = 0
     self._lock = threading.Lock()
@@ -83,7 +84,8 @@ class FakeChatServer:
           return self._send(server.fail_status,
                             {"error": f"failing on purpose; {self.headers.get('Authorization')}"})
         n = body["n"] if server.max_choices is None else min(body["n"], server.max_choices)
-        choices = [{"index": i, "message": {"role": "assistant", "content": f"{prompt}|{call}|{i}"},
+        text = lambda i: server.reply(prompt) if server.reply else f"{prompt}|{call}|{i}"
+        choices = [{"index": i, "message": {"role": "assistant", "content": text(i)},
                     "finish_reason": "stop"} for i in range(n)]
         return self._send(200, {"object": "chat.completion", "choices": choices})
 
@@ -278,6 +280,36 @@ def test_openai_concurrency_keeps_order(server, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # registry
 # ----------------------------------------------------------------------------------------------
+
+
+def test_llm_grouper_over_an_openai_server(server, monkeypatch):
+  """The grouper asks once per question with more than one distinct answer, merges what the model
+  says means the same ("2" / "two" / "a pair"), and a reply it cannot read leaves that question to
+  the rules, counted."""
+  import collections
+  from data_gen import consensus, grouping
+
+  def reply(prompt):
+    if "How many birds" in prompt:  # answers listed once each: 1. 2, 2. a pair, 3. 3
+      assert "1. 2\n2. a pair\n3. 3" in prompt
+      return "The first two are the same number.\n```json\n[[1, 2], [3]]\n```"
+    return "I cannot group these."
+
+  server.reply = reply
+  teacher = make_openai(server.url, monkeypatch)
+  birds = ["2", "two", "a pair", "a pair", "2", "3", "3", "2"]  # rules: "2" 4 of 8 (two == 2)
+  cups = ["red", "crimson", "red", "red", "red", "crimson", "red", "maroon"]
+  same = ["blue"] * 8  # one distinct answer: not asked
+  counts = collections.Counter()
+  groups = grouping.llm_groups(teacher, [("How many birds are on the wire?", {}), ("What colour is the cup?", {}),
+                                         ("Which colour?", {})], [birds, cups, same], counts)
+  assert len(server.calls) == 2 and counts == {"grouped_questions": 2, "errors/unparsable_groups": 1}
+  assert groups[1] is None and groups[2] is None
+  assert groups[0] == [0, 0, 0, 0, 0, 1, 1, 0]
+  rules, llm = (consensus.consensus(birds, 6, groups=g) for g in (None, groups[0]))
+  assert not rules.keep and rules.votes == {"2": 4, "pair": 2, "3": 2}  # normalised forms
+  assert llm.keep and llm.answer == "2" and llm.votes == {"2": 6, "3": 2} and llm.agreement == 6 / 8
+  teacher.close()
 
 
 def test_registry_dispatch(monkeypatch):

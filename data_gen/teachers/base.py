@@ -10,6 +10,7 @@ a list of `n` generated strings. Real backends (hf, openai) read only `images` a
   check:       image_key, crop_box, question, dimension
   answer:      image_key, crop_box, question, dimension
   distractors: image_key, crop_box, question, dimension, answer, num
+  group:       image_key, crop_box, question, dimension, answers (list)   (text only: no images)
   student:     image_key, bbox, question, options (list), dimension     (boxed full image)
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-TASKS = ("propose", "questions", "check", "answer", "distractors", "student")
+TASKS = ("propose", "questions", "check", "answer", "distractors", "group", "student")
 
 
 class TeacherError(RuntimeError):

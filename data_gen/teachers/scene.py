@@ -79,7 +79,7 @@ UNANSWERABLE_RATE = 0.25  # share of `questions` requests that carry one unanswe
 _SURFACE_RATE = 0.2  # share of answers written in another surface form
 _REQUIRED = {"propose": (), "questions": ("crop_box",), "check": ("crop_box", "question"),
              "answer": ("crop_box", "question"), "distractors": ("crop_box", "question", "answer"),
-             "student": ("bbox", "question")}
+             "group": ("answers",), "student": ("bbox", "question")}
 _DECOY_LABELS_LOW = ("smudge", "shadow", "pebble", "stain")
 _DECOY_LABELS_BIG = ("background", "table surface", "wall")
 
@@ -279,6 +279,14 @@ class SceneTeacher(Teacher):
         ans = truth
       outs.append(_surface(ans, dim, rng))
     return outs
+
+  def _group(self, r: Request, key: str, meta) -> list[str]:
+    # The oracle's surface variants (case, a final period, digits for number words) are exactly what
+    # normalise_answer undoes: its groups are those, as a reply in the grouping prompt's format.
+    groups = {}
+    for i, a in enumerate(r.context["answers"], 1):
+      groups.setdefault(_norm(str(a)), []).append(i)
+    return [json.dumps(list(groups.values()))] * r.n
 
   def _distractors(self, r: Request, key: str, meta) -> list[str]:
     box, question, answer = r.context["crop_box"], r.context["question"], r.context["answer"]
