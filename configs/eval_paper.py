@@ -9,8 +9,9 @@ seed 42, up to 8,192 new tokens (configs/_eval.py: add_paper_protocol).
 
 Slice: v5p:2x2x2 (8 chips) holds the eval program at this resolution (21,632 tokens and 87,808
 patches per prompt, 16 prompts, 8,192 new tokens): 51.60 / 95.74 GiB per chip (launch/compile.py
---functions=eval --cost=none); on v5p:4x4x4, where 16 prompts do not divide 64 chips and the batch
-is replicated, 36.08 GiB.
+--functions=eval --cost=none, sampling as configured). On v5p:2x2x2's two hosts, --multihost splits
+each batch 8 + 8. On v5p:4x4x4, where 16 prompts do not divide 64 chips, one process replicates the
+batch (36.08 GiB); several processes need eval.batch_size to divide over the 64 chips.
 """
 from configs import _eval, student_7b
 

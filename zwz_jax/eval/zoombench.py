@@ -162,11 +162,13 @@ class DualViewEvaluator:
     batch = batching.build_batch(exs + pad, vision_cfg=layout,
                                  image_token_id=self.model.cfg.image_token_id, max_tokens=max_tokens,
                                  max_patches=max_patches, pad_side="left")
-    keys = self._keys(ready, rows)
+    sampled = self.sampling.temperature > 0  # greedy decoding draws nothing: no keys
+    if sampled:
+      batch["keys"] = self._keys(ready, rows)
     t0 = time.perf_counter()
     with jax.set_mesh(self.mesh):
-      inputs = batching.place(self.mesh, {**batch, "keys": keys}, (*batching.MODEL_INPUTS, "keys"))
-      keys = inputs.pop("keys") if self.sampling.temperature > 0 else None
+      inputs = batching.place(self.mesh, batch, (*batching.MODEL_INPUTS, "keys") if sampled else batching.MODEL_INPUTS)
+      keys = inputs.pop("keys", None)
       tokens, lengths = self.sampler.generate(self.model, inputs, self.sampling, keys, to_host=False)
       tokens, lengths = batching.local_rows(tokens), batching.local_rows(lengths)
     latency = (time.perf_counter() - t0) / max(n, 1)
