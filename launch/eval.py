@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
 from absl import app, flags
 
@@ -37,7 +36,8 @@ FLAGS = flags.FLAGS
 
 
 def checkpoint_name(path: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(path))) or "checkpoint"
+  from zwz_jax.eval.benchmarks import safe_name
+  return safe_name(os.path.basename(os.path.normpath(path))) or "checkpoint"
 
 
 def main(argv):
@@ -74,14 +74,16 @@ def main(argv):
     print(f"evaluating {what} as {name!r}")
     evaluator = zoombench.DualViewEvaluator(config, model, tokenizer, mesh=mesh,
                                             coverage_layer=config.eval.coverage_layer, heatmaps=config.eval.heatmaps)
+    harness = None
+    if config.eval.agentic:
+      e = config.eval
+      fn = agentic.model_generate_fn(model, tokenizer, config,
+                                     sampler.SamplingConfig(max_new_tokens=e.agentic_max_new_tokens))
+      harness = agentic.AgenticHarness(fn, max_turns=e.agentic_max_turns, upscale=e.agentic_upscale)
     for bench in suite:
       out_dir = os.path.join(FLAGS.out, name, bench.name)
       rep = reports[bench.name][name] = evaluator.run(bench, out_dir)
-      if config.eval.agentic:
-        e = config.eval
-        fn = agentic.model_generate_fn(model, tokenizer, config,
-                                       sampler.SamplingConfig(max_new_tokens=e.agentic_max_new_tokens))
-        harness = agentic.AgenticHarness(fn, max_turns=e.agentic_max_turns, upscale=e.agentic_upscale)
+      if harness is not None:
         summary = agentic.evaluate(harness, bench.items, out_dir=out_dir, progress=True)
         rep["agentic"] = {k: v for k, v in summary.items() if k != "results"}
   if jax.process_index() == 0:

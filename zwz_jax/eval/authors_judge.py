@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 
-# The benchmarks their first-letter step applies to (ZoomBench is not among them).
-MCQ_BENCHMARKS = ("mmstar", "hrbench-4k", "hrbench-8k", "vstar", "cvbench-2d", "cvbench-3d", "colorbench",
-                  "mme-realworld", "mme-realworld-cn")
+# The benchmark kinds we load (zwz_jax.eval.benchmarks.KINDS) that their first-letter step applies
+# to. Their MCQ list: mmstar, hrbench-4k, hrbench-8k, vstar, cvbench-2d, cvbench-3d, colorbench,
+# mme-realworld, mme-realworld-cn; ZoomBench is not on it.
+MCQ_KINDS = ("vstar", "hrbench", "mme_realworld")
 
 
 def extract(output: str) -> str:

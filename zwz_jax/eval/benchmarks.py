@@ -28,6 +28,7 @@ from PIL import Image
 
 from zwz_jax import answers, dimensions, records
 from zwz_jax.data import tfds_datasets
+from zwz_jax.eval import authors_judge
 
 OPTION_LETTERS = records.OPTION_LETTERS
 
@@ -324,11 +325,10 @@ def load_tfds_zoombench(entry: str, *, verify: bool = False) -> list[EvalItem]:
   name, source = tfds_datasets.open_split(entry, ("image", "crop_image"))
   if name != "zoombench":
     raise ValueError(f"{entry}: a TFDS {name!r} dataset; eval.benchmarks reads TFDS zoombench only")
-  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
   items = []
   for i in range(len(source)):
     ex = source[i]
-    row = {k: text(v) for k, v in ex.items() if k not in ("image", "crop_image", "bbox")}
+    row = {k: tfds_datasets.text(v) for k, v in ex.items() if k not in ("image", "crop_image", "bbox")}
     row.update(image=bytes(ex["image"]), crop_image=bytes(ex["crop_image"]) or None,
                bbox=None if np.isnan(ex["bbox"]).any() else [float(c) for c in ex["bbox"]],
                dimension=row.get("dimension") or None, question_type=row.get("question_type") or None)
@@ -662,7 +662,7 @@ class Benchmark:
   @property
   def authors_mcq(self) -> bool:
     """On the ZwZ authors' MCQ list, so their first-letter step reads its answers (ZoomBench is not)."""
-    return self.kind in ("vstar", "hrbench", "mme_realworld")
+    return self.kind in authors_judge.MCQ_KINDS
 
   @property
   def dual_view(self) -> bool:
@@ -683,8 +683,13 @@ def load(path: str, *, image_root: str | None = None, verify: bool = False) -> B
   else:
     name = os.path.basename(os.path.normpath(path))
     name = name if os.path.isdir(path) else os.path.splitext(name)[0]
-  name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-  return Benchmark(name=name or kind, kind=kind, path=path, items=items)
+  return Benchmark(name=safe_name(name) or kind, kind=kind, path=path, items=items)
+
+
+def safe_name(text: str) -> str:
+  """`text` as a file or folder name: runs of other characters than letters, digits, '.', '_' and
+  '-' become '_'."""
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def load_suite(paths: str, *, image_root: str | None = None, verify: bool = False) -> list[Benchmark]:

@@ -11,7 +11,6 @@ import collections
 import hashlib
 import json
 import os
-import re
 import time
 from typing import Iterable, Sequence
 
@@ -23,7 +22,7 @@ from zwz_jax.config import ConfigError
 from zwz_jax.data import batch as batching
 from zwz_jax.data import processor as processor_lib
 from zwz_jax.eval import authors_judge, jsonl_log
-from zwz_jax.eval.benchmarks import Benchmark, EvalItem
+from zwz_jax.eval.benchmarks import Benchmark, EvalItem, safe_name
 
 VIEWS = ("global", "regional")
 PROMPTS = ("ours", "raw")  # eval.prompt: our training format, or the benchmark's own query
@@ -222,7 +221,7 @@ class DualViewEvaluator:
         self.heatmaps -= 1
         os.makedirs(os.path.join(self.out_dir, "heatmaps"), exist_ok=True)
         cov_lib.heatmap_png(img, attn, ex["grid_thw"][0], bbox=item.bbox, merge_size=merge,
-                            path=os.path.join(self.out_dir, "heatmaps", re.sub(r"[^A-Za-z0-9._-]+", "_", item.id) + ".png"))
+                            path=os.path.join(self.out_dir, "heatmaps", safe_name(item.id) + ".png"))
     return out
 
 
@@ -274,6 +273,10 @@ def report(predictions: dict[tuple[str, str], dict], items: Iterable[EvalItem] |
   return out
 
 
+def _pct(x: float) -> str:
+  return "n/a" if x != x else f"{100 * x:.1f}"
+
+
 def suite_report(benchmarks: Sequence[Benchmark], reports: dict[str, dict[str, dict]]) -> dict:
   """One job's report: per benchmark (what it is, checkpoint -> report), and per checkpoint the
   paper's average, the mean over benchmarks of the global-view accuracy."""
@@ -290,7 +293,6 @@ def suite_report(benchmarks: Sequence[Benchmark], reports: dict[str, dict[str, d
 def markdown(suite: dict) -> str:
   """The job's report as markdown: global accuracy per benchmark and checkpoint with the average,
   then each benchmark's own tables."""
-  pct = lambda x: "n/a" if x != x else f"{100 * x:.1f}"
   benches = suite["benchmarks"]
   lines = []
   if len(benches) > 1:
@@ -298,9 +300,9 @@ def markdown(suite: dict) -> str:
               "| checkpoint | " + " | ".join(benches) + " | average |",
               "| --- | " + " | ".join("---" for _ in benches) + " | --- |"]
     for name, avg in suite["average"].items():
-      cells = [pct(b["checkpoints"][name]["views"]["global"]["accuracy"]) if name in b["checkpoints"] else "n/a"
+      cells = [_pct(b["checkpoints"][name]["views"]["global"]["accuracy"]) if name in b["checkpoints"] else "n/a"
                for b in benches.values()]
-      lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(avg['global'])} |")
+      lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(avg['global'])} |")
     lines.append("")
   for bname, b in benches.items():
     n = max((rep["items"] for rep in b["checkpoints"].values()), default=0)
@@ -311,20 +313,19 @@ def markdown(suite: dict) -> str:
 
 def benchmark_markdown(reports: dict[str, dict]) -> str:
   """One benchmark's table comparing checkpoints (name -> report), then per-dimension accuracies."""
-  pct = lambda x: "n/a" if x != x else f"{100 * x:.1f}"
   lines = ["| checkpoint | global | regional | zooming gap | crop-only right | coverage | items |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
   for name, rep in reports.items():
-    lines.append(f"| {name} | {pct(rep['views']['global']['accuracy'])} | {pct(rep['views']['regional']['accuracy'])}"
-                 f" | {pct(rep['zooming_gap'])} | {pct(rep['right_on_crop_wrong_on_full'])}"
-                 f" | {pct(rep['coverage']['mean'])} | {rep['items']} |")
+    lines.append(f"| {name} | {_pct(rep['views']['global']['accuracy'])} | {_pct(rep['views']['regional']['accuracy'])}"
+                 f" | {_pct(rep['zooming_gap'])} | {_pct(rep['right_on_crop_wrong_on_full'])}"
+                 f" | {_pct(rep['coverage']['mean'])} | {rep['items']} |")
   dims = sorted({d for rep in reports.values() for d in rep["by_dimension"]})
   if dims:
     lines += ["", "| checkpoint | view | " + " | ".join(dims) + " |", "| --- | --- | " + " | ".join("---" for _ in dims) + " |"]
     asked = [v for v in VIEWS if any(rep["views"][v]["n"] for rep in reports.values())] or VIEWS[:1]
     for name, rep in reports.items():
       for v in asked:
-        cells = [pct(rep["by_dimension"].get(d, {}).get(v, {"accuracy": float("nan")})["accuracy"]) for d in dims]
+        cells = [_pct(rep["by_dimension"].get(d, {}).get(v, {"accuracy": float("nan")})["accuracy"]) for d in dims]
         lines.append(f"| {name} | {v} | " + " | ".join(cells) + " |")
     inferred = max(rep.get("inferred_dimensions", 0) for rep in reports.values())
     if inferred:
@@ -337,7 +338,7 @@ def benchmark_markdown(reports: dict[str, dict]) -> str:
               "| checkpoint | view | ours | authors' rules | undecided |", "| --- | --- | --- | --- | --- |"]
     for name, rep in judged.items():
       for v, a in rep["authors_rules"].items():
-        lines.append(f"| {name} | {v} | {pct(rep['views'][v]['accuracy'])} | {pct(a['accuracy'])} | {a['undecided']} |")
+        lines.append(f"| {name} | {v} | {_pct(rep['views'][v]['accuracy'])} | {_pct(a['accuracy'])} | {a['undecided']} |")
   agents = {name: rep for name, rep in reports.items() if "agentic" in rep}
   if agents:
     sec = lambda x: "n/a" if x != x else f"{x:.3f}"
@@ -345,7 +346,7 @@ def benchmark_markdown(reports: dict[str, dict]) -> str:
               " | agentic s/item | agentic / single-pass time |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, rep in agents.items():
       a = rep["agentic"]
-      lines.append(f"| {name} | {pct(rep['views']['global']['accuracy'])} | {pct(a['accuracy'])}"
+      lines.append(f"| {name} | {_pct(rep['views']['global']['accuracy'])} | {_pct(a['accuracy'])}"
                    f" | {a['mean_turns']:.2f} | {a['mean_tool_calls']:.2f} | {sec(rep['latency_s_per_item'])}"
                    f" | {sec(a['mean_wall_time_s'])} | {a['mean_wall_time_s'] / rep['latency_s_per_item']:.1f}x |")
   return "\n".join(lines) + "\n"

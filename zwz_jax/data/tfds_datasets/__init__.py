@@ -74,7 +74,8 @@ def open_split(entry: str, skip_decoding: tuple[str, ...] = ()):
   return builder.name, source
 
 
-def _text(value) -> str:
+def text(value) -> str:
+  """A TFDS Text feature (bytes from a data source) as str."""
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -97,10 +98,10 @@ class RecordSource:
     if self._source is None:
       self._source = open_split(self.entry, ("image",))[1]
     ex = self._source[index]
-    d = {k: _text(ex[k]) for k in ("id", "image_format", "question", "answer", "dimension", "split")}
+    d = {k: text(ex[k]) for k in ("id", "image_format", "question", "answer", "dimension", "split")}
     d.update(image=bytes(ex["image"]), width=int(ex["width"]), height=int(ex["height"]),
-             bbox=[float(c) for c in ex["bbox"]], options=[_text(o) for o in ex["options"]],
-             source=json.loads(_text(ex["source"])), teacher=json.loads(_text(ex["teacher"])),
+             bbox=[float(c) for c in ex["bbox"]], options=[text(o) for o in ex["options"]],
+             source=json.loads(text(ex["source"])), teacher=json.loads(text(ex["teacher"])),
              schema_version=int(ex["schema_version"]))
     return msgpack.packb(d, use_bin_type=True)
 

@@ -39,9 +39,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     directory = str(dl_manager.manual_dir)
-    present = {}
-    for r in _records(directory):
-      present.setdefault(r.split, 0)
+    present = list(dict.fromkeys(r.split for r in _records(directory)))
     if not present:
       raise ValueError(f"{directory}: no valid records")
     return {split: self._generate_examples(directory, split) for split in present}
