@@ -1,9 +1,11 @@
 """Data generation with real teachers, as in the paper: strong VLMs served behind OpenAI-compatible
-endpoints (e.g. vLLM), two answer teachers x 4 samples, and the student's difficulty filter.
+endpoints (e.g. vLLM) name the objects, SAM3 (a local checkpoint) boxes them, two answer teachers x 4
+samples are grouped by meaning before the 6-of-8 vote, and the student's difficulty filter.
 
   export ZWZ_TEACHER_URL=http://host-a:8000/v1 ZWZ_TEACHER2_URL=http://host-b:8000/v1
   python launch/gen_data.py --config=configs/datagen_qwen.py --config.pool.path=/data/images \
       --config.out_dir=/data/zwz_records --config.teachers.student.path=/models/Qwen2.5-VL-7B-Instruct \
+      --config.detector.path=/models/sam3 \
       --shard_index=$RANK --num_shards=$WORLD_SIZE
   python launch/gen_data.py --config=configs/datagen_qwen.py ... --merge --num_shards=$WORLD_SIZE
 """
@@ -35,7 +37,10 @@ def get_config():
   c.teachers.student = ml_collections.ConfigDict(dict(
       backend="hf", name="student", path="", device="cuda", device_map="", dtype="bfloat16", batch_size=16))
 
-  c.propose.teacher = "qwen3"
+  # As the authors: the teacher names the objects that appear once and SAM3 boxes each (>= 0.75).
+  c.propose.teacher, c.propose.detector = "qwen3", "sam3"
+  c.detector.path = ""  # required: a local SAM3 checkpoint (facebook/sam3 saved with save_pretrained)
+  c.detector.device, c.detector.dtype = "cuda", "bfloat16"
   c.propose.box_format = "qwen3"  # Qwen3-VL answers boxes in 0-1000 normalised coordinates
   c.questions.teacher = "qwen3"
   c.check.teacher = "qwen3"

@@ -29,12 +29,17 @@ def get_config():
   c.teachers.scene = ml_collections.ConfigDict(dict(
       backend="scene", name="scene", root="", answer_noise=0.1, seed=0, student_accuracy=0.5))
 
+  # detector: where the region boxes come from (data_gen/detectors): "teacher" (its own boxes), or
+  # the teacher lists up to max_names objects that appear once and a text-prompted detector finds
+  # each: "sam3" | "owlv2" | "grounding_dino" (a local checkpoint at detector.path), "scene" (the
+  # oracle), or "package.module:function" (image, names -> a box or None per name).
   c.propose = ml_collections.ConfigDict(dict(
       teacher="scene", box_format="qwen2_5", max_pixels=1280 * 28 * 28, min_score=0.75,
-      max_area_frac=0.10, min_side=8, max_regions=6,
-      # Optional detector hook, 'package.module:function': image -> boxes (full-image pixels,
-      # data_gen.boxes.Box or dicts with x0, y0, x1, y1, label, score), added to the teacher's.
-      detector=""))
+      max_area_frac=0.10, min_side=8, max_regions=6, detector="teacher", max_names=16))
+  # The model behind propose.detector: a local directory (nothing is downloaded); a name whose
+  # best score is under `threshold` is counted as not found.
+  c.detector = ml_collections.ConfigDict(dict(path="", device="cpu", dtype="float32", batch_size=16,
+                                              threshold=0.3))
   c.crop = ml_collections.ConfigDict(dict(upscale=2.0))
   c.questions = ml_collections.ConfigDict(dict(teacher="scene", per_crop=3, temperature=0.7))
   c.check = ml_collections.ConfigDict(dict(enabled=True, teacher="scene"))

@@ -12,7 +12,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import importlib
 import os
 import random
 from typing import Mapping
@@ -21,6 +20,7 @@ import tqdm
 
 from data_gen import boxes as boxes_lib
 from data_gen import consensus as consensus_lib
+from data_gen import detectors as detectors_lib
 from data_gen import grouping
 from data_gen import pool as pool_lib
 from data_gen import prompts
@@ -45,15 +45,6 @@ def _teacher_view(image, max_pixels: int, factor: int = 28):
   return image if (tw, th) == (w, h) else image.resize((tw, th), resample=3)  # BICUBIC
 
 
-def _import(spec: str, key: str):
-  """`package.module:function` -> the function; errors name the config key."""
-  module, _, attr = spec.partition(":")
-  try:
-    return getattr(importlib.import_module(module), attr)
-  except (ImportError, AttributeError, ValueError) as e:
-    raise ValueError(f"config {key}={spec!r}: cannot import ({e}); expected 'package.module:function'") from None
-
-
 def _rng(seed: int, *parts) -> random.Random:
   digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
   return random.Random(int.from_bytes(digest[:8], "little"))
@@ -63,10 +54,12 @@ def _rng(seed: int, *parts) -> random.Random:
 class Pipeline:
   cfg: object  # the datagen ConfigDict
   teachers: Mapping[str, Teacher]
+  # propose.detector's detector; built from the config when not given (None: the teacher's boxes).
+  detector: detectors_lib.Detector | None = None
 
   def __post_init__(self):
-    spec = self.cfg.propose.detector
-    self._detector = _import(spec, "propose.detector") if spec else None
+    if self.detector is None:
+      self.detector = detectors_lib.build(self.cfg)
     if self.cfg.answers.grouper not in grouping.GROUPERS:
       raise ValueError(f"config answers.grouper={self.cfg.answers.grouper!r} is not one of {grouping.GROUPERS}")
     if self.cfg.answers.grouper == "llm":
@@ -90,9 +83,10 @@ class Pipeline:
     try:
       regions = self._propose(item, image, counts)
       out = self._regions(item, image, data, fmt, source, regions, counts, dims)
-    except TeacherError as e:
-      counts["images_failed/teacher_error"] += 1
-      tqdm.tqdm.write(f"teacher failed on {item.key}: {e}")
+    except TeacherError as e:  # detectors_lib.DetectorError included, counted apart
+      failed = "detector_error" if isinstance(e, detectors_lib.DetectorError) else "teacher_error"
+      counts[f"images_failed/{failed}"] += 1
+      tqdm.tqdm.write(f"{failed.replace('_', ' ')} on {item.key}: {e}")
       return [], counts, Counts()
     counts["records"] += len(out)
     return out, counts, dims
@@ -100,18 +94,8 @@ class Pipeline:
   def _propose(self, item, image, counts) -> list:
     p = self.cfg.propose
     view = _teacher_view(image, p.max_pixels)
-    req = Request(images=(view,), prompt=prompts.propose_prompt(box_format=p.box_format), task="propose",
-                  n=1, temperature=0.0, context={"image_key": item.key, "image_size": image.size})
-    text = self._teacher(p.teacher).generate([req])[0][0]
-    try:
-      found = boxes_lib.parse_boxes(text, view.size, p.box_format)
-    except boxes_lib.ParseError:
-      counts["errors/unparsable_proposals"] += 1
-      return []
-    sx, sy = image.width / view.width, image.height / view.height
-    found = [dataclasses.replace(b, x0=b.x0 * sx, y0=b.y0 * sy, x1=b.x1 * sx, y1=b.y1 * sy) for b in found]
-    if self._detector is not None:  # extra proposals, full-image pixels
-      found += [b if isinstance(b, boxes_lib.Box) else boxes_lib.Box(**b) for b in self._detector(image)]
+    found = self._teacher_boxes(item, image, view, counts) if self.detector is None else \
+        self._detected(item, image, view, counts)
     counts["proposals"] += len(found)
     kept, dropped = boxes_lib.filter_boxes(
         found, image.width, image.height, min_score=p.min_score, max_area_frac=p.max_area_frac,
@@ -121,6 +105,36 @@ class Pipeline:
     kept = sorted(kept, key=lambda b: -b.score)[:p.max_regions]
     counts["regions"] += len(kept)
     return kept
+
+  def _teacher_boxes(self, item, image, view, counts) -> list:
+    """The teacher's own boxes, in full-image pixels."""
+    p = self.cfg.propose
+    req = Request(images=(view,), prompt=prompts.propose_prompt(box_format=p.box_format), task="propose",
+                  n=1, temperature=0.0, context={"image_key": item.key, "image_size": image.size})
+    text = self._teacher(p.teacher).generate([req])[0][0]
+    try:
+      found = boxes_lib.parse_boxes(text, view.size, p.box_format)
+    except boxes_lib.ParseError:
+      counts["errors/unparsable_proposals"] += 1
+      return []
+    sx, sy = image.width / view.width, image.height / view.height
+    return [dataclasses.replace(b, x0=b.x0 * sx, y0=b.y0 * sy, x1=b.x1 * sx, y1=b.y1 * sy) for b in found]
+
+  def _detected(self, item, image, view, counts) -> list:
+    """The teacher names the objects that appear once; the detector finds each on the full image."""
+    p = self.cfg.propose
+    context = {"image_key": item.key, "image_size": image.size}
+    req = Request(images=(view,), prompt=prompts.objects_prompt(p.max_names), task="objects", n=1,
+                  temperature=0.0, context=context)
+    try:
+      names = prompts.parse_names(self._teacher(p.teacher).generate([req])[0][0], p.max_names)
+    except prompts.ParseError:
+      counts["errors/unparsable_objects"] += 1
+      return []
+    counts["object_names"] += len(names)
+    found = self.detector.detect(image, names, context)
+    counts["object_names_not_found"] += sum(b is None for b in found)
+    return [b for b in found if b is not None]
 
   def _regions(self, item, image, data, fmt, source, regions, counts, dims) -> list[records.Record]:
     c = self.cfg
@@ -255,12 +269,14 @@ class Pipeline:
     return kept
 
 
-def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_shards: int) -> dict:
-  """Processes this worker's part of the pool into `cfg.out_dir`, resuming where a killed run stopped."""
+def run_worker(cfg, teachers: Mapping[str, Teacher], *, shard_index: int, num_shards: int,
+               detector: detectors_lib.Detector | None = None) -> dict:
+  """Processes this worker's part of the pool into `cfg.out_dir`, resuming where a killed run stopped.
+  `detector`: propose.detector's, when already built (else built from the config)."""
   items = pool_lib.split_pool(pool_lib.list_pool(cfg.pool), shard_index, num_shards)
   per = cfg.write.images_per_shard
   chunks = [items[i:i + per] for i in range(0, len(items), per)]
-  pipeline = Pipeline(cfg, teachers)
+  pipeline = Pipeline(cfg, teachers, detector)
   os.makedirs(cfg.out_dir, exist_ok=True)
   totals = Counts()
   bar = tqdm.tqdm(total=len(items), desc=f"worker {shard_index}/{num_shards}", unit="img")

@@ -15,9 +15,9 @@ from zwz_jax import answers
 from zwz_jax.dimensions import normalise_dimension
 from zwz_jax.records import DIMENSIONS, FOCUS_OVERLAY, format_question
 
-__all__ = ["ParseError", "DIMENSION_GUIDE", "propose_prompt", "questions_prompt", "check_prompt",
-           "answer_prompt", "distractors_prompt", "student_prompt",
-           "parse_questions", "parse_yes_no", "parse_list", "parse_answer"]
+__all__ = ["ParseError", "DIMENSION_GUIDE", "propose_prompt", "objects_prompt", "questions_prompt",
+           "check_prompt", "answer_prompt", "distractors_prompt", "group_prompt", "student_prompt",
+           "parse_questions", "parse_yes_no", "parse_list", "parse_names", "parse_groups", "parse_answer"]
 
 # One line per perception dimension: what to ask, with an example, as given to the question writer.
 DIMENSION_GUIDE = {
@@ -55,6 +55,20 @@ def propose_prompt(box_format: str = "qwen2_5", image_size: tuple[int, int] | No
       f"confidence from 0 to 1 that the box holds that object. {coords}\n"
       "Output only a JSON list, for example:\n"
       '[{"bbox_2d": [x0, y0, x1, y1], "label": "red bicycle bell", "confidence": 0.9}]\n'
+      "If there are no such objects, output []."
+  )
+
+
+def objects_prompt(k: int = 16) -> str:
+  """Ask for the names of up to k small objects that appear once (each is then found by the detector)."""
+  return (
+      "List the distinct small objects in this image that appear exactly once: small items, parts of "
+      "larger things, text, signs, labels, logos, small animals or people in the distance. Name each "
+      "with a short, specific noun phrase that tells it apart from everything else in the image (for "
+      "example 'red bicycle bell' or 'white sign with blue text'). Skip large objects, background "
+      "regions, anything that appears more than once and anything too blurry to name with confidence.\n"
+      f"List at most {k}. Output only a JSON list of strings, for example:\n"
+      '["red bicycle bell", "white sign with blue text"]\n'
       "If there are no such objects, output []."
   )
 
@@ -215,6 +229,25 @@ def parse_list(text: Any) -> list[str]:
   if not out:
     raise ParseError("no list in teacher output", raw)
   return out
+
+
+_NAME_KEYS = ("name", "label", "object", "category")
+
+
+def parse_names(text: Any, k: int) -> list[str]:
+  """Up to k distinct object names (case and spacing folded); [] when the teacher listed none.
+  Takes a JSON list of strings or of objects with a name / label, else bulleted or numbered lines."""
+  items = json_items(as_text(text), (str, dict))
+  if items is None:
+    items = parse_list(text)
+  names = {}
+  for item in items:
+    if isinstance(item, dict):
+      item = next((item[key] for key in _NAME_KEYS if isinstance(item.get(key), str)), "")
+    name = " ".join(str(item).split()).strip(" .")
+    if name and len(names) < k:
+      names.setdefault(name.casefold(), name)
+  return list(names.values())
 
 
 def parse_groups(text: Any, n: int) -> list[int]:

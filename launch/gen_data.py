@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from data_gen import pipeline, scenes, writer
+from data_gen import detectors, pipeline, scenes, writer
 from data_gen.teachers import registry
 from zwz_jax.config import ConfigFlag
 
@@ -35,6 +35,7 @@ def main(argv):
   try:
     scenes.resolve_pool(cfg)
     teachers = {} if FLAGS.merge else registry.build_teachers(cfg)
+    detector = None if FLAGS.merge else detectors.build(cfg)
   except ValueError as e:
     raise SystemExit(str(e)) from None
 
@@ -42,9 +43,10 @@ def main(argv):
     manifest = writer.merge(cfg.out_dir, cfg.to_dict(), expected_workers=range(FLAGS.num_shards))
   else:
     try:
-      pipeline.run_worker(cfg, teachers, shard_index=FLAGS.shard_index, num_shards=FLAGS.num_shards)
+      pipeline.run_worker(cfg, teachers, shard_index=FLAGS.shard_index, num_shards=FLAGS.num_shards,
+                          detector=detector)
     finally:
-      for t in teachers.values():
+      for t in [*teachers.values(), *([detector] if detector else [])]:
         t.close()
     if FLAGS.num_shards > 1:
       print(f"worker {FLAGS.shard_index} done; merge with --merge --num_shards={FLAGS.num_shards}")

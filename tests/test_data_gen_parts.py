@@ -248,6 +248,7 @@ def test_prompt_builders_cover_every_task():
   from data_gen.teachers.base import TASKS
   built = {
       "propose": prompts.propose_prompt("qwen2_5", (640, 480)),
+      "objects": prompts.objects_prompt(12),
       "questions": prompts.questions_prompt(3, label="bicycle bell"),
       "check": prompts.check_prompt("What colour is the bell?", "colour"),
       "answer": prompts.answer_prompt("How many spokes?", "counting"),
@@ -263,6 +264,7 @@ def test_prompt_builders_cover_every_task():
     assert d in built["questions"]
   assert "bicycle bell" in built["questions"] and "3 questions" in built["questions"]
   assert "yes or no" in built["check"]
+  assert "at most 12" in built["objects"] and "exactly once" in built["objects"]
   assert "Image 1" in prompts.check_prompt("q?", full_image=True)
   assert "digits" in built["answer"]
   assert "silver" in built["distractors"] and "JSON list of 3" in built["distractors"]
@@ -331,6 +333,22 @@ def test_parse_list_and_answer():
       prompts.parse_list(bad)
   with pytest.raises(ParseError):
     prompts.parse_answer("**.**")
+
+
+@pytest.mark.parametrize("text,want", [
+    ('```json\n["red cup", "Red  cup.", "white sign"]\n```', ["red cup", "white sign"]),  # case, spacing
+    ('{"objects": [{"name": "key", "bbox": [1, 2, 3, 4]}, {"label": "flag"}, {"x": 1}]}', ["key", "flag"]),
+    ("Objects:\n1. blue key\n2. stop sign", ["blue key", "stop sign"]),
+    ('["a", "b", "c", "d", "e"]', ["a", "b", "c"]),  # at most k
+    ("```json\n[]\n```", []),  # nothing small: no names, not an error
+])
+def test_parse_names(text, want):
+  assert prompts.parse_names(text, 3) == want
+
+
+def test_parse_names_rejects_prose():
+  with pytest.raises(ParseError):
+    prompts.parse_names("There is a cup and a key.", 3)
 
 
 @pytest.mark.parametrize("text,want", [

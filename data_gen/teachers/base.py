@@ -6,6 +6,7 @@ a list of `n` generated strings. Real backends (hf, openai) read only `images` a
 
 `context` keys by `task` (set by the pipeline, the same for every backend):
   propose:     image_key, image_size (w, h) of the full image; boxes come back in pixels of images[0]
+  objects:     image_key, image_size; the names of objects that appear once (for propose.detector)
   questions:   image_key, crop_box [x0, y0, x1, y1] (full-image pixels), label, num_questions
   check:       image_key, crop_box, question, dimension
   answer:      image_key, crop_box, question, dimension
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-TASKS = ("propose", "questions", "check", "answer", "distractors", "group", "student")
+TASKS = ("propose", "objects", "questions", "check", "answer", "distractors", "group", "student")
 
 
 class TeacherError(RuntimeError):

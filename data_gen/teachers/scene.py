@@ -5,6 +5,8 @@ yes/no, short answers, distractor lists, option letters), with controlled imperf
 pipeline's parsers, filters and consensus run for real on a CPU with no model:
   propose     all true objects plus three decoys: a low-confidence box, a jittered duplicate of a
               true box, and a box over 10% of the image;
+  objects     the labels of the objects that appear once, plus a name that is not in the scene
+              (for the detector not to find);
   questions   sometimes one question about something outside the crop, for the checker to drop;
   answer      a wrong but plausible answer with probability `answer_noise`, and varied surface forms
               ("Blue.", "three") for answer normalisation;
@@ -77,11 +79,12 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
                 "twelve")
 UNANSWERABLE_RATE = 0.25  # share of `questions` requests that carry one unanswerable question
 _SURFACE_RATE = 0.2  # share of answers written in another surface form
-_REQUIRED = {"propose": (), "questions": ("crop_box",), "check": ("crop_box", "question"),
+_REQUIRED = {"propose": (), "objects": (), "questions": ("crop_box",), "check": ("crop_box", "question"),
              "answer": ("crop_box", "question"), "distractors": ("crop_box", "question", "answer"),
              "group": ("answers",), "student": ("bbox", "question")}
 _DECOY_LABELS_LOW = ("smudge", "shadow", "pebble", "stain")
 _DECOY_LABELS_BIG = ("background", "table surface", "wall")
+_ABSENT_NAMES = ("bicycle bell", "street lamp", "small dog", "door handle")
 
 
 def _digest(*parts: Any) -> int:
@@ -229,6 +232,14 @@ class SceneTeacher(Teacher):
     rng.shuffle(out)
     text = "```json\n[\n" + ",\n".join("\t" + json.dumps(e) for e in out) + "\n]\n```"
     return [text] * r.n
+
+  def _objects(self, r: Request, key: str, meta) -> list[str]:
+    labels = [o["label"] for o in meta["objects"]]
+    names = [label for label in dict.fromkeys(labels) if labels.count(label) == 1]
+    rng = _rng(self.seed, "objects", key)
+    names.append(rng.choice(_ABSENT_NAMES))
+    rng.shuffle(names)
+    return ["```json\n" + json.dumps(names) + "\n```"] * r.n
 
   def _questions(self, r: Request, key: str, meta) -> list[str]:
     box = r.context["crop_box"]
