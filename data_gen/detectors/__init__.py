@@ -7,7 +7,7 @@ it; the usual filters (score, < 10% of the area, size, IoU de-duplication) follo
   teacher                the teacher's own boxes (no detector; boxes.parse_boxes)
   sam3 | owlv2 | grounding_dino
                          a local transformers checkpoint at `detector.path` (detectors/hf.py)
-  scene                  the oracle for procedural scenes (detectors/scene.py), offline on CPU
+  scene                  the oracle for procedural scenes (teachers/scene.py), offline on CPU
   package.module:function
                          function(image, names) -> one Box, dict (x0, y0, x1, y1, score) or None per name
 
@@ -56,7 +56,12 @@ class FunctionDetector(Detector):
     out = list(self.fn(image, list(names)))
     if len(out) != len(names):
       raise DetectorError(f"detector {self.name!r} returned {len(out)} results for {len(names)} names")
-    return [None if b is None else b if isinstance(b, Box) else Box(**{"label": n, **b}) for b, n in zip(out, names)]
+    try:
+      return [None if b is None else b if isinstance(b, Box) else Box(**{"label": n, **b})
+              for b, n in zip(out, names)]
+    except TypeError as e:
+      raise DetectorError(f"detector {self.name!r}: a result is not a Box, None or a dict of x0, y0, x1, "
+                          f"y1, score ({e})") from None
 
 
 def import_function(spec: str, key: str) -> Callable:
@@ -79,7 +84,7 @@ def build(cfg) -> Detector | None:
     from data_gen.detectors import hf  # pylint: disable=import-outside-toplevel
     return hf.from_config(kind, cfg.detector)
   if kind == "scene":
-    from data_gen.detectors.scene import SceneDetector  # pylint: disable=import-outside-toplevel
+    from data_gen.teachers.scene import SceneDetector  # pylint: disable=import-outside-toplevel
     return SceneDetector(cfg.pool.path, seed=cfg.seed)
   if ":" not in kind:
     raise ValueError(f"config propose.detector={kind!r} is not one of {KINDS} or 'package.module:function'")

@@ -11,6 +11,7 @@ pipeline's parsers, filters and consensus run for real on a CPU with no model:
   answer      a wrong but plausible answer with probability `answer_noise`, and varied surface forms
               ("Blue.", "three") for answer normalisation;
   student     the right letter with probability `student_accuracy`.
+`SceneDetector` is the same oracle as a text-prompted detector (propose.detector=scene).
 Every random choice is a hash of (seed, task, request content, sample index): reproducible, the same
 in any batch order, and different across the n samples of one request.
 """
@@ -23,6 +24,8 @@ import re
 from typing import Any, Mapping, Sequence
 
 from data_gen import scenes
+from data_gen.boxes import Box
+from data_gen.detectors import Detector, DetectorError
 from data_gen.teachers.base import Request, Teacher, TeacherError
 
 # Per kind of object and dimension, the questions the oracle writes and recognises; the attribute
@@ -345,6 +348,36 @@ class SceneTeacher(Teacher):
       letter = "ABCDEFGHIJ"[k]
       outs.append(letter + "." if rng.random() < _SURFACE_RATE else letter)
     return outs
+
+
+class SceneDetector(Detector):
+  """propose.detector=scene: a name that labels exactly one object of the scene gets that object's
+  box (in pixels of the image given) with a score in [0.6, 1), so some fall under the 0.75 cut as a
+  real detector's do; any other name (not in the scene, or on several objects) is not found. Scores
+  are a hash of (seed, image key, name). `root`: the pool folder."""
+
+  name = "scene"
+
+  def __init__(self, root: str | None = None, seed: int = 0):
+    self.root, self.seed = root, int(seed)
+
+  def detect(self, image, names, context):
+    key = str(context["image_key"])
+    try:
+      meta = scenes.load_metadata(key, self.root)
+    except (OSError, ValueError) as e:
+      raise DetectorError(f"scene detector: unknown image key {key!r}: {e}") from None
+    sx, sy = image.width / meta["width"], image.height / meta["height"]
+    out = []
+    for name in names:
+      hits = [o for o in meta["objects"] if _norm(o["label"]) == _norm(name)]
+      if len(hits) != 1:
+        out.append(None)
+        continue
+      x0, y0, x1, y1 = hits[0]["bbox"]
+      score = round(_rng(self.seed, "detect", key, _norm(name)).uniform(0.6, 1.0), 4)
+      out.append(Box(x0 * sx, y0 * sy, x1 * sx, y1 * sy, name, score))
+    return out
 
 
 def _wrong(dim: str, truth: str | None, rng: random.Random, many: bool = False) -> list[str]:
