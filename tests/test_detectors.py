@@ -190,3 +190,17 @@ def test_a_checkpoint_of_another_model_is_refused(scene_pool, tmp_path):
   ckpt = save_tiny_detector("owlv2", str(tmp_path / "owl"))
   with pytest.raises(ValueError, match="holds a 'owlv2' checkpoint, not sam3"):
     detectors.build(datagen_config(tmp_path, scene_pool, "propose.detector=sam3", f"detector.path={ckpt}"))
+
+
+def test_sam3_reads_the_hubs_sam3_video_folder(scene_pool, tmp_path):
+  """facebook/sam3 on the hub is a sam3_video folder; the detector built from it finds what the one
+  built from the plain image model finds."""
+  image = Image.open(scene_pool / "scene_00000.png")
+  found = []
+  for name, video in (("plain", False), ("video", True)):
+    ckpt = save_tiny_detector("sam3", str(tmp_path / name), sam3_video=video)
+    det = detectors.build(datagen_config(tmp_path, scene_pool, "propose.detector=sam3", f"detector.path={ckpt}",
+                                         "detector.threshold=0.0"))
+    found.append(det.detect(image, ["blue key", "white sign"], {"image_key": "scene_00000.png"}))
+  assert found[0] == found[1] and all(b is not None for b in found[0])
+

@@ -79,9 +79,17 @@ def model_and_tokenizer(kind: str):
   raise ValueError(kind)
 
 
-def save_tiny_detector(kind: str, path: str) -> str:
+def save_tiny_detector(kind: str, path: str, *, sam3_video: bool = False) -> str:
+  """The checkpoint folder of `kind`; sam3_video: SAM3 laid out as the hub's facebook/sam3 is (a
+  sam3_video config whose detector_config is the image model, weights under detector_model.)."""
   model, tok, image_processor = model_and_tokenizer(kind)
-  model.save_pretrained(path)
+  if sam3_video:
+    from safetensors.torch import save_file
+    transformers.Sam3VideoConfig(detector_config=model.config.to_dict()).save_pretrained(path)
+    save_file({f"detector_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
+              os.path.join(path, "model.safetensors"))
+  else:
+    model.save_pretrained(path)
   tok.save_pretrained(path)
   if image_processor is not None:
     image_processor.save_pretrained(path)
