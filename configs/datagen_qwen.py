@@ -39,7 +39,7 @@ def get_config():
 
   # As the authors: the teacher names the objects that appear once and SAM3 boxes each (>= 0.75).
   c.propose.teacher, c.propose.detector = "qwen3", "sam3"
-  c.detector.path = ""  # required: a local SAM3 checkpoint (facebook/sam3 saved with save_pretrained)
+  c.detector.path = ""  # required: a local SAM3 folder (e.g. `hf download facebook/sam3 --local-dir DIR`)
   c.detector.device, c.detector.dtype = "cuda", "bfloat16"
   c.propose.box_format = "qwen3"  # Qwen3-VL answers boxes in 0-1000 normalised coordinates
   c.questions.teacher = "qwen3"

@@ -19,17 +19,12 @@ import numpy as np
 from PIL import Image
 import torch
 import transformers
+from transformers.image_transforms import center_to_corners_format
 
 from data_gen.boxes import Box
 from data_gen.detectors import Detector, DetectorError
 
-DEFAULTS = {"path": "", "device": "cpu", "dtype": "float32", "batch_size": 16, "threshold": 0.3}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _corners(cxcywh: torch.Tensor) -> torch.Tensor:
-  cx, cy, w, h = cxcywh.unbind(-1)
-  return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
 class HFDetector(Detector):
@@ -42,13 +37,12 @@ class HFDetector(Detector):
                name: str = ""):
     if batch_size < 1:
       raise ValueError(f"detector {self.kind}: batch_size must be >= 1, got {batch_size}")
-    self.model = model.eval() if hasattr(model, "eval") else model
+    self.model = model.eval()
     self.tokenizer, self.image_processor = tokenizer, image_processor
     self.batch_size, self.threshold = int(batch_size), float(threshold)
     self.name = name or self.kind
-    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    self.device = param.device if param is not None else torch.device("cpu")
-    self.dtype = param.dtype if param is not None else torch.float32
+    param = next(model.parameters())
+    self.device, self.dtype = param.device, param.dtype
     self._lock = threading.Lock()  # one model on one accelerator: pipeline threads take turns
 
   def detect(self, image, names, context):
@@ -97,7 +91,7 @@ class Owlv2Detector(HFDetector):
     length = self.model.config.text_config.max_position_embeddings
     out = self.model(**self._text(names, padding="max_length", max_length=length), **pixels)
     scores, query = out.logits[0].sigmoid().max(0)  # (queries, names) -> per name
-    boxes = _corners(out.pred_boxes[0, query])
+    boxes = center_to_corners_format(out.pred_boxes[0, query])
     w, h = image.size
     side = max(w, h)  # the processor pads bottom / right to a square before resizing
     return scores, boxes * boxes.new_tensor([side / w, side / h, side / w, side / h])
@@ -114,7 +108,7 @@ class GroundingDinoDetector(HFDetector):
     batch = {key: v.expand(k, *v.shape[1:]) for key, v in pixels.items()}
     out = self.model(**self._text(texts, padding="longest", max_length=self.model.config.max_text_len), **batch)
     scores, query = out.logits.sigmoid().max(-1)[0].max(1)  # (k, queries, tokens) -> (k,)
-    return scores, _corners(out.pred_boxes[torch.arange(k), query])
+    return scores, center_to_corners_format(out.pred_boxes[torch.arange(k), query])
 
 
 class Sam3Detector(HFDetector):
@@ -170,22 +164,21 @@ def _sam3_preprocess(path: str) -> dict:
 
 
 def from_config(kind: str, cfg) -> HFDetector:
-  """The `kind` detector from the `detector` config section."""
-  get = lambda key: DEFAULTS[key] if cfg is None or cfg.get(key, None) is None else cfg.get(key)
-  path = get("path")
+  """The `kind` detector from the `detector` config section (configs/datagen_tiny.py)."""
+  path = cfg.path
   if not path or not os.path.isdir(path):
     raise ValueError(f"config propose.detector={kind!r} needs detector.path, a local checkpoint directory; "
                      f"got {path!r}")
-  dtype = get("dtype")
+  dtype = cfg.dtype
   if dtype not in _DTYPES:
     raise ValueError(f"config detector.dtype={dtype!r} is not one of {sorted(_DTYPES)}")
   cls, model_cls = _CLASSES[kind]
   model_type = transformers.AutoConfig.from_pretrained(path).model_type
   if model_type not in cls.model_types:
     raise ValueError(f"config detector.path={path!r} holds a {model_type!r} checkpoint, not {kind}")
-  model = getattr(transformers, model_cls).from_pretrained(path, dtype=_DTYPES[dtype]).to(get("device"))
+  model = getattr(transformers, model_cls).from_pretrained(path, dtype=_DTYPES[dtype]).to(cfg.device)
   tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-  kwargs = dict(batch_size=get("batch_size"), threshold=get("threshold"), name=f"{kind}:{os.path.basename(path)}")
+  kwargs = dict(batch_size=cfg.batch_size, threshold=cfg.threshold, name=f"{kind}:{os.path.basename(path)}")
   if kind == "sam3":
     return cls(model, tokenizer, preprocess=_sam3_preprocess(path), **kwargs)
   return cls(model, tokenizer, transformers.AutoImageProcessor.from_pretrained(path), **kwargs)
