@@ -30,6 +30,17 @@ def zeros(shape, axes, dtype) -> nnx.Param:
   return nnx.Param(jnp.zeros(shape, dtype), logical_axes=axes)
 
 
+def dense(x, kernel, dims: int = 1):
+  """x's last `dims` axes contracted with kernel's first `dims`, as one 2-D (rows x in) @ (in x out)
+  matmul. Why 2-D: while x keeps its (batch, length) axes, XLA:CPU copies a transpose of the
+  cotangent for every weight gradient; over flat rows it contracts them in place (the tiny bench's
+  gradient 8% faster, the small one's 4%). Rows keep the batch's sharding (length is unsharded)."""
+  lead, inner = x.shape[:x.ndim - dims], kernel.shape[:dims]
+  k = int(np.prod(inner))
+  out = x.reshape(-1, k) @ kernel.reshape(k, -1)
+  return out.reshape(*lead, *kernel.shape[dims:])
+
+
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, param_dtype):
@@ -121,7 +132,7 @@ class VisionAttention(nnx.Module):
   def __call__(self, x, cos, sin, segment_ids, block: int | None):
     """x: (B, P, E); block: window size in patches (window attention) or None (full attention)."""
     dt = self.dtype
-    qkv = jnp.einsum("bpe,ethd->bpthd", x, self.qkv_kernel[...].astype(dt)) + self.qkv_bias[...].astype(dt)
+    qkv = dense(x, self.qkv_kernel[...].astype(dt)) + self.qkv_bias[...].astype(dt)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # The reference applies the vision rotary embedding in float32.
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dt)
@@ -134,7 +145,7 @@ class VisionAttention(nnx.Module):
       segment_ids = full_attention_segments(segment_ids, self.window)
     out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids)
     out = out.reshape(b, p, h, d)
-    return jnp.einsum("bphd,hde->bpe", out, self.proj_kernel[...].astype(dt)) + self.proj_bias[...].astype(dt)
+    return dense(out, self.proj_kernel[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
 
 class VisionBlock(nnx.Module):
   """Pre-norm vision block: norm, attention (windows or the whole example), residual; norm, MLP,
@@ -177,8 +188,8 @@ class PatchMerger(nnx.Module):
       x = self.norm(x.reshape(b, p // self.merge_unit, e * self.merge_unit))
     else:
       x = self.norm(x).reshape(b, p // self.merge_unit, e * self.merge_unit)
-    x = jax.nn.gelu(x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt), approximate=False)
-    return x @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
+    x = jax.nn.gelu(dense(x, self.fc1_kernel[...].astype(dt)) + self.fc1_bias[...].astype(dt), approximate=False)
+    return dense(x, self.fc2_kernel[...].astype(dt)) + self.fc2_bias[...].astype(dt)
 
 
 def mrope_axes(section, interleaved: bool) -> np.ndarray:
@@ -242,9 +253,9 @@ class TextAttention(nnx.Module):
     (B, heads, S) of these query positions.
     Returns (output, new cache or None, probabilities or None)."""
     dt = self.dtype
-    q = jnp.einsum("ble,ehd->blhd", x, self.q_kernel[...].astype(dt))
-    k = jnp.einsum("ble,ehd->blhd", x, self.k_kernel[...].astype(dt))
-    v = jnp.einsum("ble,ehd->blhd", x, self.v_kernel[...].astype(dt))
+    q = dense(x, self.q_kernel[...].astype(dt))
+    k = dense(x, self.k_kernel[...].astype(dt))
+    v = dense(x, self.v_kernel[...].astype(dt))
     if self.bias:
       q, k, v = (t + b[...].astype(dt) for t, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
     if self.qk_norm:
@@ -266,9 +277,7 @@ class TextAttention(nnx.Module):
       out, p = attend(return_probs=True)
       p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
       probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
-    # One (h * d) contraction: as an einsum over (h, d), XLA on CPU may transpose the weight (a copy
-    # of it on every decode step) rather than the attention output.
-    out = out.reshape(b, l, h * d) @ self.o_kernel[...].astype(dt).reshape(h * d, -1)
+    out = dense(out.reshape(b, l, h, d), self.o_kernel[...].astype(dt), 2)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache, probs
@@ -286,9 +295,9 @@ class TextMLP(nnx.Module):
 
   def __call__(self, x):
     dt = self.dtype
-    h = silu(x @ self.gate_kernel[...].astype(dt)) * (x @ self.up_kernel[...].astype(dt))
+    h = silu(dense(x, self.gate_kernel[...].astype(dt))) * dense(x, self.up_kernel[...].astype(dt))
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
-    return h @ self.down_kernel[...].astype(dt)
+    return dense(h, self.down_kernel[...].astype(dt))
 
 
 class DecoderLayer(nnx.Module):

@@ -22,7 +22,7 @@ from typing import ClassVar
 from flax import nnx
 
 from zwz_jax.models import vlm
-from zwz_jax.models.layers import PatchMerger, RMSNorm, VisionBlock, param, silu, vision_rope, zeros
+from zwz_jax.models.layers import PatchMerger, RMSNorm, VisionBlock, dense, param, silu, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
@@ -92,9 +92,9 @@ class VisionMLP(nnx.Module):
 
   def __call__(self, x):
     dt = self.dtype
-    gate = x @ self.gate_kernel[...].astype(dt) + self.gate_bias[...].astype(dt)
-    up = x @ self.up_kernel[...].astype(dt) + self.up_bias[...].astype(dt)
-    return (silu(gate) * up) @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
+    gate = dense(x, self.gate_kernel[...].astype(dt)) + self.gate_bias[...].astype(dt)
+    up = dense(x, self.up_kernel[...].astype(dt)) + self.up_bias[...].astype(dt)
+    return dense(silu(gate) * up, self.down_kernel[...].astype(dt)) + self.down_bias[...].astype(dt)
 
 
 class VisionTower(nnx.Module):
@@ -119,7 +119,7 @@ class VisionTower(nnx.Module):
     if p % cfg.window_patches:
       raise ValueError(f"vision: {p} patches per example is not a multiple of the window "
                        f"({cfg.window_patches} patches); build batches with zwz_jax.data.batch")
-    x = pixel_values.astype(self.dtype) @ self.patch_kernel[...].astype(self.dtype)
+    x = dense(pixel_values.astype(self.dtype), self.patch_kernel[...].astype(self.dtype))
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     cos, sin = vision_rope(positions, cfg.head_dim, cfg.rope_theta)
     full = set(cfg.fullatt_block_indexes)

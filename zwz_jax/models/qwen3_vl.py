@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zwz_jax.models import vlm
-from zwz_jax.models.layers import LayerNorm, PatchMerger, VisionBlock, param, vision_rope, zeros
+from zwz_jax.models.layers import LayerNorm, PatchMerger, VisionBlock, dense, param, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
 from zwz_jax.sharding import constrain
 
@@ -106,8 +106,8 @@ class VisionMLP(nnx.Module):
 
   def __call__(self, x):
     dt = self.dtype
-    h = jax.nn.gelu(x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt), approximate=True)
-    return h @ self.fc2_kernel[...].astype(dt) + self.fc2_bias[...].astype(dt)
+    h = jax.nn.gelu(dense(x, self.fc1_kernel[...].astype(dt)) + self.fc1_bias[...].astype(dt), approximate=True)
+    return dense(h, self.fc2_kernel[...].astype(dt)) + self.fc2_bias[...].astype(dt)
 
 
 def position_interpolation(positions, segment_ids, side: int):
@@ -163,7 +163,7 @@ class VisionTower(nnx.Module):
     if pixel_values.shape[1] % cfg.merge_unit:
       raise ValueError(f"vision: {pixel_values.shape[1]} patches per example is not a multiple of "
                        f"{cfg.merge_unit}; build batches with zwz_jax.data.batch")
-    x = pixel_values.astype(dt) @ self.patch_kernel[...].astype(dt) + self.patch_bias[...].astype(dt)
+    x = dense(pixel_values.astype(dt), self.patch_kernel[...].astype(dt)) + self.patch_bias[...].astype(dt)
     index, weight = position_interpolation(positions, segment_ids, cfg.position_grid)
     table = constrain(self.pos_embed[...], (None, None))  # small; gathered whole on every device
     pos = jnp.sum(jnp.take(table, index, axis=0) * weight[..., None].astype(table.dtype), axis=2)

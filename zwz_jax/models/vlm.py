@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zwz_jax.models import attention as attention_lib
-from zwz_jax.models.layers import DecoderLayer, KVCache, RMSNorm, mrope_cos_sin, param
+from zwz_jax.models.layers import DecoderLayer, KVCache, RMSNorm, dense, mrope_cos_sin, param
 from zwz_jax.models.scan import REMAT_POLICIES, run_layers, runs
 from zwz_jax.sharding import constrain
 
@@ -177,7 +177,7 @@ class VisionLanguageModel(nnx.Module):
   def logits(self, hidden):
     t = self.cfg.text
     head = self.embed[...].T if t.tie_word_embeddings else self.lm_head[...]
-    out = hidden @ head.astype(self.cfg.dtype)
+    out = dense(hidden, head.astype(self.cfg.dtype))
     return constrain(out, ("act_batch", "act_length", "act_vocab"))
 
   def __call__(self, input_ids, positions, attention_mask=None, pixel_values=None, vision_positions=None,
