@@ -117,16 +117,19 @@ def _dense(q, k, v, mask, return_probs: bool):
   # batched matmuls; the token-major einsums made XLA:CPU copy every (T x S) operand to a new layout.
   qh, kh, vh = jnp.moveaxis(q, 1, 3), jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)
   if return_probs:
-    out, probs32 = _dense_heads(qh, kh, vh, mask)
+    out, probs32, _ = _dense_heads(qh, kh, vh, mask)
     return jnp.moveaxis(out, 3, 1), probs32
   return jnp.moveaxis(_dense_core(qh, kh, vh, mask), 3, 1)
 
 
 def _dense_heads(qh, kh, vh, mask):
-  """(output (B, Hkv, G, T, D), float32 probabilities (B, Hkv, G, T, S))."""
-  logits = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32) * qh.shape[-1] ** -0.5
+  """(output (B, Hkv, G, T, D), float32 probabilities (B, Hkv, G, T, S), the scaled queries)."""
+  # The softmax scale goes on the (T x D) queries, not the (T x S) scores: XLA:CPU's fused matmul
+  # took the scalar as a materialised (T x S) operand.
+  qs = qh * jnp.asarray(qh.shape[-1] ** -0.5, qh.dtype)
+  logits = jnp.einsum("bkgtd,bksd->bkgts", qs, kh, preferred_element_type=jnp.float32)
   probs32 = jax.nn.softmax(jnp.where(mask[:, None, None], logits, _NEG), axis=-1)
-  return jnp.einsum("bkgts,bksd->bkgtd", probs32.astype(qh.dtype), vh), probs32
+  return jnp.einsum("bkgts,bksd->bkgtd", probs32.astype(qh.dtype), vh), probs32, qs
 
 
 @jax.custom_vjp
@@ -135,20 +138,22 @@ def _dense_core(qh, kh, vh, mask):
 
 
 def _dense_core_fwd(qh, kh, vh, mask):
-  out, probs32 = _dense_heads(qh, kh, vh, mask)
-  return out, (qh, kh, vh, mask, probs32, out)
+  out, probs32, qs = _dense_heads(qh, kh, vh, mask)
+  return out, (qs, kh, vh, probs32, out)
 
 
 def _dense_core_bwd(res, dout):
   # The softmax backward written out (dS = P * (dP - rowsum(dO * O))): autodiff of softmax(where())
   # took several more passes over the (T x S) scores; this one is the dense path's whole cost on CPU.
-  qh, kh, vh, mask, p, out = res
-  dv = jnp.einsum("bkgts,bkgtd->bksd", p.astype(dout.dtype), dout)
+  qs, kh, vh, p, out = res
+  # dV and dK contract over the queries. Written as (D x S) = (T x D)^T (T x S) and then transposed,
+  # the transposed operand is the small (T x D) one; as (S x D) XLA:CPU copied the (T x S) one.
+  dv = jnp.swapaxes(jnp.einsum("bkgtd,bkgts->bkds", dout, p.astype(dout.dtype)), -1, -2)
   dp = jnp.einsum("bkgtd,bksd->bkgts", dout, vh, preferred_element_type=jnp.float32)
   delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-  ds = (p * (dp - delta) * qh.shape[-1] ** -0.5).astype(qh.dtype)
-  dq = jnp.einsum("bkgts,bksd->bkgtd", ds, kh)
-  dk = jnp.einsum("bkgts,bkgtd->bksd", ds, qh)
+  ds = (p * (dp - delta)).astype(qs.dtype)  # d(logits); the scale is applied to dq below
+  dq = jnp.einsum("bkgts,bksd->bkgtd", ds, kh) * jnp.asarray(qs.shape[-1] ** -0.5, qs.dtype)
+  dk = jnp.swapaxes(jnp.einsum("bkgtd,bkgts->bkds", qs, ds), -1, -2)
   return dq, dk, dv, None
 
 
