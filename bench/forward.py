@@ -80,7 +80,6 @@ def run_case(name, overrides, sizes, n_text, repeats, peak, json_path=""):
   inputs = {k: jnp.asarray(batch[k]) for k in keys}
   fwd = jax.jit(lambda m, b: m(**b))
   ours_logits = np.asarray(fwd(ours, inputs))
-  ours_t = timing.median(lambda: fwd(ours, inputs).block_until_ready(), repeats)
 
   hf_in = dict(input_ids=torch.as_tensor(ids).long()[None], pixel_values=torch.as_tensor(ex["pixel_values"]),
                image_grid_thw=torch.as_tensor(ex["grid_thw"]),
@@ -88,7 +87,7 @@ def run_case(name, overrides, sizes, n_text, repeats, peak, json_path=""):
   with torch.inference_mode():
     hf_logits = hf(**hf_in).logits.numpy()
     hf(**hf_in)
-    hf_t = timing.median(lambda: hf(**hf_in), repeats)
+    ours_t, hf_t = timing.paired(lambda: fwd(ours, inputs).block_until_ready(), lambda: hf(**hf_in), repeats)
   err = np.abs(ours_logits - hf_logits).max() / np.abs(hf_logits).max()
   flops = forward_flops(cfg, [tuple(g) for g in grids], len(ids))
   n_params = sum(p.numel() for p in hf.parameters())

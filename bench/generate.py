@@ -74,11 +74,12 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
     t0 = time.perf_counter()
     ours_tokens, _ = sampler.generate(ours, batch, scfg)
     first = time.perf_counter() - t0
-    ours_t[n] = timing.median(lambda: sampler.generate(ours, batch, scfg), repeats)
-    compile_s += first - ours_t[n]
     with torch.inference_mode():
       hf_tokens = hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n)[:, ids.shape[1]:].numpy()
-      hf_t[n] = timing.median(lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n), repeats)
+      ours_t[n], hf_t[n] = timing.paired(
+          lambda: sampler.generate(ours, batch, scfg),
+          lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n), repeats)
+    compile_s += first - ours_t[n]
 
   differ = int((ours_tokens != hf_tokens).any(axis=1).sum())
   n_params = sum(p.numel() for p in hf.parameters())

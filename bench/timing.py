@@ -27,6 +27,21 @@ def median(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
   return statistics.median(times(fn, repeats, warmup))
 
 
+def paired(ours: Callable[[], object], reference: Callable[[], object], repeats: int,
+           warmup: int = 0) -> tuple[float, float]:
+  """Median times of two functions called in turn (ours, reference, ours, ...). A shared machine's
+  speed drifts by tens of percent over a minute; timed in turn, both sides see the same drift, so
+  their ratio holds where two back-to-back medians would not."""
+  for _ in range(warmup):
+    ours()
+    reference()
+  a, b = [], []
+  for _ in range(repeats):
+    a += times(ours, 1)
+    b += times(reference, 1)
+  return statistics.median(a), statistics.median(b)
+
+
 def best(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
   """Fastest call: a peak is what the machine can do, not what it did while busy."""
   return min(times(fn, repeats, warmup))

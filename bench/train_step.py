@@ -122,8 +122,7 @@ def run_case(name, overrides, record_dir, args, peak) -> dict:
   ours_losses = [our_step(), our_step()]
   torch_losses = [torch_step(), torch_step()]
   rel = [abs(a - b) / abs(b) for a, b in zip(ours_losses, torch_losses)]
-  ours_t = timing.median(our_step, args.steps, args.warmup)
-  torch_t = timing.median(torch_step, args.steps, args.warmup)
+  ours_t, torch_t = timing.paired(our_step, torch_step, args.steps, args.warmup)
 
   flops = 3 * sum(forward_flops(cfg, [tuple(g) for g in ex["grid_thw"]], batch["input_ids"].shape[1])
                   for ex in examples)
