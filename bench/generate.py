@@ -101,6 +101,9 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
   timing.emit(json_path, bench="generate", case=name, what=f"greedy generation, {BATCH} x {new_tokens} tokens",
               ours=f"{gen / o:.0f} tok/s", reference=f"{gen / t:.0f} tok/s", ratio=t / o,
               meaning="ours / torch tokens/s", check=same)
+  timing.emit(json_path, bench="generate", case=name, what=f"prefill, {BATCH} x {batch['input_ids'].shape[1]} "
+              "prompt tokens (generating one)", ours=f"{ours_t[1] * 1e3:.0f} ms", reference=f"{hf_t[1] * 1e3:.0f} ms",
+              ratio=hf_t[1] / ours_t[1], meaning="torch / ours time", check=same)
   if resolved:
     timing.emit(json_path, bench="generate", case=name, what="decode only (prefill subtracted)",
                 ours=f"{dec / od:.0f} tok/s", reference=f"{dec / td:.0f} tok/s", ratio=td / od,
