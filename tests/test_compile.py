@@ -102,17 +102,28 @@ def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   assert evaluation.shape["new_tokens"] == config.eval.max_new_tokens
 
 
-# Each family one text layer deeper than its twins: the extrapolation reaches a layer neither twin has.
-@pytest.mark.parametrize("config_path,twins", [(f"{CONFIGS}/tiny.py", [1, 2]),
-                                               # DeepStack features go to the first 2 layers: 3 at least
-                                               (f"{CONFIGS}/tiny_qwen3.py", [3, 4])], ids=["qwen2_5_vl", "qwen3_vl"])
-def test_extrapolated_cost_equals_the_unrolled_compile(config_path, twins):
+def test_cost_twins_start_at_the_shallowest_depth_the_family_allows():
+  """Qwen3-VL adds each DeepStack feature to one early decoder layer, so its twins need more text
+  layers than features (tiny_qwen3: 2 features, twins of 3 and 4 layers)."""
+  for path, twins in [(f"{CONFIGS}/tiny.py", [1, 2]), (f"{CONFIGS}/tiny_qwen3.py", [3, 4])]:
+    config = load_config(path, ["model.text.num_layers=8"])
+    assert [d for d, _ in aot._cost_twins(config, "extrapolated")] == twins, path
+  assert [d for d, _ in aot._cost_twins(config, "unrolled")] == [8]
+
+
+# Each family one text layer deeper than its twins: the extrapolation reaches a layer neither twin
+# has. Qwen3-VL with one DeepStack feature (into layer 0), so its twins can be 2 and 3 layers deep.
+@pytest.mark.parametrize("config_path,overrides,twins", [
+    (f"{CONFIGS}/tiny.py", [], [1, 2]),
+    (f"{CONFIGS}/tiny_qwen3.py", ["model.vision.deepstack_visual_indexes=(1,)"], [2, 3]),
+], ids=["qwen2_5_vl", "qwen3_vl"])
+def test_extrapolated_cost_equals_the_unrolled_compile(config_path, overrides, twins):
   """A scanned step with two micro-batches: two shallow unrolled compiles, extrapolated over the
   text depth, give the FLOPs of the whole unrolled step exactly (XLA's figures add up over
   instructions) and, at this size, its cost-model time closely (at 7B size the time comes out high:
   see aot._cost_twins); both cover every layer and micro-batch (XLA counts a loop body once)."""
-  config = load_config(config_path, SMALL + [f"model.text.num_layers={twins[1] + 1}", "mesh.fsdp=-1",
-                                             "train.grad_accum_steps=2", "model.scan_layers=True"])
+  config = load_config(config_path, SMALL + overrides + [
+      f"model.text.num_layers={twins[1] + 1}", "mesh.fsdp=-1", "train.grad_accum_steps=2", "model.scan_layers=True"])
   import jax
   from zwz_jax.sharding import make_mesh
   assert [d for d, _ in aot._cost_twins(config, "extrapolated")] == twins
