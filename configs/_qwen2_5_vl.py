@@ -95,6 +95,10 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   # max_pixels (1280 merged tokens) an image pads to at most 5824 patches for aspect ratios up to
   # 4:1 and 6144 up to 20:1; longer examples are skipped as too_long.
   d.buckets = ((1024, 3072), (1664, 6144))
+  # Batches grouped by bucket: up to this many batches' worth of examples per process are held
+  # back until one bucket's examples fill a batch (zwz_jax/data/pipeline.py); 1 = stream order.
+  # Held examples cost host memory: a few hundred MB each at the paper's largest images.
+  d.bucket_lookahead = 4
   d.shuffle_seed = 0  # epoch e is shuffled with shuffle_seed + e
   d.num_workers = 8  # preprocessing processes per host; 0 = in the training process
   d.num_threads = 2  # reader threads per worker (or in the training process when num_workers = 0)

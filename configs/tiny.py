@@ -53,6 +53,9 @@ def get_config():
   # At max_pixels = 64 merged tokens an image pads to at most 512 patches (16 per window). The
   # scene records (1344x1008) pad to 240 and take 170-216 tokens with overlay, 220-260 with coords.
   d.buckets = ((224, 256), (320, 512))
+  # Stream order: the fixtures and the demo hold a few dozen records, a look-ahead of several
+  # batches would reorder much of an epoch.
+  d.bucket_lookahead = 1
   d.num_workers = 0
   d.prefetch = 4
 

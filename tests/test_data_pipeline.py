@@ -215,6 +215,158 @@ def test_batches_take_the_smallest_bucket_that_fits(small_dir, data_dir, tokeniz
     assert (b["input_ids"].shape[1], b["pixel_values"].shape[1]) == _expected_bucket(b, config.data.buckets)
 
 
+# About half the records of these fixtures (177-191 tokens) fit the first bucket.
+TWO_BUCKETS = "data.buckets=((180, 256), (320, 512))"
+
+
+def mixed(*dirs_and_overrides, buckets=TWO_BUCKETS):
+  """tiny over several record dirs with two buckets."""
+  dirs = [x for x in dirs_and_overrides if "=" not in x]
+  overrides = [x for x in dirs_and_overrides if "=" in x]
+  return config_lib.load_config(f"{CONFIGS}/tiny.py", [f"data.train={tuple(dirs)!r}", buckets, *overrides])
+
+
+def _row_buckets(batch, buckets, window=16):
+  """Each real row's smallest fitting bucket index, from the batch itself."""
+  out = []
+  for row in range(len(batch["ids"])):
+    if not batch["ids"][row]:
+      continue
+    one = {k: batch[k][row:row + 1] for k in ("attention_mask", "vision_segment_ids")}
+    out.append(list(buckets).index(_expected_bucket(one, buckets, window)))
+  return out
+
+
+def test_lookahead_groups_batches_by_bucket_and_loses_nothing(small_dir, data_dir, tokenizer):
+  in_order = pipeline.make_train_iterator(mixed(small_dir[0], data_dir[0], "data.bucket_lookahead=1"), tokenizer)
+  stream_batches = take(in_order, 12)  # three epochs of the 32 records
+  buckets = [tuple(b) for b in in_order.buckets]
+  stream = sum(ids_of(stream_batches), [])
+  assert any(len(set(_row_buckets(b, buckets))) > 1 for b in stream_batches)  # stream order mixes sizes
+  it = pipeline.make_train_iterator(mixed(small_dir[0], data_dir[0], "data.bucket_lookahead=3"), tokenizer)
+  batches = take(it, 8)
+  for b in batches:  # here no example waits long enough to be sent out in a mixed batch
+    rows = _row_buckets(b, buckets)
+    assert len(set(rows)) == 1 and (b["input_ids"].shape[1], b["pixel_values"].shape[1]) == buckets[rows[0]]
+  assert {_row_buckets(b, buckets)[0] for b in batches} == {0, 1}
+  state = it.get_state()
+  assert state["held"] and state["next_index"] == 64 + len(state["held"])  # each batch read ahead
+  emitted = sum(ids_of(batches), []) + [stream[i] for i in state["held"]]
+  # Nothing lost or repeated: emitted and held together are exactly the stream's first elements.
+  assert collections.Counter(emitted) == collections.Counter(stream[:state["next_index"]])
+
+
+def test_lookahead_holds_a_rare_size_no_longer_than_the_lookahead(small_dir, data_dir, tokenizer):
+  # With these buckets 1 record in 32 needs the large one: it never fills a batch of its own.
+  config = mixed(small_dir[0], data_dir[0], "data.bucket_lookahead=2", buckets="data.buckets=((192, 256), (320, 512))")
+  it = pipeline.make_train_iterator(config, tokenizer)
+  buckets = [tuple(b) for b in it.buckets]
+  for _ in range(10):
+    b = next(it)
+    state = it.get_state()
+    assert all(state["next_index"] - i <= 16 for i in state["held"])
+    if 1 in _row_buckets(b, buckets):  # out with the oldest others, in the bucket that fits it
+      assert b["pixel_values"].shape[1] == 512 and len(set(_row_buckets(b, buckets))) == 2
+      return
+  raise AssertionError("the large record was held for 10 batches")
+
+
+def test_lookahead_follows_the_bucket_other_processes_need(small_dir, data_dir, tokenizer):
+  config = mixed(small_dir[0], data_dir[0], "data.bucket_lookahead=3")
+  calls = []
+
+  def sync(index):  # another host needs the large bucket every step
+    calls.append(index)
+    return 1
+
+  it = pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=2, bucket_sync=sync)
+  batches = take(it, 4)
+  assert len(calls) == 4 and 0 in calls  # this process alone would have sent out small batches
+  assert all(b["input_ids"].shape == (4, 320) and b["pixel_values"].shape[1] == 512 for b in batches)
+  assert all(b["ids"].all() for b in batches)  # small examples fill the large bucket's rows
+
+
+class _LabelBatcher:
+  """_Batcher over synthetic examples that carry their own bucket: the iterator's policy alone."""
+  buckets = ((0, 0),) * 4  # unused: batches report their bucket index
+
+  def fit(self, example):
+    return example["bucket"]
+
+  def sync(self, index):
+    return index
+
+  def __call__(self, examples, bucket):
+    return {"bucket": bucket, "examples": examples}
+
+
+def test_lookahead_policy_on_a_skewed_stream():
+  """student_7b's buckets, 64 rows, 5% of examples need the largest: in stream order nearly every
+  step runs there; grouped, most run in their own bucket, no example waits more than the look-ahead,
+  and nothing is lost or repeated."""
+  import grain
+  patches = np.array([3072, 6144, 24576, 92800])  # configs/student_7b.py's buckets
+  rng = np.random.default_rng(0)
+  labels = rng.choice(4, size=8_000, p=[0.5, 0.3, 0.15, 0.05])
+  source = grain.MapDataset.source([{"i": i, "bucket": int(b)} for i, b in enumerate(labels)])
+  waste = {}
+  for lookahead in (1, 2, 4):
+    stream = iter(source.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+    it = pipeline.TrainIterator(stream, batch_size=64, batcher=_LabelBatcher(),
+                                skips=pipeline._SkipCounter("data.train", 1), fingerprint={}, source=source,
+                                lookahead=lookahead)
+    seen, slots = [], []
+    for _ in range(100):
+      b = next(it)
+      idx = [e["i"] for e in b["examples"]]
+      assert len(idx) == 64 and all(labels[i] <= b["bucket"] for i in idx)
+      slots.append(patches[b["bucket"]])
+      seen += idx
+      state = it.get_state()
+      assert all(state["next_index"] - i <= 64 * lookahead + 1 for i in state["held"])
+    assert sorted(seen + state["held"]) == list(range(state["next_index"]))
+    waste[lookahead] = np.mean(slots) / np.mean(patches[labels[seen]])  # padded / needed patches
+  assert waste[1] > 7 and waste[1] > waste[2] > waste[4] and waste[4] < 2.5, waste
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_held_examples_equals_continuing(small_dir, bad_dir, tokenizer, workers):
+  # Bad records too: skipped elements still count in the stream index that held examples keep.
+  config = mixed(small_dir[0], bad_dir[0], "data.bucket_lookahead=3", f"data.num_workers={workers}")
+  it = pipeline.make_train_iterator(config, tokenizer)
+  try:
+    take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = take(it, 4)
+  finally:
+    it.close()
+  assert state["held"]
+  resumed = pipeline.make_train_iterator(config, tokenizer)
+  try:
+    resumed.set_state(state)
+    got = take(resumed, 4)
+  finally:
+    resumed.close()
+  assert all(len(b["ids"]) == 8 and b["ids"].all() for b in expected)  # skips never shorten a batch
+  for a, b in zip(got, expected):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_state_saved_before_the_lookahead_resumes(bad_dir, tokenizer):
+  config = cfg(bad_dir[0])
+  it = pipeline.make_train_iterator(config, tokenizer)
+  take(it, 3)
+  state = it.get_state()
+  expected = ids_of(take(it, 2))
+  old = {k: v for k, v in state.items() if k not in ("next_index", "held")} | {"version": 1}
+  resumed = pipeline.make_train_iterator(config, tokenizer)
+  resumed.set_state(old)
+  assert resumed.get_state()["next_index"] == state["next_index"]
+  assert ids_of(take(resumed, 2)) == expected
+
+
 @pytest.mark.parametrize("target", ["letter", "letter_text"])
 def test_labels_mark_exactly_the_target(data_dir, tokenizer, target):
   by_id = read_records(data_dir[0])
@@ -294,6 +446,8 @@ def test_bucket_config_errors(data_dir, tokenizer):
     pipeline.make_train_iterator(cfg(data_dir[0], "data.buckets=((192, 250),)"), tokenizer)
   with pytest.raises(ValueError, match="must grow in both"):
     pipeline.make_train_iterator(cfg(data_dir[0], "data.buckets=((320, 256), (192, 512))"), tokenizer)
+  with pytest.raises(ValueError, match=r"data.bucket_lookahead=0 must be a positive number of batches"):
+    pipeline.make_train_iterator(cfg(data_dir[0], "data.bucket_lookahead=0"), tokenizer)
   with pytest.raises(ValueError, match=r"data.train is empty"):
     pipeline.make_train_iterator(config_lib.load_config(f"{CONFIGS}/tiny.py", ["data.train=()"]),
                                  tokenizer)

@@ -11,6 +11,15 @@ breaks the contract comes back as `Skipped` and is counted and logged in the tra
 never fatal. Batching happens in the training process: a batch takes the smallest bucket of
 `data.buckets` that fits all its examples, so jit sees a bounded set of shapes.
 
+Training batches are grouped by size (`data.bucket_lookahead` batches' worth of examples may be held
+back): one large image in a batch of small ones would otherwise pad every row to the largest
+bucket, and with 64 rows and a few percent of large images nearly every step would run there. A
+batch is emitted as soon as the examples whose smallest fitting bucket is the same fill a batch.
+When the look-ahead is full first, or its oldest example has waited that many stream elements, the
+oldest example goes out in the smallest bucket fitting the oldest batch of examples, filled with the
+largest held examples that fit it (look-ahead 1: batches in stream order).
+The held examples' stream indices are part of the iterator state, so a resumed run re-reads them.
+
 Multi-host: every process must pick the same bucket at a step, but each one only sees its own
 examples. With several buckets and process_count > 1, pass `bucket_sync` (a max over processes,
 e.g. `jax_bucket_sync()`), or configure a single bucket; otherwise construction fails.
@@ -37,7 +46,7 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("letter", "letter_text")
 VIEWS = ("global", "regional")  # data.view
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: adds the held examples (version 1 held none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,13 +253,17 @@ class _Batcher:
     self.bucket_sync = bucket_sync
     self.pad_side = pad_side
 
+  def fit(self, example) -> int:
+    """The smallest bucket this example fits."""
+    tokens, patches = len(example["input_ids"]), self.vision.padded_patches(example["grid_thw"])
+    return next(i for i, (t, p) in enumerate(self.buckets) if tokens <= t and patches <= p)
+
+  def sync(self, index: int) -> int:
+    """The bucket every process takes (each calls this once per batch, even with no examples)."""
+    return index if self.bucket_sync is None else int(self.bucket_sync(index))
+
   def bucket(self, examples) -> int:
-    tokens = max((len(ex["input_ids"]) for ex in examples), default=0)
-    patches = max((self.vision.padded_patches(ex["grid_thw"]) for ex in examples), default=0)
-    index = next(i for i, (t, p) in enumerate(self.buckets) if tokens <= t and patches <= p)
-    if self.bucket_sync is not None:  # every process calls it once per batch, even with no examples
-      index = int(self.bucket_sync(index))
-    return index
+    return self.sync(max((self.fit(ex) for ex in examples), default=0))
 
   def __call__(self, examples, size: int | None = None, bucket: int | None = None):
     """Batch of `size` rows (default len(examples)); rows past the examples are empty padding."""
@@ -314,6 +327,19 @@ def jax_bucket_sync() -> Callable[[int], int]:
 # ----------------------------------------------------------------------------------------------
 
 
+class _Counted:
+  """An iterator that counts the elements drawn from it: the stream index of the next one."""
+
+  def __init__(self, it):
+    self.it = it
+    self.count = 0
+
+  def __next__(self):
+    element = next(self.it)
+    self.count += 1
+    return element
+
+
 class TrainIterator(grain.DatasetIterator):
   """Infinite iterator of process-local training batches; checkpointable.
 
@@ -322,13 +348,17 @@ class TrainIterator(grain.DatasetIterator):
   """
 
   def __init__(self, grain_iter, *, batch_size: int, batcher: _Batcher, skips: _SkipCounter,
-               fingerprint: dict):
+               fingerprint: dict, source: grain.MapDataset, lookahead: int = 1):
     super().__init__(grain_iter)
     self._it = grain_iter
+    self._stream = _Counted(grain_iter)
+    self._source = source  # what the stream iterates, by index: held examples are re-read from it
     self.batch_size = batch_size
     self._batcher = batcher
     self._skips = skips
     self._fingerprint = fingerprint
+    self._capacity = max(1, int(lookahead)) * batch_size
+    self._held: list[tuple[int, int, dict]] = []  # (stream index, bucket, example), in stream order
     self.step = 0  # batches produced since the start of training
 
   @property
@@ -340,18 +370,53 @@ class TrainIterator(grain.DatasetIterator):
   def buckets(self) -> tuple[tuple[int, int], ...]:
     return self._batcher.buckets
 
+  def _full_bucket(self) -> int | None:
+    """The first bucket (in stream order) that is the smallest fit of a batch of held examples."""
+    counts = collections.Counter()
+    for _, b, _ in self._held:
+      counts[b] += 1
+      if counts[b] == self.batch_size:
+        return b
+    return None
+
+  def _stale(self) -> bool:
+    """The oldest held example has waited a look-ahead's worth of stream: a rare size must not
+    wait for a batch of its kind."""
+    return bool(self._held) and self._stream.count - self._held[0][0] > self._capacity
+
+  def _ready(self) -> bool:
+    """A batch can go: one bucket's examples fill it, the look-ahead is full, or one is stale."""
+    if len(self._held) < self.batch_size:
+      return False
+    return self._full_bucket() is not None or len(self._held) >= self._capacity or self._stale()
+
   def __next__(self) -> dict[str, np.ndarray]:
-    examples = [self._skips.next_example(self._it) for _ in range(self.batch_size)]
-    out = self._batcher(examples)
+    while not self._ready():
+      example = self._skips.next_example(self._stream)
+      self._held.append((self._stream.count - 1, self._batcher.fit(example), example))
+    full = self._full_bucket()
+    # Without a full bucket, or with a stale example, the oldest example goes, in the smallest
+    # bucket fitting the oldest batch of examples.
+    oldest = full is None or self._stale()
+    local = max(b for _, b, _ in self._held[:self.batch_size]) if oldest else full
+    bucket = self._batcher.sync(local)  # >= local: other processes may need a larger one
+    # Then examples of that bucket, then the largest others that fit (they gain the most from its
+    # padding), the oldest of each size first; rows in stream order.
+    fits = [j for j, (_, b, _) in enumerate(self._held) if b <= bucket]
+    chosen = set(sorted(fits, key=lambda j: (oldest and j > 0, -self._held[j][1], j))[:self.batch_size])
+    examples = [h[2] for j, h in enumerate(self._held) if j in chosen]
+    self._held = [h for j, h in enumerate(self._held) if j not in chosen]
+    out = self._batcher(examples, bucket=bucket)
     self.step += 1
     return out
 
   def get_state(self) -> dict[str, Any]:
     return {"version": _STATE_VERSION, "step": self.step, "skipped": dict(self._skips.skipped),
-            "pipeline": self._fingerprint, "grain": self._it.get_state()}
+            "pipeline": self._fingerprint, "grain": self._it.get_state(),
+            "next_index": self._stream.count, "held": [i for i, _, _ in self._held]}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    if state.get("version") != _STATE_VERSION:
+    if state.get("version") not in (1, _STATE_VERSION):
       raise ValueError(f"data iterator state version {state.get('version')!r} is not {_STATE_VERSION}")
     mismatch = {k: (state["pipeline"].get(k), v) for k, v in self._fingerprint.items()
                 if state["pipeline"].get(k) != v}
@@ -362,6 +427,15 @@ class TrainIterator(grain.DatasetIterator):
     self._it.set_state(state["grain"])
     self.step = int(state["step"])
     self._skips.skipped = collections.Counter(state["skipped"])
+    # Version 1 batched in stream order: every element drawn went into a batch or was skipped.
+    self._stream.count = int(state.get("next_index", self.step * self.batch_size + sum(state["skipped"].values())))
+    self._held = []
+    for i in state.get("held", []):
+      example = self._source[i]  # preprocessing is deterministic: the example that was held
+      if isinstance(example, Skipped):
+        raise ValueError(f"data iterator state holds stream element {i}, which is now skipped "
+                         f"({example.reason}: {example.detail}); were the records changed?")
+      self._held.append((int(i), self._batcher.fit(example), example))
 
 
 def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_count: int = 1,
@@ -385,6 +459,9 @@ def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_co
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
   size = local_batch_size(config, process_count)
   buckets = check_buckets(d.buckets, batch_lib.VisionLayout.from_config(config.model))
+  lookahead = d.get("bucket_lookahead", 1)
+  if not isinstance(lookahead, int) or lookahead < 1:
+    raise ValueError(f"data.bucket_lookahead={lookahead!r} must be a positive number of batches (1: stream order)")
   if process_count > 1 and len(buckets) > 1 and bucket_sync is None:
     raise ValueError(
         f"data.buckets has {len(buckets)} buckets but there are {process_count} processes, which must "
@@ -410,7 +487,8 @@ def make_train_iterator(config, tokenizer, *, process_index: int = 0, process_co
   skips = _SkipCounter("data.train", patience=max(1, math.ceil(num_records / process_count)) + 1)
   return TrainIterator(iter(_to_iter(ds, config)), batch_size=size,
                        batcher=_Batcher(config, buckets, bucket_sync, "left" if prompts_only else "right"),
-                       skips=skips, fingerprint=fingerprint)
+                       skips=skips, fingerprint=fingerprint, source=ds,
+                       lookahead=lookahead)
 
 
 # ----------------------------------------------------------------------------------------------
