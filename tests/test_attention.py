@@ -102,6 +102,19 @@ def test_dense_backward_equals_autodiff_of_the_textbook_formula(name):
     assert _rel(g, ref) <= TOL, f"d{name_}"
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_dense_forward_in_query_blocks_equals_one_block(name):
+  """Outside differentiation, dense runs its queries in blocks on CPU: the same rows as one block."""
+  q, k, v, qs, ks, causal, offset = _case(name)
+  one = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
+                                                     q_offset=offset, return_probs=True)[0])(q, k, v)
+  with mock.patch.multiple(attention_lib, DENSE_QUERY_BLOCK=8, DENSE_BLOCKED_SCORES=0):  # 45 and 3 pad
+    blocked = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks),
+                                                           causal=causal, q_offset=offset, backend="dense"))
+    assert "while" in blocked.lower(q, k, v).as_text() or q.shape[1] <= 8
+    np.testing.assert_allclose(blocked(q, k, v), one, rtol=1e-6, atol=1e-6)
+
+
 def test_chunked_skips_no_visible_pair_and_pads_to_blocks():
   """Lengths that are not block multiples, and a causal block pattern with skipped blocks, still
   equal dense; one query sees one key (the first) exactly."""

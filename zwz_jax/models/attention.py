@@ -38,6 +38,15 @@ BACKENDS = ("auto", "dense", "chunked", "splash", "cudnn")
 _LONG = {"tpu": "splash", "gpu": "cudnn"}
 # auto picks dense while T x S stays at or below this many scores per head.
 DENSE_MAX_SCORES = 1024 * 1024
+# Queries per step of the dense forward on CPU outside differentiation (prefill, evaluation), once
+# the whole (B x heads x T x S) scores pass DENSE_BLOCKED_SCORES: a block's scores stay in cache
+# instead of the whole array going through memory several times. XLA:CPU, full attention over
+# 4 x 1,024 patches, 4 heads of 64: 122 ms in one block, 43 ms in blocks of 128, 50 of 256, 83 of
+# 64; 1 x 1,024: 27 -> 12 ms; causal text, 4 x 386 tokens, 8 heads: 32 -> 20 ms. At 1M scores and
+# below (1 x 512 patches, 2 x 224 tokens) blocks only cost. Under differentiation the forward keeps
+# the (T x S) probabilities for the backward anyway; TPU and GPU run one fused block.
+DENSE_QUERY_BLOCK = 128
+DENSE_BLOCKED_SCORES = 2 * 1024 * 1024
 _NEG = float(np.finfo(np.float32).min)
 _PAD_SEGMENT = int(np.iinfo(np.int32).min)  # segment of the rows padded to a block multiple
 
@@ -134,7 +143,19 @@ def _dense_heads(qh, kh, vh, mask):
 
 @jax.custom_vjp
 def _dense_core(qh, kh, vh, mask):
-  return _dense_heads(qh, kh, vh, mask)[0]
+  t = qh.shape[3]
+  if t <= DENSE_QUERY_BLOCK or mask.size * qh.shape[1] * qh.shape[2] < DENSE_BLOCKED_SCORES or _platform() != "cpu":
+    return _dense_heads(qh, kh, vh, mask)[0]
+  # The fewest blocks of at most DENSE_QUERY_BLOCK queries, each a multiple of 8: little padding.
+  cdiv = lambda a, b: -(-a // b)
+  bq = 8 * cdiv(cdiv(t, cdiv(t, DENSE_QUERY_BLOCK)), 8)
+  # Padded queries see no key: uniform rows, sliced off.
+  qp, mp = _pad_axis(qh, 3, bq, 0), _pad_axis(mask, 1, bq, False)
+  n = qp.shape[3] // bq
+  qb = jnp.moveaxis(qp.reshape(*qp.shape[:3], n, bq, qp.shape[-1]), 3, 0)
+  mb = jnp.moveaxis(mp.reshape(mp.shape[0], n, bq, mp.shape[-1]), 1, 0)
+  out = jax.lax.map(lambda xs: _dense_heads(xs[0], kh, vh, xs[1])[0], (qb, mb))  # (n, B, Hkv, G, bq, D)
+  return jnp.moveaxis(out, 0, 3).reshape(qp.shape)[:, :, :, :t]
 
 
 def _dense_core_fwd(qh, kh, vh, mask):
