@@ -151,11 +151,8 @@ def _dense_core(qh, kh, vh, mask):
   bq = 8 * cdiv(cdiv(t, cdiv(t, DENSE_QUERY_BLOCK)), 8)
   # Padded queries see no key: uniform rows, sliced off.
   qp, mp = _pad_axis(qh, 3, bq, 0), _pad_axis(mask, 1, bq, False)
-  n = qp.shape[3] // bq
-  qb = jnp.moveaxis(qp.reshape(*qp.shape[:3], n, bq, qp.shape[-1]), 3, 0)
-  mb = jnp.moveaxis(mp.reshape(mp.shape[0], n, bq, mp.shape[-1]), 1, 0)
-  out = jax.lax.map(lambda xs: _dense_heads(xs[0], kh, vh, xs[1])[0], (qb, mb))  # (n, B, Hkv, G, bq, D)
-  return jnp.moveaxis(out, 0, 3).reshape(qp.shape)[:, :, :, :t]
+  out = jax.lax.map(lambda xs: _dense_heads(xs[0], kh, vh, xs[1])[0], (_blocks(qp, bq, 3), _blocks(mp, bq)))
+  return _unblock(out, 3)[:, :, :, :t]
 
 
 def _dense_core_fwd(qh, kh, vh, mask):
@@ -195,16 +192,17 @@ def _pad_axis(x, axis: int, multiple: int, value):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _blocks(x, size: int):
-  """(B, N * size, ...) -> (N, B, size, ...): the block index leads, for lax.map / scan."""
-  b, n = x.shape[0], x.shape[1] // size
-  return jnp.moveaxis(x.reshape(b, n, size, *x.shape[2:]), 1, 0)
+def _blocks(x, size: int, axis: int = 1):
+  """Blocks of `size` along `axis`, the block index leading for lax.map / scan:
+  (B, N * size, ...) -> (N, B, size, ...) at axis 1."""
+  n = x.shape[axis] // size
+  return jnp.moveaxis(x.reshape(*x.shape[:axis], n, size, *x.shape[axis + 1:]), axis, 0)
 
 
-def _unblock(x):
-  """(N, B, size, ...) -> (B, N * size, ...)."""
-  x = jnp.moveaxis(x, 0, 1)
-  return x.reshape(x.shape[0], -1, *x.shape[3:])
+def _unblock(x, axis: int = 1):
+  """The inverse of `_blocks`: (N, B, size, ...) -> (B, N * size, ...) at axis 1."""
+  x = jnp.moveaxis(x, 0, axis)
+  return x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
 
 
 def _block_mask(qs, ks, i, j, bq, bk, q_offset, causal):
@@ -263,7 +261,7 @@ def _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset):
   qb = _blocks(q, bq)
   out, lse = jax.lax.map(q_block, (qb, _blocks(qs, bq), jnp.arange(qb.shape[0])))
   out = _unblock(out)
-  lse = jnp.moveaxis(lse, 0, 3).reshape(b, hkv, g, -1)  # (B, Hkv, G, T)
+  lse = _unblock(lse, 3)  # (B, Hkv, G, T)
   return out, (q, k, v, qs, ks, q_offset, out, lse)
 
 
@@ -273,8 +271,7 @@ def _chunked_bwd(causal, bq, bk, res, dout):
   delta = jnp.einsum("bqkgd,bqkgd->bkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
   qb, qsb, dob = _blocks(q, bq), _blocks(qs, bq), _blocks(dout, bq)
   kb, vb, ksb = _blocks(k, bk), _blocks(v, bk), _blocks(ks, bk)
-  lseb = jnp.moveaxis(lse.reshape(*lse.shape[:3], -1, bq), 3, 0)  # (nq, B, Hkv, G, bq)
-  deltab = jnp.moveaxis(delta.reshape(*delta.shape[:3], -1, bq), 3, 0)
+  lseb, deltab = _blocks(lse, bq, 3), _blocks(delta, bq, 3)  # (nq, B, Hkv, G, bq)
   nq, nk = qb.shape[0], kb.shape[0]
 
   def probs(qi, kj, mask, lse_i, do_i, vj, delta_i):
