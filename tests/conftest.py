@@ -77,6 +77,8 @@ def _load(hf_checkpoint, backend: str | None = None):
 def models(request, hf_checkpoint):
   """(our model under each attention backend, HF model) with identical weights, loaded through
   the safetensors converter."""
+  if request.param == "cudnn" and jax.default_backend() == "gpu":
+    pytest.skip("on a GPU cudnn is cuDNN's kernel, which takes no float32 (tests/test_attention.py runs it)")
   return _load(hf_checkpoint, request.param)
 
 

@@ -11,6 +11,7 @@ from zwz_jax.models import attention as attention_lib
 from zwz_jax.models.layers import full_attention_segments
 
 TOL = 1e-5  # fp32, matmul precision "highest" (conftest)
+ON_GPU = jax.default_backend() == "gpu"
 
 
 def _case(name: str):
@@ -27,9 +28,11 @@ def _case(name: str):
     seg = np.asarray(full_attention_segments(jnp.asarray(seg), 16))
     p = seg.shape[1]
     return normal(1, p, 4, 1, 8), normal(1, p, 4, 8), normal(1, p, 4, 8), seg, seg, False, 0
-  if name == "text_padding":  # right-padded batch, grouped KV heads, causal
+  if name in ("text_padding", "text_left_padding"):  # padded batch, grouped KV heads, causal
     seg = np.ones((2, 45), np.int32)
     seg[1, 30:] = 0
+    if name == "text_left_padding":
+      seg = seg[:, ::-1].copy()
     return normal(2, 45, 2, 3, 16), normal(2, 45, 2, 16), normal(2, 45, 2, 16), seg, seg, True, 0
   if name == "cached_decode":  # 3 queries at cache slots 20..22 of a 40-slot, left-padded cache
     keys = np.ones((2, 40), np.int32)
@@ -39,14 +42,15 @@ def _case(name: str):
   raise KeyError(name)
 
 
-CASES = ("vision_window", "vision_full", "text_padding", "cached_decode")
+CASES = ("vision_window", "vision_full", "text_padding", "text_left_padding", "cached_decode")
+TEXT = ("text_padding", "text_left_padding")
 
 
 def _rel(ours, ref) -> float:
   return float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
 
 
-def _forward_and_grads(backend: str, block: int, case):
+def _forward_and_grads(backend: str, block: int, case, **kwargs):
   """Output and (dq, dk, dv) for a fixed random cotangent, jitted; a traced offset stays traced."""
   q, k, v, qs, ks, causal, offset = case
   static = isinstance(offset, int)
@@ -54,11 +58,11 @@ def _forward_and_grads(backend: str, block: int, case):
   def run(q, k, v, cotangent, traced_offset):
     f = lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
                                              q_offset=offset if static else traced_offset, backend=backend,
-                                             block=block)
+                                             block=block, **kwargs)
     out, vjp = jax.vjp(f, q, k, v)
     return out, vjp(cotangent)
 
-  cotangent = jnp.asarray(np.random.default_rng(7).normal(size=q.shape), jnp.float32)
+  cotangent = jnp.asarray(np.random.default_rng(7).normal(size=q.shape), q.dtype)
   return jax.jit(run)(q, k, v, cotangent, jnp.int32(offset))
 
 
@@ -68,6 +72,8 @@ def _forward_and_grads(backend: str, block: int, case):
 @pytest.mark.parametrize("name", CASES)
 def test_backend_equals_dense_forward_and_gradients(name, backend, block):
   case = _case(name)
+  if backend == "cudnn" and ON_GPU:
+    pytest.skip("on a GPU cudnn runs cuDNN's kernel, which takes 16-bit inputs: tested below")
   if backend == "splash" and not isinstance(case[-1], int):
     pytest.skip("splash serves static offsets; cached decode steps go blockwise (tested above)")
   ref_out, ref_grads = _forward_and_grads("dense", block, case)
@@ -75,6 +81,60 @@ def test_backend_equals_dense_forward_and_gradients(name, backend, block):
   assert _rel(out, ref_out) <= TOL
   for name_, g, ref in zip("qkv", grads, ref_grads):
     assert _rel(g, ref) <= TOL, f"d{name_}"
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN's kernel runs on a GPU (elsewhere cudnn is XLA's, tested above)")
+@pytest.mark.parametrize("name,max_runs", [(c, None) for c in CASES] + [(c, 3) for c in TEXT])
+def test_cudnn_kernel_on_gpu_is_as_close_to_float32_as_dense_in_bfloat16(name, max_runs):
+  """cuDNN's flash kernel (bf16 only) against the fp32 dense reference, forward and gradients: within
+  twice the error of dense run on the same bf16 inputs, so a wrong mask, head grouping or padding
+  (errors of order 1) cannot pass; and the compiled program calls cuDNN, not a fallback."""
+  q, k, v, *rest = case = _case(name)
+  half = tuple(x.astype(jnp.bfloat16) for x in (q, k, v)) + tuple(rest)
+  ref = _forward_and_grads("dense", 512, tuple(x.astype(jnp.bfloat16).astype(jnp.float32) for x in (q, k, v))
+                           + tuple(rest))
+  dense, cudnn = _forward_and_grads("dense", 512, half), _forward_and_grads("cudnn", 512, half, max_runs=max_runs)
+  flat = lambda r: [r[0], *r[1]]
+  for what, c, d, r in zip(("out", "dq", "dk", "dv"), flat(cudnn), flat(dense), flat(ref)):
+    c, d = c.astype(jnp.float32), d.astype(jnp.float32)
+    assert _rel(c, r) <= 2 * _rel(d, r) + 1e-3, (what, _rel(c, r), _rel(d, r))
+  qs, ks, causal, offset = rest
+  hlo = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
+                                                     q_offset=offset, backend="cudnn", max_runs=max_runs)).lower(*half[:3])
+  assert "cudnn$fmha" in hlo.compile().as_text()
+
+
+def test_segment_runs_as_cudnn_packs_them():
+  seg = jnp.asarray([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [3, 0, 4, 0, 5]])
+  offsets, lengths = attention_lib.segment_runs(seg, 3)
+  np.testing.assert_array_equal(offsets, [[0, 3, -1, -1], [0, 2, -1, -1], [0, 1, 4, -1], [0, -1, -1, -1],
+                                          [0, 1, 2, -1]])  # the last row has 5 runs: 3 kept
+  np.testing.assert_array_equal(lengths, [[3, 2, -1], [2, 3, -1], [1, 3, 1], [5, -1, -1], [1, 1, 1]])
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU cudnn is cuDNN's kernel (bf16 only), tested above")
+@pytest.mark.parametrize("name", TEXT)
+def test_cudnn_packed_runs_equal_dense(name):
+  """The decoder's call (max_runs): each run of equal ids a packed sequence. Off a GPU the mask is
+  rebuilt from the same offsets and lengths that cuDNN takes, so this checks them."""
+  case = _case(name)
+  ref_out, ref_grads = _forward_and_grads("dense", 512, case)
+  with mock.patch.object(attention_lib, "_cudnn", side_effect=AssertionError("took the (T x S) mask path")):
+    out, grads = _forward_and_grads("cudnn", 512, case, max_runs=3)
+  assert _rel(out, ref_out) <= TOL
+  for name_, g, ref in zip("qkv", grads, ref_grads):
+    assert _rel(g, ref) <= TOL, f"d{name_}"
+
+
+def test_cudnn_needs_half_precision_on_gpu_and_auto_falls_back_to_chunked():
+  with mock.patch.object(attention_lib, "_platform", lambda: "gpu"):
+    assert attention_lib.resolve("auto", 4096, 4096, jnp.bfloat16, 80) == "cudnn"
+    assert attention_lib.resolve("auto", 4096, 4096, jnp.float32, 80) == "chunked"
+    assert attention_lib.resolve("auto", 4096, 4096, jnp.bfloat16, 12) == "chunked"
+    x = jnp.zeros((1, 4, 1, 1, 8), jnp.float32)
+    seg = jnp.ones((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match="model.attention='cudnn'.*float32"):
+      attention_lib.attend(x, x[:, :, :, 0], x[:, :, :, 0], seg, seg, backend="cudnn")
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -108,7 +168,8 @@ def test_dense_forward_in_query_blocks_equals_one_block(name):
   q, k, v, qs, ks, causal, offset = _case(name)
   one = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
                                                      q_offset=offset, return_probs=True)[0])(q, k, v)
-  with mock.patch.multiple(attention_lib, DENSE_QUERY_BLOCK=8, DENSE_BLOCKED_SCORES=0):  # 45 and 3 pad
+  with mock.patch.multiple(attention_lib, DENSE_QUERY_BLOCK=8, DENSE_BLOCKED_SCORES=0,  # 45 and 3 pad
+                           _platform=lambda: "cpu"):
     blocked = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks),
                                                            causal=causal, q_offset=offset, backend="dense"))
     assert "while" in blocked.lower(q, k, v).as_text() or q.shape[1] <= 8
@@ -131,7 +192,6 @@ def test_chunked_skips_no_visible_pair_and_pads_to_blocks():
 def test_auto_resolves_by_shape_and_platform():
   assert attention_lib.resolve("auto", 1, 100_000) == "dense"  # one decode query
   assert attention_lib.resolve("auto", 512, 512) == "dense"
-  assert attention_lib.resolve("auto", 4096, 4096) == "chunked"  # CPU
   assert attention_lib.resolve("splash", 1, 1) == "splash"
   for platform, long in (("tpu", "splash"), ("gpu", "cudnn"), ("cpu", "chunked")):
     with mock.patch.object(attention_lib, "_platform", lambda p=platform: p):
@@ -154,6 +214,8 @@ def _temp_bytes(backend: str, length: int) -> int:
   return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's temporaries (on an H200 XLA:GPU's dense "
+                    "grows 8.5x from 1K to 4K, chunked within 4.5x)")
 def test_chunked_memory_grows_linearly_dense_quadratically():
   chunked = _temp_bytes("chunked", 4096) / _temp_bytes("chunked", 1024)
   dense = _temp_bytes("dense", 4096) / _temp_bytes("dense", 1024)

@@ -19,8 +19,9 @@ Backends (`model.attention`):
            rule handed over as one (B, 1, T, S) boolean mask shared by every head (cuDNN turns it
            into a bias: O(T x S) per example, not per head); on a platform other than GPU the same
            call runs XLA's implementation (tests).
-  auto     splash on TPU, cudnn on GPU, chunked elsewhere, dense when the score matrix is small or
-           for one query (a cached decode step is linear in the cache either way).
+  auto     splash on TPU, cudnn on GPU (chunked there for float32 activations or a head size cuDNN does
+           not take), chunked elsewhere, dense when the score matrix is small or for one query (a
+           cached decode step is linear in the cache either way).
 """
 from __future__ import annotations
 
@@ -77,13 +78,22 @@ def _platform() -> str:
   return device.platform if device is not None else jax.default_backend()
 
 
-def resolve(backend: str, t: int, s: int) -> str:
-  """The backend `auto` stands for at this (queries, keys) shape."""
+def resolve(backend: str, t: int, s: int, dtype=jnp.bfloat16, head_dim: int = 128) -> str:
+  """The backend `auto` stands for at this (queries, keys) shape, activation dtype and head size."""
   if backend != "auto":
     return backend
   if t == 1 or t * s <= DENSE_MAX_SCORES:
     return "dense"
-  return _LONG.get(_platform(), "chunked")
+  long = _LONG.get(_platform(), "chunked")
+  if long == "cudnn" and not cudnn_supports(dtype, head_dim):
+    return "chunked"
+  return long
+
+
+def cudnn_supports(dtype, head_dim: int) -> bool:
+  """What cuDNN's flash kernel takes (Hopper): 16-bit activations, a head size a multiple of 8 up to 256."""
+  return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim % 8 == 0 \
+      and head_dim <= 256
 
 
 def visible(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
@@ -96,7 +106,7 @@ def visible(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
 
 
 def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_offset=0,
-           backend: str = "auto", block: int = 512, return_probs: bool = False):
+           backend: str = "auto", block: int = 512, return_probs: bool = False, max_runs: int | None = None):
   """Softmax attention with grouped KV heads.
 
   q (B, T, Hkv, G, D); k, v (B, S, Hkv, D); segment ids (B, T) and (B, S) int. Query head
@@ -104,11 +114,18 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   output in q's dtype (B, T, Hkv, G, D). q_offset: position of the first query in the key
   sequence (a cached decode step), an int or a traced scalar. With return_probs (dense only), also
   the float32 probabilities (B, Hkv, G, T, S).
+
+  max_runs: for self-attention (the same segment ids for queries and keys), the most runs of equal
+  ids a row can hold, where the caller's layout bounds it (the decoder: padding before and after the
+  tokens, 3). cudnn then hands cuDNN the runs as packed sequences, each attending within itself,
+  instead of a (T x S) mask: the same result wherever each id forms one run (a padding id split in
+  two runs differs only at padding). A row with more runs would be computed wrong: pass it only
+  where the layout guarantees it.
   """
   t, s = q.shape[1], k.shape[1]
   q_segment_ids = q_segment_ids.astype(jnp.int32)
   kv_segment_ids = kv_segment_ids.astype(jnp.int32)
-  name = "dense" if return_probs else resolve(check_backend(backend), t, s)
+  name = "dense" if return_probs else resolve(check_backend(backend), t, s, q.dtype, q.shape[-1])
   if name == "splash" and not (isinstance(q_offset, int) and q_offset == 0 and t <= s):
     name = "chunked"  # splash's masks are static: decode steps at a traced offset go blockwise
   if name == "dense":
@@ -117,6 +134,8 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
     return _chunked(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32),
                     causal, min(block, t), min(block, s))
   if name == "cudnn":
+    if max_runs and isinstance(q_offset, int) and q_offset == 0 and t == s:
+      return _cudnn_packed(q, k, v, q_segment_ids, causal, max_runs)
     return _cudnn(q, k, v, q_segment_ids, kv_segment_ids, causal, q_offset)
   return _splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block)
 
@@ -336,16 +355,80 @@ def _chunked(q, k, v, qs, ks, q_offset, causal: bool, bq: int, bk: int):
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_cudnn(dtype, head_dim: int):
+  if not cudnn_supports(dtype, head_dim):
+    raise ValueError(f"model.attention='cudnn': cuDNN's flash kernel takes bfloat16 or float16 activations and "
+                     f"a head size that is a multiple of 8 up to 256, not {jnp.dtype(dtype)} (model.dtype) with "
+                     f"head size {head_dim}; use model.attention=auto, which runs chunked there")
+
+
 def _cudnn(q, k, v, qs, ks, causal: bool, q_offset):
   b, t, hkv, g, d = q.shape
-  mask = visible(qs, ks, causal, q_offset)[:, None]  # (B, 1, T, S), broadcast over heads
+  s = k.shape[1]
+  on_gpu = _platform() == "gpu"
+  if on_gpu:
+    _check_cudnn(q.dtype, d)
   # A static causal rule is passed on as well, so cuDNN can skip the blocks above the diagonal.
-  static_causal = causal and isinstance(q_offset, int) and q_offset == 0 and t == k.shape[1]
-  implementation = "cudnn" if _platform() == "gpu" else "xla"
+  static_causal = causal and isinstance(q_offset, int) and q_offset == 0 and t == s
+  # With a bias (our mask becomes one) cuDNN's backward takes even lengths only: one padding row or
+  # column, in a segment no real token has, is cheaper than a check on the trace.
+  q, qs = _pad_axis(q, 1, 2, 0), _pad_axis(qs, 1, 2, _PAD_SEGMENT)
+  k, v, ks = _pad_axis(k, 1, 2, 0), _pad_axis(v, 1, 2, 0), _pad_axis(ks, 1, 2, _PAD_SEGMENT)
+  tp = q.shape[1]
+  mask = visible(qs, ks, causal, q_offset)[:, None]  # (B, 1, T, S), broadcast over heads
   # Query head kv * G + g attends with KV head kv: the grouping jax.nn.dot_product_attention uses.
-  out = jax.nn.dot_product_attention(q.reshape(b, t, hkv * g, d), k, v, mask=mask, is_causal=static_causal,
-                                     implementation=implementation)
-  return out.reshape(b, t, hkv, g, d)
+  out = jax.nn.dot_product_attention(q.reshape(b, tp, hkv * g, d), k, v, mask=mask,
+                                     is_causal=static_causal and tp == k.shape[1],
+                                     implementation="cudnn" if on_gpu else "xla")
+  return out.reshape(b, tp, hkv, g, d)[:, :t]
+
+
+def segment_runs(segment_ids, max_runs: int):
+  """The runs of equal ids along each row as cuDNN's packed layout takes them: start offsets
+  (B, max_runs + 1) and lengths (B, max_runs), -1 past a row's last run."""
+  b, n = segment_ids.shape
+  starts = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  run = jnp.cumsum(starts, axis=1, dtype=jnp.int32) - 1  # (B, N): the run each position is in
+  slot = jnp.where(starts & (run < max_runs), run, max_runs + 1)  # out of range: dropped
+  pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  offsets = jnp.full((b, max_runs + 1), -1, jnp.int32).at[jnp.arange(b)[:, None], slot].set(pos, mode="drop")
+  sizes = jnp.zeros((b, max_runs), jnp.int32).at[jnp.arange(b)[:, None], run].add(1, mode="drop")
+  return offsets, jnp.where(jnp.arange(max_runs)[None] <= run[:, -1:], sizes, -1)
+
+
+def _packed_visible(offsets, lengths, n: int, causal: bool):
+  """(B, N, N) bool: what cuDNN's packed layout lets each position see (its run, causally within
+  it); XLA's stand-in for the kernel off a GPU, built from the same offsets and lengths."""
+  p = jnp.arange(n)
+  inside = (p >= offsets[:, :-1, None]) & (p < offsets[:, :-1, None] + lengths[:, :, None]) & (lengths[:, :, None] > 0)
+  rid = jnp.where(inside.any(1), jnp.argmax(inside, axis=1), -1)  # (B, N)
+  mask = (rid[:, :, None] == rid[:, None, :]) & (rid[:, :, None] >= 0)
+  if causal:
+    mask &= p[None, None, :] <= p[None, :, None]
+  return mask
+
+
+def _cudnn_packed(q, k, v, seg, causal: bool, max_runs: int):
+  b, t, hkv, g, d = q.shape
+  # cuDNN takes even lengths only (its check counts the packed layout as a bias): an odd row gets one
+  # padding position, a run of its own.
+  q, k, v = _pad_axis(q, 1, 2, 0), _pad_axis(k, 1, 2, 0), _pad_axis(v, 1, 2, 0)
+  seg, max_runs = _pad_axis(seg, 1, 2, _PAD_SEGMENT), max_runs + t % 2
+  tp = q.shape[1]
+  offsets, lengths = segment_runs(seg, max_runs)
+  q4 = q.reshape(b, tp, hkv * g, d)
+  if _platform() != "gpu":
+    out = jax.nn.dot_product_attention(q4, k, v, mask=_packed_visible(offsets, lengths, tp, causal)[:, None],
+                                       implementation="xla")
+    return out.reshape(b, tp, hkv, g, d)[:, :t]
+  _check_cudnn(q.dtype, d)
+  # The packed ("THD") layout is reached through JAX's cuDNN module: jax.nn.dot_product_attention
+  # takes one length per row, not runs.
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+  mask_type = cudnn_fa.MaskType.PADDING_CAUSAL if causal else cudnn_fa.MaskType.PADDING
+  out = cudnn_fa.dot_product_attention(q4, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
+                                       kv_offsets=offsets, scale=d ** -0.5, mask_type=mask_type)
+  return out.reshape(b, tp, hkv, g, d)[:, :t]
 
 
 # ----------------------------------------------------------------------------------------------
