@@ -49,6 +49,8 @@ def run_case(name, overrides, sizes, n_text, repeats, peak, json_path=""):
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     ours = convert.load_hf_state(cfg, d, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+  device = timing.torch_device()
+  hf.to(device)
 
   rng = np.random.default_rng(0)
   v = cfg.vision
@@ -84,10 +86,12 @@ def run_case(name, overrides, sizes, n_text, repeats, peak, json_path=""):
   hf_in = dict(input_ids=torch.as_tensor(ids).long()[None], pixel_values=torch.as_tensor(ex["pixel_values"]),
                image_grid_thw=torch.as_tensor(ex["grid_thw"]),
                position_ids=torch.as_tensor(positions).long()[:, None])
+  hf_in = {k: t.to(device) for k, t in hf_in.items()}
   with torch.inference_mode():
-    hf_logits = hf(**hf_in).logits.numpy()
+    hf_logits = hf(**hf_in).logits.cpu().numpy()
     hf(**hf_in)
-    ours_t, hf_t = timing.paired(lambda: fwd(ours, inputs).block_until_ready(), lambda: hf(**hf_in), repeats)
+    ours_t, hf_t = timing.paired(lambda: fwd(ours, inputs).block_until_ready(),
+                                 timing.torch_synced(lambda: hf(**hf_in)), repeats)
   err = np.abs(ours_logits - hf_logits).max() / np.abs(hf_logits).max()
   flops = forward_flops(cfg, [tuple(g) for g in grids], len(ids))
   n_params = sum(p.numel() for p in hf.parameters())

@@ -49,6 +49,8 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     ours = convert.load_hf_state(cfg, d, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+  device = timing.torch_device()
+  hf.to(device)
 
   rng = np.random.default_rng(0)
   exs = []
@@ -66,7 +68,8 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
   hf_inputs = dict(input_ids=ids, attention_mask=torch.as_tensor(batch["attention_mask"]).long(),
                    pixel_values=torch.as_tensor(np.concatenate([e["pixel_values"] for e in exs])),
                    image_grid_thw=torch.as_tensor(np.concatenate([e["grid_thw"] for e in exs])),
-                   mm_token_type_ids=(ids == cfg.image_token_id).int(), do_sample=False, pad_token_id=0)
+                   mm_token_type_ids=(ids == cfg.image_token_id).int())
+  hf_inputs = {k: t.to(device) for k, t in hf_inputs.items()} | dict(do_sample=False, pad_token_id=0)
   ours_t, hf_t, compile_s = {}, {}, 0.0
   # One new token times the prefill; the difference to `new_tokens` is the decode alone.
   for n in (1, new_tokens):
@@ -75,10 +78,10 @@ def run_case(name, overrides, sizes, n_text, new_tokens, repeats, json_path=""):
     ours_tokens, _ = sampler.generate(ours, batch, scfg)
     first = time.perf_counter() - t0
     with torch.inference_mode():
-      hf_tokens = hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n)[:, ids.shape[1]:].numpy()
+      hf_tokens = hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n)[:, ids.shape[1]:].cpu().numpy()
       ours_t[n], hf_t[n] = timing.paired(
           lambda: sampler.generate(ours, batch, scfg),
-          lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n), repeats)
+          timing.torch_synced(lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n)), repeats)
     compile_s += first - ours_t[n]
 
   differ = int((ours_tokens != hf_tokens).any(axis=1).sum())

@@ -20,7 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # In the order a reader follows the method: model, training, generation, RL, the paper's speed claim.
-SCRIPTS = ("forward", "train_step", "generate", "grpo_step", "single_vs_agentic")
+SCRIPTS = ("attention", "forward", "train_step", "generate", "grpo_step", "single_vs_agentic")
 
 
 def markdown(rows: list[dict], header: str) -> str:

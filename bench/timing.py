@@ -47,9 +47,35 @@ def best(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
   return min(times(fn, repeats, warmup))
 
 
+def torch_device() -> str:
+  """Where the PyTorch reference runs: on the GPU when JAX runs on one, so that a ratio compares the
+  same hardware. There both sides compute float32 matmuls and convolutions in full float32, as JAX at
+  precision "highest" does (cuDNN convolutions would otherwise take TF32)."""
+  import torch
+  if jax.default_backend() == "gpu" and torch.cuda.is_available():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return "cuda"
+  return "cpu"
+
+
+def torch_synced(fn: Callable[[], object]) -> Callable[[], object]:
+  """fn, then a wait for the GPU: PyTorch returns before its CUDA kernels end (JAX callers block
+  with block_until_ready)."""
+  import torch
+
+  def run():
+    out = fn()
+    if torch.cuda.is_initialized():
+      torch.cuda.synchronize()
+    return out
+  return run
+
+
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a large fp32 matmul on this machine: the best of JAX and, when installed, PyTorch
-  (MFU figures divide by this, so neither side is flattered by the other's slower BLAS)."""
+  """FLOP/s of a large fp32 matmul on this machine: the best of JAX and, when installed, PyTorch on
+  the same device (MFU figures divide by this, so neither side is flattered by the other's slower
+  BLAS)."""
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   fastest = best(lambda: f(a).block_until_ready(), repeats, warmup=1)
@@ -57,8 +83,8 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     import torch
   except ImportError:
     return 2 * n**3 / fastest
-  t = torch.ones(n, n)
-  return 2 * n**3 / min(fastest, best(lambda: t @ t, repeats))
+  t = torch.ones(n, n, device=torch_device())
+  return 2 * n**3 / min(fastest, best(torch_synced(lambda: t @ t), repeats, warmup=1))
 
 
 def add_json_flag(parser) -> None:

@@ -91,16 +91,17 @@ def run_case(name, overrides, record_dir, args, peak) -> dict:
     hf.save_pretrained(d)
     config.train.init_from = d
     state = trainer.init_state()
-  hf.train()
+  device = timing.torch_device()
+  hf.to(device).train()
 
   it = pipeline.make_train_iterator(config, tokenizer)
   batch = next(it)
   it.close()
   by_id = examples_by_id(config, tokenizer, record_dir)
   examples = [by_id[i] for i in batch["ids"]]
-  hf_in = hf_inputs(batch, examples, cfg.image_token_id)
+  hf_in = {k: t.to(device) for k, t in hf_inputs(batch, examples, cfg.image_token_id).items()}
   input_ids = hf_in["input_ids"]
-  labels_mask = torch.as_tensor(batch["labels_mask"])
+  labels_mask = torch.as_tensor(batch["labels_mask"]).to(device)
   opt = torch.optim.AdamW(hf.parameters(), lr=tr.learning_rate, betas=(tr.b1, tr.b2), eps=tr.eps,
                           weight_decay=tr.weight_decay)
 
