@@ -235,19 +235,22 @@ def _block_mask(qs, ks, i, j, bq, bk, q_offset, causal):
 
 
 def _scores(qi, kj, mask):
-  """(B, Hkv, G, bq, bk) float32 scaled scores, masked entries at the float32 minimum."""
-  s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * qi.shape[-1] ** -0.5
+  """(B, Hkv, G, bq, bk) float32 scores of scaled queries, masked entries at the float32 minimum."""
+  s = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32)
   return jnp.where(mask[:, None, None], s, _NEG)
 
 
+# The core works heads-leading, q (B, Hkv, G, T, D) with the softmax scale already applied and k, v
+# (B, Hkv, S, D), as dense does: every block product is then a plain batched matmul (token-major
+# einsums made XLA:CPU copy blocks to new layouts), and no (bq x bk) block is multiplied by the scale.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _chunked_core(q, k, v, qs, ks, causal, bq, bk, q_offset):
   return _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset)[0]
 
 
 def _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset):
-  b, _, hkv, g, d = q.shape
-  kb, vb, ksb = _blocks(k, bk), _blocks(v, bk), _blocks(ks, bk)
+  b, hkv, g, _, d = q.shape
+  kb, vb, ksb = _blocks(k, bk, 2), _blocks(v, bk, 2), _blocks(ks, bk)
   nk = kb.shape[0]
 
   def q_block(xs):
@@ -264,7 +267,7 @@ def _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset):
         alpha = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
         l = alpha * l + jnp.sum(p, axis=-1)
-        pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
+        pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
         return m_new, l, alpha[..., None] * acc + pv
 
       return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry), None
@@ -273,29 +276,27 @@ def _chunked_fwd(q, k, v, qs, ks, causal, bq, bk, q_offset):
             jnp.zeros((b, hkv, g, bq, d), jnp.float32))
     (m, l, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, ksb, jnp.arange(nk)))
     safe = jnp.where(l > 0, l, 1.0)
-    out = jnp.moveaxis(acc / safe[..., None], 3, 1).astype(q.dtype)  # (B, bq, Hkv, G, D)
+    out = (acc / safe[..., None]).astype(q.dtype)  # (B, Hkv, G, bq, D)
     lse = jnp.where(l > 0, m + jnp.log(safe), 0.0)
     return out, lse
 
-  qb = _blocks(q, bq)
+  qb = _blocks(q, bq, 3)
   out, lse = jax.lax.map(q_block, (qb, _blocks(qs, bq), jnp.arange(qb.shape[0])))
-  out = _unblock(out)
-  lse = _unblock(lse, 3)  # (B, Hkv, G, T)
+  out, lse = _unblock(out, 3), _unblock(lse, 3)  # (B, Hkv, G, T, D), (B, Hkv, G, T)
   return out, (q, k, v, qs, ks, q_offset, out, lse)
 
 
 def _chunked_bwd(causal, bq, bk, res, dout):
   q, k, v, qs, ks, q_offset, out, lse = res
-  scale = q.shape[-1] ** -0.5
-  delta = jnp.einsum("bqkgd,bqkgd->bkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
-  qb, qsb, dob = _blocks(q, bq), _blocks(qs, bq), _blocks(dout, bq)
-  kb, vb, ksb = _blocks(k, bk), _blocks(v, bk), _blocks(ks, bk)
+  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # (B, Hkv, G, T)
+  qb, qsb, dob = _blocks(q, bq, 3), _blocks(qs, bq), _blocks(dout, bq, 3)
+  kb, vb, ksb = _blocks(k, bk, 2), _blocks(v, bk, 2), _blocks(ks, bk)
   lseb, deltab = _blocks(lse, bq, 3), _blocks(delta, bq, 3)  # (nq, B, Hkv, G, bq)
   nq, nk = qb.shape[0], kb.shape[0]
 
   def probs(qi, kj, mask, lse_i, do_i, vj, delta_i):
     p = jnp.exp(_scores(qi, kj, mask) - lse_i[..., None])
-    dp = jnp.einsum("bqkgd,bskd->bkgqs", do_i, vj, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bkgqd,bksd->bkgqs", do_i, vj, preferred_element_type=jnp.float32)
     return p, p * (dp - delta_i[..., None])
 
   def dq_block(xs):
@@ -307,12 +308,12 @@ def _chunked_bwd(causal, bq, bk, res, dout):
 
       def add(dq):
         _, ds = probs(qi, kj, mask, lse_i, do_i, vj, delta_i)
-        return dq + jnp.einsum("bkgqs,bskd->bqkgd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+        return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
 
       return jax.lax.cond(jnp.any(mask), add, lambda x: x, dq), None
 
     dq, _ = jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), (kb, vb, ksb, jnp.arange(nk)))
-    return (dq * scale).astype(q.dtype)
+    return dq.astype(q.dtype)  # d(scaled q): the caller applies the scale
 
   def dkv_block(xs):
     kj, vj, ksj, j = xs
@@ -324,19 +325,20 @@ def _chunked_bwd(causal, bq, bk, res, dout):
       def add(carry):
         dk, dv = carry
         p, ds = probs(qi, kj, mask, lse_i, do_i, vj, delta_i)
-        dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
-        dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds.astype(qi.dtype), qi, preferred_element_type=jnp.float32)
+        # Contracted over the queries as (D x bk), the transposed operand the small (bq x D) one.
+        dv = dv + jnp.einsum("bkgqd,bkgqs->bkds", do_i, p.astype(do_i.dtype), preferred_element_type=jnp.float32)
+        dk = dk + jnp.einsum("bkgqd,bkgqs->bkds", qi, ds.astype(qi.dtype), preferred_element_type=jnp.float32)
         return dk, dv
 
       return jax.lax.cond(jnp.any(mask), add, lambda c: c, carry), None
 
-    zeros = jnp.zeros(kj.shape, jnp.float32)
+    zeros = jnp.zeros(kj.shape[:2] + kj.shape[:1:-1], jnp.float32)  # (B, Hkv, D, bk)
     (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), (qb, qsb, dob, lseb, deltab, jnp.arange(nq)))
-    return (dk * scale).astype(k.dtype), dv.astype(v.dtype)
+    return jnp.swapaxes(dk, -1, -2).astype(k.dtype), jnp.swapaxes(dv, -1, -2).astype(v.dtype)
 
-  dq = _unblock(jax.lax.map(dq_block, (qb, qsb, dob, lseb, deltab, jnp.arange(nq))))
+  dq = _unblock(jax.lax.map(dq_block, (qb, qsb, dob, lseb, deltab, jnp.arange(nq))), 3)
   dk, dv = jax.lax.map(dkv_block, (kb, vb, ksb, jnp.arange(nk)))
-  return dq, _unblock(dk), _unblock(dv), None, None, None
+  return dq, _unblock(dk, 2), _unblock(dv, 2), None, None, None
 
 
 _chunked_core.defvjp(_chunked_fwd, _chunked_bwd)
@@ -347,7 +349,9 @@ def _chunked(q, k, v, qs, ks, q_offset, causal: bool, bq: int, bk: int):
   # Padded queries see only padded keys (or none: such rows come out as zeros); both are sliced off.
   q, qs = _pad_axis(q, 1, bq, 0), _pad_axis(qs, 1, bq, _PAD_SEGMENT)
   k, v, ks = _pad_axis(k, 1, bk, 0), _pad_axis(v, 1, bk, 0), _pad_axis(ks, 1, bk, _PAD_SEGMENT)
-  return _chunked_core(q, k, v, qs, ks, causal, bq, bk, q_offset)[:, :t]
+  qh = jnp.moveaxis(q, 1, 3) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  out = _chunked_core(qh, jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2), qs, ks, causal, bq, bk, q_offset)
+  return jnp.moveaxis(out, 3, 1)[:, :t]
 
 
 # ----------------------------------------------------------------------------------------------
