@@ -299,23 +299,10 @@ def _chunked_bwd(causal, bq, bk, res, dout):
     dp = jnp.einsum("bkgqd,bksd->bkgqs", do_i, vj, preferred_element_type=jnp.float32)
     return p, p * (dp - delta_i[..., None])
 
-  def dq_block(xs):
-    qi, qsi, do_i, lse_i, delta_i, i = xs
-
-    def step(dq, ys):
-      kj, vj, ksj, j = ys
-      mask = _block_mask(qsi, ksj, i, j, bq, bk, q_offset, causal)
-
-      def add(dq):
-        _, ds = probs(qi, kj, mask, lse_i, do_i, vj, delta_i)
-        return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
-
-      return jax.lax.cond(jnp.any(mask), add, lambda x: x, dq), None
-
-    dq, _ = jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), (kb, vb, ksb, jnp.arange(nk)))
-    return dq.astype(q.dtype)  # d(scaled q): the caller applies the scale
-
-  def dkv_block(xs):
+  # One pass over the score blocks, as in FlashAttention-2's backward: KV blocks outside, query
+  # blocks inside, dK and dV accumulated per KV block and dQ in a (T x D) carry, so each visible
+  # block's scores and probabilities are formed once (a separate dQ pass formed them twice).
+  def kv_block(dq, xs):
     kj, vj, ksj, j = xs
 
     def step(carry, ys):
@@ -323,22 +310,23 @@ def _chunked_bwd(causal, bq, bk, res, dout):
       mask = _block_mask(qsi, ksj, i, j, bq, bk, q_offset, causal)
 
       def add(carry):
-        dk, dv = carry
+        dk, dv, dq = carry
         p, ds = probs(qi, kj, mask, lse_i, do_i, vj, delta_i)
         # Contracted over the queries as (D x bk), the transposed operand the small (bq x D) one.
         dv = dv + jnp.einsum("bkgqd,bkgqs->bkds", do_i, p.astype(do_i.dtype), preferred_element_type=jnp.float32)
         dk = dk + jnp.einsum("bkgqd,bkgqs->bkds", qi, ds.astype(qi.dtype), preferred_element_type=jnp.float32)
-        return dk, dv
+        dqi = jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
+        return dk, dv, dq.at[i].add(dqi)
 
       return jax.lax.cond(jnp.any(mask), add, lambda c: c, carry), None
 
     zeros = jnp.zeros(kj.shape[:2] + kj.shape[:1:-1], jnp.float32)  # (B, Hkv, D, bk)
-    (dk, dv), _ = jax.lax.scan(step, (zeros, zeros), (qb, qsb, dob, lseb, deltab, jnp.arange(nq)))
-    return jnp.swapaxes(dk, -1, -2).astype(k.dtype), jnp.swapaxes(dv, -1, -2).astype(v.dtype)
+    (dk, dv, dq), _ = jax.lax.scan(step, (zeros, zeros, dq), (qb, qsb, dob, lseb, deltab, jnp.arange(nq)))
+    return dq, (jnp.swapaxes(dk, -1, -2).astype(k.dtype), jnp.swapaxes(dv, -1, -2).astype(v.dtype))
 
-  dq = _unblock(jax.lax.map(dq_block, (qb, qsb, dob, lseb, deltab, jnp.arange(nq))), 3)
-  dk, dv = jax.lax.map(dkv_block, (kb, vb, ksb, jnp.arange(nk)))
-  return dq, _unblock(dk, 2), _unblock(dv, 2), None, None, None
+  dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros(qb.shape, jnp.float32), (kb, vb, ksb, jnp.arange(nk)))
+  # d(scaled q): the caller applies the scale.
+  return _unblock(dq, 3).astype(q.dtype), _unblock(dk, 2), _unblock(dv, 2), None, None, None
 
 
 _chunked_core.defvjp(_chunked_fwd, _chunked_bwd)
