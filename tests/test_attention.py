@@ -34,6 +34,10 @@ def _case(name: str):
     if name == "text_left_padding":
       seg = seg[:, ::-1].copy()
     return normal(2, 45, 2, 3, 16), normal(2, 45, 2, 16), normal(2, 45, 2, 16), seg, seg, True, 0
+  if name == "prefill":  # a left-padded prompt of 30 tokens into slots 0..29 of a 40-slot cache
+    keys = np.zeros((2, 40), np.int32)
+    keys[0, 4:30], keys[1, :30] = 1, 1
+    return (normal(2, 30, 2, 3, 16), normal(2, 40, 2, 16), normal(2, 40, 2, 16), keys[:, :30], keys, True, 0)
   if name == "cached_decode":  # 3 queries at cache slots 20..22 of a 40-slot, left-padded cache
     keys = np.ones((2, 40), np.int32)
     keys[0, :5] = 0
@@ -42,8 +46,8 @@ def _case(name: str):
   raise KeyError(name)
 
 
-CASES = ("vision_window", "vision_full", "text_padding", "text_left_padding", "cached_decode")
-TEXT = ("text_padding", "text_left_padding")
+CASES = ("vision_window", "vision_full", "text_padding", "text_left_padding", "prefill", "cached_decode")
+TEXT = ("text_padding", "text_left_padding", "prefill")
 
 
 def _rel(ours, ref) -> float:

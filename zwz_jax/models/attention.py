@@ -115,9 +115,9 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   sequence (a cached decode step), an int or a traced scalar. With return_probs (dense only), also
   the float32 probabilities (B, Hkv, G, T, S).
 
-  max_runs: for self-attention (the same segment ids for queries and keys), the most runs of equal
-  ids a row can hold, where the caller's layout bounds it (the decoder: padding before and after the
-  tokens, 3). cudnn then hands cuDNN the runs as packed sequences, each attending within itself,
+  max_runs: declares that the queries are the first T keys with the same segment ids (self-attention,
+  or a prefill at offset 0 whose later cache slots the causal rule hides), and bounds the runs of
+  equal ids a row can hold (the decoder: padding before and after the tokens, 3). cudnn then hands cuDNN the runs as packed sequences, each attending within itself,
   instead of a (T x S) mask: the same result wherever each id forms one run (a padding id split in
   two runs differs only at padding). A row with more runs would be computed wrong: pass it only
   where the layout guarantees it.
@@ -125,6 +125,11 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   t, s = q.shape[1], k.shape[1]
   q_segment_ids = q_segment_ids.astype(jnp.int32)
   kv_segment_ids = kv_segment_ids.astype(jnp.int32)
+  if causal and isinstance(q_offset, int) and q_offset + t < s and not return_probs:
+    # Keys after the last query are invisible under the causal rule (a prefill into a longer cache):
+    # dropped before any backend spends work or a mask on them.
+    s = q_offset + t
+    k, v, kv_segment_ids = k[:, :s], v[:, :s], kv_segment_ids[:, :s]
   name = "dense" if return_probs else resolve(check_backend(backend), t, s, q.dtype, q.shape[-1])
   if name == "splash" and not (isinstance(q_offset, int) and q_offset == 0 and t <= s):
     name = "chunked"  # splash's masks are static: decode steps at a traced offset go blockwise

@@ -269,10 +269,9 @@ class TextAttention(nnx.Module):
     b, l, h, d = q.shape
     # Query head i uses KV head i // (h / kv), as `repeat_kv` in the reference.
     q = q.reshape(b, l, self.num_kv_heads, h // self.num_kv_heads, d)
-    # Without a cache, queries and keys are the same tokens, padding on either side of them: at most
-    # three runs of equal segment ids per row (cuDNN takes them as packed sequences).
-    attend = functools.partial(self.attend, q, k, v, *segments, causal=True, q_offset=index,
-                               max_runs=None if cache is not None else 3)
+    # The queries are the first keys (no cache, or a prefill at slot 0) with padding on either side of
+    # them: at most three runs of equal segment ids per row (cuDNN takes them as packed sequences).
+    attend = functools.partial(self.attend, q, k, v, *segments, causal=True, q_offset=index, max_runs=3)
     probs = None
     if probs_query is None:
       out = attend()
