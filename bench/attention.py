@@ -76,7 +76,6 @@ def run_case(name, lengths, heads, kv_heads, d, causal, max_runs, repeats, json_
   ref_out = reference().detach().float().transpose(1, 2).cpu().numpy()
   our_out = np.asarray(fwd(jq, jk, jv).astype(jnp.float32))
   err = np.abs(our_out - ref_out).max() / np.abs(ref_out).max()
-  rows = []
   for what, ours_fn, ref_fn in (
       ("forward", lambda: fwd(jq, jk, jv).block_until_ready(), reference),
       ("forward + backward", lambda: jax.block_until_ready(train(jq, jk, jv, jc)), reference_train)):
@@ -85,7 +84,6 @@ def run_case(name, lengths, heads, kv_heads, d, causal, max_runs, repeats, json_
         ours_t, ref_t = timing.paired(ours_fn, timing.torch_synced(ref_fn), repeats, warmup=1)
     else:
       ours_t, ref_t = timing.paired(ours_fn, timing.torch_synced(ref_fn), repeats, warmup=1)
-    rows.append((what, ours_t, ref_t))
     print(f"{name:22s} {'x'.join(map(str, lengths)):>10s} tokens {heads}/{kv_heads} heads of {d} "
           f"{jnp.dtype(jdtype).name:8s} {what:18s} | ours ({backend}) {ours_t * 1e3:8.2f} ms  "
           f"torch SDPA {ref_t * 1e3:8.2f} ms  torch/ours {ref_t / ours_t:5.2f}x | out rel err {err:.1e}", flush=True)
@@ -93,7 +91,6 @@ def run_case(name, lengths, heads, kv_heads, d, causal, max_runs, repeats, json_
                 what=f"{what}, {'+'.join(map(str, lengths))} tokens, {jnp.dtype(jdtype).name}",
                 ours=f"{ours_t * 1e3:.1f} ms ({backend})", reference=f"{ref_t * 1e3:.1f} ms (SDPA)",
                 ratio=ref_t / ours_t, meaning="torch / ours time", check=f"output rel err {err:.0e}")
-  return rows
 
 
 def main():

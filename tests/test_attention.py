@@ -93,7 +93,7 @@ def test_cudnn_kernel_on_gpu_is_as_close_to_float32_as_dense_in_bfloat16(name, m
   """cuDNN's flash kernel (bf16 only) against the fp32 dense reference, forward and gradients: within
   twice the error of dense run on the same bf16 inputs, so a wrong mask, head grouping or padding
   (errors of order 1) cannot pass; and the compiled program calls cuDNN, not a fallback."""
-  q, k, v, *rest = case = _case(name)
+  q, k, v, *rest = _case(name)
   half = tuple(x.astype(jnp.bfloat16) for x in (q, k, v)) + tuple(rest)
   ref = _forward_and_grads("dense", 512, tuple(x.astype(jnp.bfloat16).astype(jnp.float32) for x in (q, k, v))
                            + tuple(rest))
