@@ -109,11 +109,18 @@ def test_cudnn_kernel_on_gpu_is_as_close_to_float32_as_dense_in_bfloat16(name, m
 
 
 def test_segment_runs_as_cudnn_packs_them():
-  seg = jnp.asarray([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [3, 0, 4, 0, 5]])
-  offsets, lengths = attention_lib.segment_runs(seg, 3)
-  np.testing.assert_array_equal(offsets, [[0, 3, -1, -1], [0, 2, -1, -1], [0, 1, 4, -1], [0, -1, -1, -1],
+  seg = jnp.asarray([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1],
+                     [3, 0, 4, 0, 5, 5]])
+  offsets, lengths, covered = attention_lib.segment_runs(seg, 3)
+  np.testing.assert_array_equal(offsets, [[0, 3, -1, -1], [0, 2, -1, -1], [0, 1, 5, -1], [0, -1, -1, -1],
                                           [0, 1, 2, -1]])  # the last row has 5 runs: 3 kept
-  np.testing.assert_array_equal(lengths, [[3, 2, -1], [2, 3, -1], [1, 3, 1], [5, -1, -1], [1, 1, 1]])
+  np.testing.assert_array_equal(lengths, [[3, 3, -1], [2, 4, -1], [1, 4, 1], [6, -1, -1], [1, 1, 1]])
+  np.testing.assert_array_equal(covered[:4], True)
+  np.testing.assert_array_equal(covered[4], [True, True, True, False, False, False])
+  # Attention over that row with max_runs=3 is NaN where no packed sequence covers it, not wrong.
+  x = jnp.ones((5, 6, 1, 1, 8), jnp.float32)
+  out = attention_lib.attend(x, x[:, :, :, 0], x[:, :, :, 0], seg, seg, causal=True, backend="cudnn", max_runs=3)
+  assert bool(jnp.isnan(out[4, 3:]).all()) and bool(jnp.isfinite(out[:4]).all() & jnp.isfinite(out[4, :3]).all())
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU cudnn is cuDNN's kernel (bf16 only), tested above")

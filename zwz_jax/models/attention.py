@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 
 import jax
@@ -382,7 +383,8 @@ def _cudnn(q, k, v, qs, ks, causal: bool, q_offset):
 
 def segment_runs(segment_ids, max_runs: int):
   """The runs of equal ids along each row as cuDNN's packed layout takes them: start offsets
-  (B, max_runs + 1) and lengths (B, max_runs), -1 past a row's last run."""
+  (B, max_runs + 1) and lengths (B, max_runs), -1 past a row's last run; and (B, N) whether each
+  position is in one of the first max_runs runs."""
   b, n = segment_ids.shape
   starts = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
   run = jnp.cumsum(starts, axis=1, dtype=jnp.int32) - 1  # (B, N): the run each position is in
@@ -390,7 +392,7 @@ def segment_runs(segment_ids, max_runs: int):
   pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   offsets = jnp.full((b, max_runs + 1), -1, jnp.int32).at[jnp.arange(b)[:, None], slot].set(pos, mode="drop")
   sizes = jnp.zeros((b, max_runs), jnp.int32).at[jnp.arange(b)[:, None], run].add(1, mode="drop")
-  return offsets, jnp.where(jnp.arange(max_runs)[None] <= run[:, -1:], sizes, -1)
+  return offsets, jnp.where(jnp.arange(max_runs)[None] <= run[:, -1:], sizes, -1), run < max_runs
 
 
 def _packed_visible(offsets, lengths, n: int, causal: bool):
@@ -407,24 +409,31 @@ def _packed_visible(offsets, lengths, n: int, causal: bool):
 
 def _cudnn_packed(q, k, v, seg, causal: bool, max_runs: int):
   b, t, hkv, g, d = q.shape
+  on_gpu = _platform() == "gpu"
+  if on_gpu:
+    _check_cudnn(q.dtype, d)
+    try:  # the packed ("THD") layout: jax.nn.dot_product_attention takes one length per row, not runs
+      from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+    except ImportError:
+      logging.warning("this JAX has no cuDNN packed layout: cudnn attention goes through a (T x S) mask")
+      return _cudnn(q, k, v, seg, seg, causal, 0)
   # cuDNN takes even lengths only (its check counts the packed layout as a bias): an odd row gets one
   # padding position, a run of its own.
   q, k, v = _pad_axis(q, 1, 2, 0), _pad_axis(k, 1, 2, 0), _pad_axis(v, 1, 2, 0)
   seg, max_runs = _pad_axis(seg, 1, 2, _PAD_SEGMENT), max_runs + t % 2
   tp = q.shape[1]
-  offsets, lengths = segment_runs(seg, max_runs)
+  offsets, lengths, covered = segment_runs(seg, max_runs)
   q4 = q.reshape(b, tp, hkv * g, d)
-  if _platform() != "gpu":
+  if on_gpu:
+    mask_type = cudnn_fa.MaskType.PADDING_CAUSAL if causal else cudnn_fa.MaskType.PADDING
+    out = cudnn_fa.dot_product_attention(q4, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
+                                         kv_offsets=offsets, scale=d ** -0.5, mask_type=mask_type)
+  else:  # XLA's stand-in, built from the same offsets and lengths
     out = jax.nn.dot_product_attention(q4, k, v, mask=_packed_visible(offsets, lengths, tp, causal)[:, None],
                                        implementation="xla")
-    return out.reshape(b, tp, hkv, g, d)[:, :t]
-  _check_cudnn(q.dtype, d)
-  # The packed ("THD") layout is reached through JAX's cuDNN module: jax.nn.dot_product_attention
-  # takes one length per row, not runs.
-  from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
-  mask_type = cudnn_fa.MaskType.PADDING_CAUSAL if causal else cudnn_fa.MaskType.PADDING
-  out = cudnn_fa.dot_product_attention(q4, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
-                                       kv_offsets=offsets, scale=d ** -0.5, mask_type=mask_type)
+  # A row with more runs than promised leaves its last positions out of every packed sequence: NaN
+  # there, so a broken layout fails loudly instead of computing wrong.
+  out = jnp.where(covered[:, :, None, None], out, jnp.nan)
   return out.reshape(b, tp, hkv, g, d)[:, :t]
 
 
