@@ -91,6 +91,17 @@ def test_loss_falls(records_dir):
   assert last < first / 4
 
 
+def test_a_nan_loss_stops_the_run_before_it_is_checkpointed(records_dir, tmp_path):
+  """A NaN learning rate makes every update NaN: step 1's loss (before any update) is checkpointed,
+  step 2's NaN stops the run with an error naming both, and no NaN state is written."""
+  from zwz_jax.train import loop
+  config = _config(records_dir, "train.steps=4", "train.learning_rate=nan", "train.log_every=1",
+                   "train.checkpoint_every=1", "train.async_checkpoint=false")
+  with pytest.raises(FloatingPointError, match=r"step 2: loss is nan; .*last checkpoint: step 1"):
+    loop.train(config, str(tmp_path))
+  assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=3).latest_step() == 1
+
+
 def test_restore_on_other_meshes(records_dir, tmp_path):
   """Checkpoint written on (fsdp=8), restored onto (fsdp=2, tensor=4) and onto one device."""
   config = _config(records_dir)

@@ -231,6 +231,7 @@ class RolloutCollector:
   step_name = "RL step"
   prompts_only = True  # the pipeline yields prompts; responses are sampled
   headline = "reward_mean"
+  loss_key = "pg_loss"  # the metric the run halts on when it is not finite
 
   def __init__(self, config, tokenizer):
     """`tokenizer` decodes responses for the judge and gives the stop id; None builds a collector

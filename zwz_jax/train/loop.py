@@ -5,6 +5,7 @@ and can resume on a different mesh; SIGTERM (a preemption notice) writes one and
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -80,6 +81,7 @@ def run(trainer: Trainer, workdir: str, tokenizer) -> dict:
       bar.update(1)
       if step % config.train.log_every == 0 or step == config.train.steps:
         writer.write(step, last, extra=extra)
+        _check_finite(last, source, step, ckpt.latest_step())
       if config.train.eval_every and step % config.train.eval_every == 0 and config.data.eval:
         if eval_batches is None:
           eval_batches = data_pipeline.make_eval_batches(config, tokenizer, config.data.eval,
@@ -87,6 +89,7 @@ def run(trainer: Trainer, workdir: str, tokenizer) -> dict:
         writer.write(step, trainer.evaluate(state["params"], eval_batches), prefix="eval")
       preempted = stop.set or ckpt.reached_preemption(step)
       if step % config.train.checkpoint_every == 0 or step == config.train.steps or preempted:
+        _check_finite(last, source, step, ckpt.latest_step())
         ckpt.save(step, state, data_iter, {**meta, "metrics": last}, force=True)
       if preempted:
         print(f"preempted: checkpoint at {source.step_name} {step} written, exiting", flush=True)
@@ -98,6 +101,18 @@ def run(trainer: Trainer, workdir: str, tokenizer) -> dict:
     ckpt.close()
     writer.close()
   return {"state": state, "metrics": last, "trainer": trainer}
+
+
+def _check_finite(metrics: dict, source, step: int, last_saved: int | None) -> None:
+  """Stops the run, before any checkpoint of it is written, once its loss is NaN or infinite: the
+  last checkpoint stays the last good state (checked where the metrics reach the host anyway)."""
+  if source.loss_key not in metrics:
+    return
+  loss = float(metrics[source.loss_key])
+  if not math.isfinite(loss):
+    kept = f"{source.step_name} {last_saved}" if last_saved is not None else "none"
+    raise FloatingPointError(f"{source.step_name} {step}: {source.loss_key} is {loss}; stopped without "
+                             f"checkpointing it (last checkpoint: {kept})")
 
 
 def train(config, workdir: str) -> dict:

@@ -55,6 +55,7 @@ class RecordBatches:
   prompts_only = False  # the pipeline yields prompt + answer rows
   updates_per_step = 1
   headline = "loss"
+  loss_key = "loss"  # the metric the run halts on when it is not finite
 
   def __init__(self, config):
     self.config = config
