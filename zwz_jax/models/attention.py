@@ -15,10 +15,11 @@ Backends (`model.attention`):
   splash   Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`) with segment
            ids and a causal mask, inside shard_map over the batch and KV-head axes; on a platform other
            than TPU it runs in Pallas interpret mode (tests).
-  cudnn    cuDNN flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`), the segment
-           rule handed over as one (B, 1, T, S) boolean mask shared by every head (cuDNN turns it
-           into a bias: O(T x S) per example, not per head); on a platform other than GPU the same
-           call runs XLA's implementation (tests).
+  cudnn    cuDNN flash attention, 16-bit activations only. Where the caller bounds the runs of equal
+           segment ids (`max_runs`: the decoder), each run goes to cuDNN as a packed sequence, with no
+           mask; elsewhere (`jax.nn.dot_product_attention(implementation="cudnn")`) the segment rule
+           goes as one (B, 1, T, S) boolean mask shared by every head, which cuDNN turns into a bias:
+           O(T x S) per example. Off a GPU, XLA computes the same rule (tests).
   auto     splash on TPU, cudnn on GPU (chunked there for float32 activations or a head size cuDNN does
            not take), chunked elsewhere, dense when the score matrix is small or for one query (a
            cached decode step is linear in the cache either way).
@@ -118,10 +119,10 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
 
   max_runs: declares that the queries are the first T keys with the same segment ids (self-attention,
   or a prefill at offset 0 whose later cache slots the causal rule hides), and bounds the runs of
-  equal ids a row can hold (the decoder: padding before and after the tokens, 3). cudnn then hands cuDNN the runs as packed sequences, each attending within itself,
-  instead of a (T x S) mask: the same result wherever each id forms one run (a padding id split in
-  two runs differs only at padding). A row with more runs would be computed wrong: pass it only
-  where the layout guarantees it.
+  equal ids a row can hold (the decoder: padding before and after the tokens, 3). cudnn then hands
+  cuDNN the runs as packed sequences, each attending within itself, instead of a (T x S) mask: the
+  same result wherever each id forms one run (a padding id split in two runs differs only at
+  padding). Positions past max_runs runs come out NaN.
   """
   t, s = q.shape[1], k.shape[1]
   q_segment_ids = q_segment_ids.astype(jnp.int32)
@@ -360,6 +361,14 @@ def _check_cudnn(dtype, head_dim: int):
                      f"head size {head_dim}; use model.attention=auto, which runs chunked there")
 
 
+def _even_lengths(q, k, v, qs, ks):
+  """q, k, v and their segment ids padded to even lengths, which cuDNN requires with a bias (its
+  check counts the packed layout as one): one position, in a segment no real token has, is cheaper
+  than a check on the trace."""
+  q, k, v = (_pad_axis(x, 1, 2, 0) for x in (q, k, v))
+  return q, k, v, _pad_axis(qs, 1, 2, _PAD_SEGMENT), _pad_axis(ks, 1, 2, _PAD_SEGMENT)
+
+
 def _cudnn(q, k, v, qs, ks, causal: bool, q_offset):
   b, t, hkv, g, d = q.shape
   s = k.shape[1]
@@ -368,15 +377,11 @@ def _cudnn(q, k, v, qs, ks, causal: bool, q_offset):
     _check_cudnn(q.dtype, d)
   # A static causal rule is passed on as well, so cuDNN can skip the blocks above the diagonal.
   static_causal = causal and isinstance(q_offset, int) and q_offset == 0 and t == s
-  # With a bias (our mask becomes one) cuDNN's backward takes even lengths only: one padding row or
-  # column, in a segment no real token has, is cheaper than a check on the trace.
-  q, qs = _pad_axis(q, 1, 2, 0), _pad_axis(qs, 1, 2, _PAD_SEGMENT)
-  k, v, ks = _pad_axis(k, 1, 2, 0), _pad_axis(v, 1, 2, 0), _pad_axis(ks, 1, 2, _PAD_SEGMENT)
+  q, k, v, qs, ks = _even_lengths(q, k, v, qs, ks)
   tp = q.shape[1]
   mask = visible(qs, ks, causal, q_offset)[:, None]  # (B, 1, T, S), broadcast over heads
   # Query head kv * G + g attends with KV head kv: the grouping jax.nn.dot_product_attention uses.
-  out = jax.nn.dot_product_attention(q.reshape(b, tp, hkv * g, d), k, v, mask=mask,
-                                     is_causal=static_causal and tp == k.shape[1],
+  out = jax.nn.dot_product_attention(q.reshape(b, tp, hkv * g, d), k, v, mask=mask, is_causal=static_causal,
                                      implementation="cudnn" if on_gpu else "xla")
   return out.reshape(b, tp, hkv, g, d)[:, :t]
 
@@ -417,10 +422,8 @@ def _cudnn_packed(q, k, v, seg, causal: bool, max_runs: int):
     except ImportError:
       logging.warning("this JAX has no cuDNN packed layout: cudnn attention goes through a (T x S) mask")
       return _cudnn(q, k, v, seg, seg, causal, 0)
-  # cuDNN takes even lengths only (its check counts the packed layout as a bias): an odd row gets one
-  # padding position, a run of its own.
-  q, k, v = _pad_axis(q, 1, 2, 0), _pad_axis(k, 1, 2, 0), _pad_axis(v, 1, 2, 0)
-  seg, max_runs = _pad_axis(seg, 1, 2, _PAD_SEGMENT), max_runs + t % 2
+  q, k, v, seg, _ = _even_lengths(q, k, v, seg, seg)  # an odd row's padding position: a run of its own
+  max_runs += t % 2
   tp = q.shape[1]
   offsets, lengths, covered = segment_runs(seg, max_runs)
   q4 = q.reshape(b, tp, hkv * g, d)
