@@ -78,10 +78,10 @@ def run(trainer: Trainer, workdir: str, tokenizer) -> dict:
     while step < config.train.steps:
       state, last, extra = trainer.step(state, data_iter, step)
       step += 1
+      _check_finite(last, source, step, ckpt)
       bar.update(1)
       if step % config.train.log_every == 0 or step == config.train.steps:
         writer.write(step, last, extra=extra)
-        _check_finite(last, source, step, ckpt.latest_step())
       if config.train.eval_every and step % config.train.eval_every == 0 and config.data.eval:
         if eval_batches is None:
           eval_batches = data_pipeline.make_eval_batches(config, tokenizer, config.data.eval,
@@ -89,7 +89,6 @@ def run(trainer: Trainer, workdir: str, tokenizer) -> dict:
         writer.write(step, trainer.evaluate(state["params"], eval_batches), prefix="eval")
       preempted = stop.set or ckpt.reached_preemption(step)
       if step % config.train.checkpoint_every == 0 or step == config.train.steps or preempted:
-        _check_finite(last, source, step, ckpt.latest_step())
         ckpt.save(step, state, data_iter, {**meta, "metrics": last}, force=True)
       if preempted:
         print(f"preempted: checkpoint at {source.step_name} {step} written, exiting", flush=True)
@@ -103,13 +102,14 @@ def run(trainer: Trainer, workdir: str, tokenizer) -> dict:
   return {"state": state, "metrics": last, "trainer": trainer}
 
 
-def _check_finite(metrics: dict, source, step: int, last_saved: int | None) -> None:
+def _check_finite(metrics: dict, source, step: int, ckpt) -> None:
   """Stops the run, before any checkpoint of it is written, once its loss is NaN or infinite: the
-  last checkpoint stays the last good state (checked where the metrics reach the host anyway)."""
+  last checkpoint stays the last good state. Every step: its metrics are host floats already."""
   if source.loss_key not in metrics:
     return
   loss = float(metrics[source.loss_key])
   if not math.isfinite(loss):
+    last_saved = ckpt.latest_step()  # asked only when the run stops
     kept = f"{source.step_name} {last_saved}" if last_saved is not None else "none"
     raise FloatingPointError(f"{source.step_name} {step}: {source.loss_key} is {loss}; stopped without "
                              f"checkpointing it (last checkpoint: {kept})")
