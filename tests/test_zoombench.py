@@ -121,6 +121,16 @@ def test_bad_items_are_recorded_not_fatal(reference):
 
 
 @pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
+def test_views_are_batched_apart(reference):
+  """Batches hold one view, so none pads a crop to a full image's tokens and patches: every
+  global view is written before any regional one, even where a batch's error rows (a missing crop)
+  are written before its answers."""
+  views = [r["view"] for r in _rows(reference)]
+  assert set(views) == set(zoombench.VIEWS)
+  assert views == sorted(views, key=zoombench.VIEWS.index)
+
+
+@pytest.mark.xdist_group("zoombench_reference")  # shares the fixture run: one worker
 def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
   """Killed in the first benchmark, re-run: the same sampled answers and the same report."""
   killed = _eval(bench, tmp_path, kill_at="eval_batches=2")

@@ -117,11 +117,14 @@ class DualViewEvaluator:
     self.authors_mcq = bench.authors_mcq
     views = VIEWS if bench.dual_view else VIEWS[:1]
     done = read_predictions(out_dir)  # every process reads the same files, so agrees on `todo`
-    todo = [(it, v) for it in bench.items for v in views if (it.id, v) not in done]
+    # Batches of one view: a crop batched with full images would be padded to their tokens and
+    # patches (at eval_zoombench's resolution, 16,640 tokens and 65,536 patches for a view a
+    # fraction that size).
+    todo = [[(it, v) for it in bench.items if (it.id, v) not in done] for v in views]
+    chunks = [t[start:start + self.batch_size] for t in todo for start in range(0, len(t), self.batch_size)]
     with jsonl_log.Appender(os.path.join(out_dir, _predictions_file(pi, pc))) as log, \
-        tqdm.tqdm(total=len(todo), desc=f"{bench.name}", disable=not progress or pi > 0) as bar:
-      for start in range(0, len(todo), self.batch_size):
-        chunk = todo[start:start + self.batch_size]
+        tqdm.tqdm(total=sum(map(len, todo)), desc=f"{bench.name}", disable=not progress or pi > 0) as bar:
+      for chunk in chunks:
         rows, ready = [], []
         for item, view in chunk[pi * per_process:(pi + 1) * per_process]:
           error = item.error or (None if view == "global" or item.crop else "no crop image")
