@@ -24,12 +24,14 @@ import torch.nn.functional as F
 
 from bench import timing
 from zwz_jax.models import attention as attention_lib
+from zwz_jax.models.vlm import VisionTowerConfig
 
 # name -> (segment lengths in one example (vision: patches per image; text: one sequence), query
-# heads, KV heads, head size, causal, the call's max_runs as the model passes it). Qwen2.5-VL-7B:
-# vision 16 heads of 80, text 28 heads over 4 KV heads of 128.
+# heads, KV heads, head size, causal, the call's max_runs as the model passes it: vision.max_images
+# + 1 for the vision tower, 3 for the decoder). Qwen2.5-VL-7B: vision 16 heads of 80, text 28 heads
+# over 4 KV heads of 128.
 CASES = {
-    "vision full attention": ((8192, 4096), 16, 16, 80, False, None),
+    "vision full attention": ((8192, 4096), 16, 16, 80, False, VisionTowerConfig.max_images + 1),
     "text causal": ((8192,), 28, 4, 128, True, 3),
 }
 CPU_SHRINK = 4

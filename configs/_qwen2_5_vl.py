@@ -44,6 +44,10 @@ def qwen2_5_vl_config(*, hidden_size, intermediate_size, num_layers, num_heads,
   v.rope_theta = 10000.0
   v.rms_norm_eps = 1e-6
   v.tokens_per_second = 2
+  # Images (video frames count one each) one example may hold. Records hold one; the agentic
+  # baseline adds a crop per zoom. Bounds the runs of cuDNN's packed full attention (its softmax
+  # statistics: 4 bytes x (max_images + 1) x heads x patches per example); batches refuse more.
+  v.max_images = 8
 
   t = c.model.text = ml_collections.ConfigDict()
   t.vocab_size = vocab_size

@@ -29,7 +29,8 @@ def qwen3_vl_model(*, hidden_size, intermediate_size, num_layers, num_heads, num
       deepstack_visual_indexes=tuple(deepstack_visual_indexes),
       in_channels=3, patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
       num_position_embeddings=num_position_embeddings,  # a learned 48x48 grid, resampled per image
-      rope_theta=10000.0, layer_norm_eps=1e-6))
+      rope_theta=10000.0, layer_norm_eps=1e-6,
+      max_images=8))  # as configs/_qwen2_5_vl.py
   m.text = ml_collections.ConfigDict(dict(
       vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
       num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,

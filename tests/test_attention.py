@@ -28,6 +28,10 @@ def _case(name: str):
     seg = np.asarray(full_attention_segments(jnp.asarray(seg), 16))
     p = seg.shape[1]
     return normal(1, p, 4, 1, 8), normal(1, p, 4, 8), normal(1, p, 4, 8), seg, seg, False, 0
+  if name == "vision_full_runs":  # the same layout as cuDNN's packed runs take it: padding one id
+    seg = np.concatenate([[1] * 40 + [0] * 8, [2] * 70 + [0] * 10, [0] * 32]).astype(np.int32)[None]
+    p = seg.shape[1]
+    return normal(1, p, 4, 1, 8), normal(1, p, 4, 8), normal(1, p, 4, 8), seg, seg, False, 0
   if name in ("text_padding", "text_left_padding"):  # padded batch, grouped KV heads, causal
     seg = np.ones((2, 45), np.int32)
     seg[1, 30:] = 0
@@ -48,6 +52,9 @@ def _case(name: str):
 
 CASES = ("vision_window", "vision_full", "text_padding", "text_left_padding", "prefill", "cached_decode")
 TEXT = ("text_padding", "text_left_padding", "prefill")
+# What the models pass as max_runs: the decoder's padding before and after its tokens (3 runs), and
+# the vision tower's images (2 here) and their padding (sorted by id: 3 runs).
+RUNS = {**{c: 3 for c in TEXT}, "vision_full_runs": 3}
 
 
 def _rel(ours, ref) -> float:
@@ -88,7 +95,7 @@ def test_backend_equals_dense_forward_and_gradients(name, backend, block):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN's kernel runs on a GPU (elsewhere cudnn is XLA's, tested above)")
-@pytest.mark.parametrize("name,max_runs", [(c, None) for c in CASES] + [(c, 3) for c in TEXT])
+@pytest.mark.parametrize("name,max_runs", [(c, None) for c in CASES] + list(RUNS.items()))
 def test_cudnn_kernel_on_gpu_is_as_close_to_float32_as_dense_in_bfloat16(name, max_runs):
   """cuDNN's flash kernel (bf16 only) against the fp32 dense reference, forward and gradients: within
   twice the error of dense run on the same bf16 inputs, so a wrong mask, head grouping or padding
@@ -121,17 +128,24 @@ def test_segment_runs_as_cudnn_packs_them():
   x = jnp.ones((5, 6, 1, 1, 8), jnp.float32)
   out = attention_lib.attend(x, x[:, :, :, 0], x[:, :, :, 0], seg, seg, causal=True, backend="cudnn", max_runs=3)
   assert bool(jnp.isnan(out[4, 3:]).all()) and bool(jnp.isfinite(out[:4]).all() & jnp.isfinite(out[4, :3]).all())
+  # Without the causal rule the row is sorted by id first (0 0 3 4 5 5): the ids past the first
+  # three, 5 at positions 4 and 5, are the ones left out, wherever they stand.
+  out = attention_lib.attend(x, x[:, :, :, 0], x[:, :, :, 0], seg, seg, causal=False, backend="cudnn", max_runs=3)
+  np.testing.assert_array_equal(jnp.isnan(out[4, :, 0, 0, 0]), [False] * 4 + [True] * 2)
+  assert bool(jnp.isfinite(out[:4]).all())
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU cudnn is cuDNN's kernel (bf16 only), tested above")
-@pytest.mark.parametrize("name", TEXT)
+@pytest.mark.parametrize("name", list(RUNS))
 def test_cudnn_packed_runs_equal_dense(name):
-  """The decoder's call (max_runs): each run of equal ids a packed sequence. Off a GPU the mask is
-  rebuilt from the same offsets and lengths that cuDNN takes, so this checks them."""
+  """The models' calls with max_runs (the decoder; the vision tower's full attention, whose images'
+  patches are split by window padding until sorted by id): each run of equal ids a packed sequence.
+  Off a GPU the mask is rebuilt from the same offsets and lengths that cuDNN takes, so this checks
+  them, and the sort and its inverse."""
   case = _case(name)
   ref_out, ref_grads = _forward_and_grads("dense", 512, case)
   with mock.patch.object(attention_lib, "_cudnn", side_effect=AssertionError("took the (T x S) mask path")):
-    out, grads = _forward_and_grads("cudnn", 512, case, max_runs=3)
+    out, grads = _forward_and_grads("cudnn", 512, case, max_runs=RUNS[name])
   assert _rel(out, ref_out) <= TOL
   for name_, g, ref in zip("qkv", grads, ref_grads):
     assert _rel(g, ref) <= TOL, f"d{name_}"

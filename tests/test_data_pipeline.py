@@ -1,5 +1,6 @@
 """grain pipeline: deterministic global order, per-process slices, resume, skips, buckets, targets."""
 import collections
+import dataclasses
 import json
 import logging
 import re
@@ -439,6 +440,20 @@ def test_row_helpers_equal_building_the_rows(tiny_config, tokenizer):
   micro = batch_lib.split_rows({k: jnp.asarray(x) for k, x in four.items()}, 2)
   for i in range(2):
     same({k: x[i] for k, x in micro.items()}, batch_lib.take_rows(four, slice(2 * i, 2 * i + 2)))
+
+
+def test_an_example_with_more_images_than_the_model_takes_is_refused(tokenizer):
+  """model.vision.max_images bounds the images of an example (cuDNN's packed full attention is sized
+  by it): more is an error naming the key, not NaN features."""
+  from PIL import Image
+  config = config_lib.load_config(f"{CONFIGS}/tiny.py", ["model.vision.max_images=2"])
+  ex = processor_lib.Processor.from_config(config, tokenizer)([Image.new("RGB", (56, 56))] * 3, "which?", "B")
+  v = batch_lib.VisionLayout.from_config(config.model)
+  build = lambda v: batch_lib.build_batch([ex], vision_cfg=v, image_token_id=int(config.model.image_token_id),
+                                          max_tokens=len(ex["input_ids"]), max_patches=v.padded_patches(ex["grid_thw"]))
+  with pytest.raises(ValueError, match=r"example 0: 3 images .* exceed model.vision.max_images=2"):
+    build(v)
+  assert build(dataclasses.replace(v, max_images=3))["vision_segment_ids"].max() == 3
 
 
 def test_bucket_config_errors(data_dir, tokenizer):

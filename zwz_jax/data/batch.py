@@ -140,6 +140,7 @@ class VisionLayout:
   patch_dim: int  # values per flattened patch
   window_merged: int  # side of a window in merged tokens
   window_patches: int  # patches per padded window
+  max_images: int = 0  # images (video frames) an example may hold, 0: any (model.vision.max_images)
 
   @classmethod
   def of(cls, vision_cfg) -> VisionLayout:
@@ -148,7 +149,7 @@ class VisionLayout:
       return vision_cfg
     v = vision_cfg
     return cls(int(v.patch_size), int(v.spatial_merge_size), int(v.window_size), int(v.patch_dim),
-               int(v.window_merged), int(v.window_patches))
+               int(v.window_merged), int(v.window_patches), int(v.max_images))
 
   @classmethod
   def from_config(cls, model_cfg) -> VisionLayout:
@@ -268,7 +269,11 @@ def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, ma
     ids = np.asarray(ex["input_ids"])
     if len(ids) > max_tokens:
       raise ValueError(f"example {i}: {len(ids)} tokens exceed the token budget max_tokens={max_tokens}")
-    lay = layout_vision(np.asarray(ex["pixel_values"]), np.asarray(ex["grid_thw"]).reshape(-1, 3), v)
+    grids = np.asarray(ex["grid_thw"]).reshape(-1, 3)
+    if v.max_images and grids[:, 0].sum() > v.max_images:
+      raise ValueError(f"example {i}: {grids[:, 0].sum()} images (video frames count one each) exceed "
+                       f"model.vision.max_images={v.max_images}")
+    lay = layout_vision(np.asarray(ex["pixel_values"]), grids, v)
     p = len(lay["patches"])
     if p > max_patches:
       raise ValueError(f"example {i}: {p} window-padded patches exceed the patch budget max_patches={max_patches}")

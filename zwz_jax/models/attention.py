@@ -16,10 +16,11 @@ Backends (`model.attention`):
            ids and a causal mask, inside shard_map over the batch and KV-head axes; on a platform other
            than TPU it runs in Pallas interpret mode (tests).
   cudnn    cuDNN flash attention, 16-bit activations only. Where the caller bounds the runs of equal
-           segment ids (`max_runs`: the decoder), each run goes to cuDNN as a packed sequence, with no
-           mask; elsewhere (`jax.nn.dot_product_attention(implementation="cudnn")`) the segment rule
-           goes as one (B, 1, T, S) boolean mask shared by every head, which cuDNN turns into a bias:
-           O(T x S) per example. Off a GPU, XLA computes the same rule (tests).
+           segment ids (`max_runs`: the decoder, and the vision tower's full attention, sorted by
+           image first), each run goes to cuDNN as a packed sequence, with no mask; elsewhere
+           (`jax.nn.dot_product_attention(implementation="cudnn")`) the segment rule goes as one
+           (B, 1, T, S) boolean mask shared by every head, which cuDNN turns into a bias: O(T x S)
+           per example. Off a GPU, XLA computes the same rule (tests).
   auto     splash on TPU, cudnn on GPU (chunked there for float32 activations or a head size cuDNN does
            not take), chunked elsewhere, dense when the score matrix is small or for one query (a
            cached decode step is linear in the cache either way).
@@ -72,6 +73,11 @@ class Attention:
   def __call__(self, q, k, v, q_segment_ids, kv_segment_ids, **kwargs):
     return attend(q, k, v, q_segment_ids, kv_segment_ids, backend=self.backend, block=self.block, **kwargs)
 
+  def packs_runs(self, t: int, dtype, head_dim: int) -> bool:
+    """Whether self-attention over t positions given `max_runs` goes to cuDNN as packed runs (where a
+    caller may describe its segments for that layout rather than for a blockwise kernel)."""
+    return resolve(self.backend, t, t, dtype, head_dim) == "cudnn"
+
 
 def _platform() -> str:
   """The platform the program is compiled for: the mesh's devices (a TPU topology compiled from a
@@ -122,7 +128,9 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   equal ids a row can hold (the decoder: padding before and after the tokens, 3). cudnn then hands
   cuDNN the runs as packed sequences, each attending within itself, instead of a (T x S) mask: the
   same result wherever each id forms one run (a padding id split in two runs differs only at
-  padding). Positions past max_runs runs come out NaN.
+  padding). Without the causal rule order does not matter, so each row is first sorted by id and
+  max_runs bounds its distinct ids (the vision tower's full attention: its images, and padding
+  between their windows). Positions past max_runs runs come out NaN.
   """
   t, s = q.shape[1], k.shape[1]
   q_segment_ids = q_segment_ids.astype(jnp.int32)
@@ -413,6 +421,18 @@ def _packed_visible(offsets, lengths, n: int, causal: bool):
 
 
 def _cudnn_packed(q, k, v, seg, causal: bool, max_runs: int):
+  if causal:
+    return _cudnn_runs(q, k, v, seg, True, max_runs)
+  # Order does not matter without the causal rule: sorted by id, every id is one run.
+  b, t = seg.shape
+  order = jnp.argsort(seg, axis=1, stable=True)
+  rows = jnp.arange(b)[:, None]
+  out = _cudnn_runs(q[rows, order], k[rows, order], v[rows, order], seg[rows, order], False, max_runs)
+  inverse = jnp.zeros_like(order).at[rows, order].set(jnp.arange(t, dtype=order.dtype))
+  return out[rows, inverse]
+
+
+def _cudnn_runs(q, k, v, seg, causal: bool, max_runs: int):
   b, t, hkv, g, d = q.shape
   on_gpu = _platform() == "gpu"
   if on_gpu:

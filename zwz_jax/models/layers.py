@@ -127,6 +127,7 @@ class VisionAttention(nnx.Module):
     self.proj_bias = zeros((e,), ("vision_embed",), pdt)
     self.dtype = cfg.dtype
     self.window = v.window_patches
+    self.max_images = v.max_images
     self.attend = cfg.attention_op
 
   def __call__(self, x, cos, sin, segment_ids, block: int | None):
@@ -138,12 +139,16 @@ class VisionAttention(nnx.Module):
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(dt)
     k = apply_rope(k.astype(jnp.float32), cos, sin).astype(dt)
     b, p, h, d = q.shape
+    runs = {}
     if block is not None:  # fixed-size windows: fold windows into the batch
       q, k, v = (t.reshape(b * p // block, block, h, d) for t in (q, k, v))
       segment_ids = segment_ids.reshape(b * p // block, block)
+    elif self.attend.packs_runs(p, dt, d):
+      # cuDNN's packed layout, sorted by id: one run per image, all padding (id 0) one more.
+      runs = {"max_runs": self.max_images + 1}
     else:
       segment_ids = full_attention_segments(segment_ids, self.window)
-    out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids)
+    out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids, **runs)
     out = out.reshape(b, p, h, d)
     return dense(out, self.proj_kernel[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
 

@@ -35,6 +35,9 @@ class VisionTowerConfig:
   temporal_patch_size: int = 2
   spatial_merge_size: int = 2
   rope_theta: float = 10000.0
+  # Images (video frames count one each) one example may hold: bounds the runs cuDNN's packed full
+  # attention takes (its softmax statistics grow with it); zwz_jax.data.batch refuses more.
+  max_images: int = 8
 
   @property
   def head_dim(self) -> int:
@@ -118,6 +121,7 @@ class ModelConfig:
     checks = [
         (v.hidden_size % v.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads"),
         (v.head_dim % 4 == 0, "vision head_dim must be divisible by 4 (2D rotary)"),
+        (v.max_images >= 1, f"vision.max_images must be at least 1, got {v.max_images}"),
         (t.num_heads % t.num_kv_heads == 0, "text.num_heads must be divisible by text.num_kv_heads"),
         (len(t.mrope_section) == 3 and 2 * sum(t.mrope_section) == t.head_dim,
          f"text.mrope_section {t.mrope_section} must be 3 sections summing to head_dim/2 = {t.head_dim // 2}"),
