@@ -165,6 +165,25 @@ def test_cost_figures_count_no_loop_body_once():
   assert seconds > 0 and 1.0 < flops * len(devices) / program.model_flops < 1.3, (flops, program.model_flops)
 
 
+def test_sequence_parallelism_splits_what_remat_keeps_over_tensor():
+  """Between layers the residual stream is split over `tensor` along its length, so the layer inputs
+  full remat keeps for the backward take half the bytes on a tensor=2 mesh: the SFT step's
+  temporaries fall by most of that half against the same step with the residual's length whole
+  (and do not grow: left to itself, XLA split the attention's backward by position as well and
+  moved its scores between ranks, 4x the temporaries)."""
+  from unittest import mock
+  from zwz_jax import sharding
+  layers, tokens, hidden = 8, 1024, 128
+  config = load_config(f"{CONFIGS}/tiny.py", [f"data.buckets=(({tokens}, 256),)", "mesh.fsdp=2", "mesh.tensor=2",
+                                              "model.remat=full", f"model.text.num_layers={layers}", "model.scan_layers=True"])
+  rows = config.data.global_batch_size // 2  # per fsdp rank; each rank of a tensor pair holds them all
+  kept = layers * rows * tokens * hidden * 4  # float32 layer inputs of the decoder
+  split, = aot.compile_config(config, "v5e:2x2", ("sft",), cost="none")
+  with mock.patch.dict(sharding._RULES, {"act_residual_length": None}):
+    whole, = aot.compile_config(config, "v5e:2x2", ("sft",), cost="none")
+  assert whole.temp - split.temp >= 0.8 * kept / 2, (whole.temp, split.temp, kept)
+
+
 def _compile_cli(*args):
   cmd = [sys.executable, f"{LAUNCH}/compile.py", *args]
   return subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})

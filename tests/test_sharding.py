@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from tests.shared import CONFIGS
 from tests import hf_reference as ref
@@ -41,9 +41,14 @@ def test_sharded_forward_matches_single_device(tiny_config):
   q = sharded.layers[0].attn.q_kernel[...]
   assert q.sharding.spec == PartitionSpec("fsdp", "tensor", None)
   assert q.addressable_shards[0].data.shape == (cfg.text.hidden_size // 4, cfg.text.num_heads // 2, cfg.text.head_dim)
-  got = _forward(sharded, batch, mesh)
+  got, inter = ref.forward(sharded, batch, mesh)
   # Same math, different reduction order across shards: fp32 round-off only.
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  # Sequence parallelism: between layers (what full remat keeps for the backward) each tensor rank
+  # holds its share of the positions, not a copy of them all.
+  for h in inter["layers"]:
+    assert h.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(("data", "fsdp"), "tensor", None)), 3)
+    assert h.addressable_shards[0].data.shape == (1, 64 // 2, cfg.text.hidden_size)
 
 
 def test_create_sharded_model_places_params(tiny_config):

@@ -44,6 +44,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
+    # The residual stream between layers (what full remat keeps for the backward): its length split
+    # over `tensor` as well (Megatron's sequence parallelism), so every tensor-parallel rank holds a
+    # share instead of a copy; XLA gathers it for the layer's matmuls and reduce-scatters their sums
+    # back, which is the all-reduce it replaces, split in two.
+    ("act_residual_length", "tensor"),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
@@ -175,6 +180,40 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
     return x
   return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes))
+
+
+def constrain_residual(x: jax.Array) -> jax.Array:
+  """Sharding constraint on the residual stream (B, L, E) between layers: length split over
+  `tensor` (sequence parallelism); a one-token decode step keeps its length whole."""
+  length = "act_residual_length" if x.shape[1] > 1 else "act_length"
+  return constrain(x, ("act_batch", length, "act_embed"))
+
+
+def gather_length(x: jax.Array) -> jax.Array:
+  """A normed residual (B, L, E) entering a layer's matmuls, whole along its length: sequence
+  parallelism's all-gather, so that the matmuls split their rows over the batch axes alone (left
+  to itself, XLA split the flattened (batch x length) rows over fsdp and tensor at once, and
+  gathered a 7B step's activations of every example onto each chip)."""
+  return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+@jax.custom_vjp
+def gather_length_grad(x: jax.Array) -> jax.Array:
+  """Identity on a layer's output (B, L, E) before the residual add, whose cotangent comes back
+  whole along its length: the transpose of the forward's reduce-scatter, so the backward matmuls
+  split their rows as the forward's did."""
+  return x
+
+
+def _gather_length_grad_fwd(x):
+  return x, None
+
+
+def _gather_length_grad_bwd(_, g):
+  return (gather_length(g),)
+
+
+gather_length_grad.defvjp(_gather_length_grad_fwd, _gather_length_grad_bwd)
 
 
 def replicated_fraction(abs_state: nnx.State) -> float:

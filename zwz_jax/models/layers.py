@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zwz_jax.sharding import constrain
+from zwz_jax.sharding import constrain, constrain_residual, gather_length, gather_length_grad
 
 _INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
 
@@ -149,7 +149,7 @@ class VisionAttention(nnx.Module):
     else:
       segment_ids = full_attention_segments(segment_ids, self.window)
     out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids, **runs)
-    out = out.reshape(b, p, h, d)
+    out = constrain(out.reshape(b, p, h, d), ("act_batch", "act_length", "act_heads", None))  # as TextAttention
     return dense(out, self.proj_kernel[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
 
 class VisionBlock(nnx.Module):
@@ -163,8 +163,8 @@ class VisionBlock(nnx.Module):
     self.mlp = mlp(cfg, rngs)
 
   def __call__(self, x, cos, sin, segment_ids, block: int | None = None):
-    x = x + self.attn(self.norm1(x), cos, sin, segment_ids, block)
-    return x + self.mlp(self.norm2(x))
+    x = x + gather_length_grad(self.attn(gather_length(self.norm1(x)), cos, sin, segment_ids, block))
+    return x + gather_length_grad(self.mlp(gather_length(self.norm2(x))))
 
 
 class PatchMerger(nnx.Module):
@@ -284,7 +284,11 @@ class TextAttention(nnx.Module):
       out, p = attend(return_probs=True)
       p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
       probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
-    out = dense(out.reshape(b, l, h, d), self.o_kernel[...].astype(dt), 2)
+    # Split by head into the output projection, and so its cotangent in the backward: else, with
+    # the residual split by position (sequence parallelism), XLA splits the attention's backward
+    # by position too and moves its (T x S) scores between ranks.
+    out = constrain(out.reshape(b, l, h, d), ("act_batch", "act_length", "act_heads", None))
+    out = dense(out, self.o_kernel[...].astype(dt), 2)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache, probs
@@ -319,10 +323,11 @@ class DecoderLayer(nnx.Module):
 
   def __call__(self, x, cos, sin, segments, cache=None, layer=0, index=0, probs_query=None):
     """Returns (hidden, new cache or None, attention probabilities or None)."""
-    out, cache, probs = self.attn(self.input_norm(x), cos, sin, segments, cache, layer, index, probs_query)
-    x = x + out
-    x = x + self.mlp(self.post_attn_norm(x))
-    return constrain(x, ("act_batch", "act_length", "act_embed")), cache, probs
+    out, cache, probs = self.attn(gather_length(self.input_norm(x)), cos, sin, segments, cache, layer, index,
+                                  probs_query)
+    x = x + gather_length_grad(out)
+    x = x + gather_length_grad(self.mlp(gather_length(self.post_attn_norm(x))))
+    return constrain_residual(x), cache, probs
 
 
 

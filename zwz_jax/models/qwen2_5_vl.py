@@ -24,7 +24,7 @@ from flax import nnx
 from zwz_jax.models import vlm
 from zwz_jax.models.layers import PatchMerger, RMSNorm, VisionBlock, dense, param, silu, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
-from zwz_jax.sharding import constrain
+from zwz_jax.sharding import constrain_residual
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,7 +120,7 @@ class VisionTower(nnx.Module):
       raise ValueError(f"vision: {p} patches per example is not a multiple of the window "
                        f"({cfg.window_patches} patches); build batches with zwz_jax.data.batch")
     x = dense(pixel_values.astype(self.dtype), self.patch_kernel[...].astype(self.dtype))
-    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    x = constrain_residual(x)
     cos, sin = vision_rope(positions, cfg.head_dim, cfg.rope_theta)
     full = set(cfg.fullatt_block_indexes)
     # Runs of window blocks between the full-attention blocks: one scan each.
@@ -130,7 +130,7 @@ class VisionTower(nnx.Module):
 
       def body(blk, x, _, block=block):
         x = blk(x, cos, sin, segment_ids, block)
-        return constrain(x, ("act_batch", "act_length", "act_embed")), None
+        return constrain_residual(x), None
 
       x, _ = run_layers(self.blocks[start:stop], body, x, scan=self.scan, remat=self.remat)
     return self.merger(x), []

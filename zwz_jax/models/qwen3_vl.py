@@ -27,7 +27,7 @@ from flax import nnx
 from zwz_jax.models import vlm
 from zwz_jax.models.layers import LayerNorm, PatchMerger, VisionBlock, dense, param, vision_rope, zeros
 from zwz_jax.models.scan import run_layers, runs
-from zwz_jax.sharding import constrain
+from zwz_jax.sharding import constrain, constrain_residual
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -167,11 +167,11 @@ class VisionTower(nnx.Module):
     index, weight = position_interpolation(positions, segment_ids, cfg.position_grid)
     table = constrain(self.pos_embed[...], (None, None))  # small; gathered whole on every device
     pos = jnp.sum(jnp.take(table, index, axis=0) * weight[..., None].astype(table.dtype), axis=2)
-    x = constrain(x + pos.astype(dt), ("act_batch", "act_length", "act_embed"))
+    x = constrain_residual(x + pos.astype(dt))
     cos, sin = vision_rope(positions, cfg.head_dim, cfg.rope_theta)
 
     def body(blk, x, _):
-      return constrain(blk(x, cos, sin, segment_ids), ("act_batch", "act_length", "act_embed")), None
+      return constrain_residual(blk(x, cos, sin, segment_ids)), None
 
     # One scan per run of blocks up to a DeepStack tap.
     taps = cfg.deepstack_visual_indexes
