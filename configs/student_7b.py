@@ -8,12 +8,15 @@ data.global_batch_size=64 (one example per chip): 32.7 GiB per chip at the large
 paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
 The cost model's step at the largest bucket: 10.1 s, 50% MFU (--cost=extrapolated).
 The smallest v5p slice: v5p:2x2x1 (4 chips) with --config.train.grad_accum_steps=16, 92.1 / 95.7 GiB
-per chip, 162 s per step at the largest bucket (50% MFU). The smallest v6e slice: v6e:8x8 (64 chips) with --config.mesh.tensor=2 and
---config.train.grad_accum_steps=2, 28.2 / 31.25 GiB per chip (fsdp alone there: 31.7 GiB; on
-v6e:4x8, 33.6 GiB). No v5e slice holds one example at the largest bucket (v5e:16x16 with
---config.mesh.tensor=4: 23.8 / 15.75 GiB). On v5e drop it: with
+per chip, 162 s per step at the largest bucket (50% MFU). On v5e and v6e the largest bucket needs
+a tensor axis, over which the residual stream between layers is split (sequence parallelism). The
+smallest v6e slice: v6e:4x8 (32 chips) with --config.mesh.tensor=2 and
+--config.train.grad_accum_steps=4, 29.2 / 31.25 GiB per chip. The smallest v5e slice: v5e:8x16
+(128 chips) with --config.mesh.tensor=4 and --config.train.grad_accum_steps=2, 14.4 / 15.75 GiB
+(v5e:16x16: 13.6). Without the largest bucket,
 "--config.data.buckets=((1024, 3072), (1664, 6144), (6144, 24576))" and
---config.train.grad_accum_steps=2, v5e:4x8 (32 chips) takes 15.0 / 15.75 GiB per chip.
+--config.train.grad_accum_steps=2, v5e:4x8 (32 chips) takes 15.0 / 15.75 GiB per chip (measured
+before sequence parallelism).
 """
 from configs import _qwen2_5_vl
 
