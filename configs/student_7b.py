@@ -4,7 +4,7 @@ Weights come from the HF checkpoint via launch/convert.py; set the tokenizer wit
 --config.processor.tokenizer=PATH (see configs/_qwen2_5_vl.py).
 
 Slice: v5p:4x4x4 (v5p-128) with the default mesh (fsdp over all 64 chips) and
-data.global_batch_size=64 (one example per chip): 32.7 GiB per chip at the largest bucket, the
+data.global_batch_size=64 (one example per chip): 31.6 GiB per chip at the largest bucket, the
 paper's resolution (25,088 tokens, 92,800 patches), and 10.9 GiB at (1664, 6144) (launch/compile.py).
 The cost model's step at the largest bucket: 10.1 s, 50% MFU (--cost=extrapolated).
 The smallest v5p slice: v5p:2x2x1 (4 chips) with --config.train.grad_accum_steps=16, 92.1 / 95.7 GiB
