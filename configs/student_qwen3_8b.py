@@ -12,9 +12,11 @@ The smallest v5p slice: v5p:2x2x2 (8 chips) with --config.train.grad_accum_steps
 per chip (on 4 chips, 99.2 GiB), 121 s per step at the largest bucket (50% MFU). The smallest v6e
 slice: v6e:4x8 (32 chips) with --config.mesh.tensor=2 (over which the residual stream between layers
 is split: sequence parallelism) and --config.train.grad_accum_steps=4, 25.8 / 31.25 GiB per chip
-(on v6e:4x4, 33.7 GiB). On v5e the largest bucket has not been compiled with sequence parallelism;
-the third, (6144, 16384), fits v5e:4x8 (32 chips) with --config.mesh.tensor=2 and
---config.train.grad_accum_steps=4, 13.9 / 15.75 GiB per chip (fsdp alone: 15.9 on v5e:8x8).
+(on v6e:4x4, 33.7 GiB). The smallest v5e slice: v5e:8x8 (64 chips) with --config.mesh.tensor=4 and
+--config.train.grad_accum_steps=4, 13.4 / 15.75 GiB (on v5e:4x8, 18.7). Without the largest
+bucket, the third, (6144, 16384), fits v5e:4x8 (32 chips) with --config.mesh.tensor=2 and
+--config.train.grad_accum_steps=4, 13.9 / 15.75 GiB per chip (fsdp alone: 15.9 on v5e:8x8; both
+before sequence parallelism).
 """
 from configs import _qwen3_vl
 
