@@ -207,6 +207,15 @@ def gather_length(x: jax.Array) -> jax.Array:
   return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
+def split_heads(x: jax.Array) -> jax.Array:
+  """An attention output (B, L, heads, D) entering its projection, split by head, and so its
+  cotangent in the backward: else, with the residual split by position, XLA splits the attention's
+  backward by position too and moves its (T x S) scores between ranks."""
+  if not sequence_parallel():
+    return x
+  return constrain(x, ("act_batch", "act_length", "act_heads", None))
+
+
 def gather_length_grad(x: jax.Array) -> jax.Array:
   """Identity on a layer's output (B, L, E) before the residual add, whose cotangent comes back
   whole along its length: the transpose of the forward's reduce-scatter, so that the backward

@@ -140,7 +140,7 @@ class VisionLayout:
   patch_dim: int  # values per flattened patch
   window_merged: int  # side of a window in merged tokens
   window_patches: int  # patches per padded window
-  max_images: int = 0  # images (video frames) an example may hold, 0: any (model.vision.max_images)
+  max_images: int  # images (video frames) an example may hold (model.vision.max_images)
 
   @classmethod
   def of(cls, vision_cfg) -> VisionLayout:
@@ -270,7 +270,7 @@ def build_batch(examples: Sequence[dict], *, vision_cfg, image_token_id: int, ma
     if len(ids) > max_tokens:
       raise ValueError(f"example {i}: {len(ids)} tokens exceed the token budget max_tokens={max_tokens}")
     grids = np.asarray(ex["grid_thw"]).reshape(-1, 3)
-    if v.max_images and grids[:, 0].sum() > v.max_images:
+    if grids[:, 0].sum() > v.max_images:
       raise ValueError(f"example {i}: {grids[:, 0].sum()} images (video frames count one each) exceed "
                        f"model.vision.max_images={v.max_images}")
     lay = layout_vision(np.asarray(ex["pixel_values"]), grids, v)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zwz_jax.sharding import constrain, constrain_residual, gather_length, gather_length_grad, sequence_parallel
+from zwz_jax.sharding import constrain, constrain_residual, gather_length, gather_length_grad, split_heads
 
 _INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
 
@@ -149,9 +149,7 @@ class VisionAttention(nnx.Module):
     else:
       segment_ids = full_attention_segments(segment_ids, self.window)
     out = self.attend(q[:, :, :, None], k, v, segment_ids, segment_ids, **runs)
-    out = out.reshape(b, p, h, d)
-    if sequence_parallel():  # as TextAttention
-      out = constrain(out, ("act_batch", "act_length", "act_heads", None))
+    out = split_heads(out.reshape(b, p, h, d))
     return dense(out, self.proj_kernel[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
 
 class VisionBlock(nnx.Module):
@@ -286,13 +284,7 @@ class TextAttention(nnx.Module):
       out, p = attend(return_probs=True)
       p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
       probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
-    out = out.reshape(b, l, h, d)
-    if sequence_parallel():
-      # Split by head into the output projection, and so its cotangent in the backward: else, with
-      # the residual split by position, XLA splits the attention's backward by position too and
-      # moves its (T x S) scores between ranks.
-      out = constrain(out, ("act_batch", "act_length", "act_heads", None))
-    out = dense(out, self.o_kernel[...].astype(dt), 2)
+    out = dense(split_heads(out.reshape(b, l, h, d)), self.o_kernel[...].astype(dt), 2)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache, probs
