@@ -214,6 +214,28 @@ def test_chunked_skips_no_visible_pair_and_pads_to_blocks():
   np.testing.assert_allclose(out[:, 0], jnp.broadcast_to(v[:, 0, :, None], out[:, 0].shape), rtol=1e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's differentiated path")
+@pytest.mark.parametrize("name", CASES)
+def test_auto_on_cpu_is_dense_evaluated_and_blockwise_differentiated(name):
+  """Past CPU_GRAD_BLOCK (8 here, so every case crosses it but the decode step's 3 queries), auto
+  evaluates with dense and differentiates blockwise: both equal dense, forward and gradients."""
+  case = _case(name)
+  q, k, v, qs, ks, causal, offset = case
+  with mock.patch.object(attention_lib, "CPU_GRAD_BLOCK", 8):
+    out, grads = _forward_and_grads("auto", 512, case)
+    f = lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
+                                             q_offset=offset)
+    evaluated = str(jax.make_jaxpr(f)(q, k, v))
+    differentiated = str(jax.make_jaxpr(lambda *a: jax.vjp(f, *a)[1](out))(q, k, v))
+  ref_out, ref_grads = _forward_and_grads("dense", 512, case)
+  assert _rel(out, ref_out) <= TOL
+  for name_, g, ref in zip("qkv", grads, ref_grads):
+    assert _rel(g, ref) <= TOL, f"d{name_}"
+  # The blockwise kernel's mark: a cond that skips blocks without a visible pair.
+  assert "cond" not in evaluated
+  assert ("cond" in differentiated) == (min(q.shape[1], k.shape[1]) > 8)
+
+
 def test_auto_resolves_by_shape_and_platform():
   assert attention_lib.resolve("auto", 1, 100_000) == "dense"  # one decode query
   assert attention_lib.resolve("auto", 512, 512) == "dense"
@@ -244,5 +266,8 @@ def _temp_bytes(backend: str, length: int) -> int:
 def test_chunked_memory_grows_linearly_dense_quadratically():
   chunked = _temp_bytes("chunked", 4096) / _temp_bytes("chunked", 1024)
   dense = _temp_bytes("dense", 4096) / _temp_bytes("dense", 1024)
+  # Differentiated on CPU, auto is blockwise even where it evaluates with dense (up to 1,024 here).
+  auto = _temp_bytes("auto", 1024) / _temp_bytes("auto", 256)
   assert chunked <= 4.5, chunked
   assert dense >= 12, dense
+  assert auto <= 4.5, auto
