@@ -24,7 +24,7 @@ Backends (`model.attention`):
   auto     splash on TPU, cudnn on GPU (chunked there for float32 activations or a head size cuDNN does
            not take), chunked elsewhere, dense when the score matrix is small or for one query (a
            cached decode step is linear in the cache either way). On CPU, differentiated, chunked
-           at CPU_GRAD_BLOCK whenever there are blocks to skip (see there).
+           in blocks that leave some to skip (CPU_GRAD_BLOCKS).
 """
 from __future__ import annotations
 
@@ -52,13 +52,19 @@ DENSE_MAX_SCORES = 1024 * 1024
 # the (T x S) probabilities for the backward anyway; TPU and GPU run one fused block.
 DENSE_QUERY_BLOCK = 128
 DENSE_BLOCKED_SCORES = 2 * 1024 * 1024
-# auto on XLA:CPU under differentiation (training, GRPO's update): chunked at this block in both
-# passes once queries and keys span more than one block. Its blocks skip the causal rule's upper
-# triangle and whole blocks of padding, which dense computes and then keeps for its backward. The
-# tiny bench train step (8 x 320 tokens; 8 x 512 patch slots, 1,880 of them real): 362 ms dense,
-# 222 ms at 64, 235 at 128, 251 at 32. Evaluated only (prefill, evaluation), auto stays as above:
-# dense's query blocks beat it there (the small bench prefill: 954 ms dense, 1,341 chunked at 64).
-CPU_GRAD_BLOCK = 64
+# auto on XLA:CPU under differentiation (training, GRPO's update): chunked, its blocks skipping the
+# causal rule's upper triangle and whole blocks of padding, which dense computes and then keeps for
+# its backward. The block: the largest power of two within CPU_GRAD_BLOCKS that cuts the keys into
+# at least four, so that there are blocks to skip; a smaller block steps the loop more often, with
+# less work per step. Forward and backward at float32, median ms (dense / 64 / 128 / 256 / 512):
+#   full, 8 x 512 patches, 4 heads of 16, 54% padding:      71 / 31 / 26 / 43 / 66     (128)
+#   causal, 8 x 320 tokens, 8 heads of 16, 42% padding:     43 / 14 / 24 / 63 / 49     (64)
+#   full, 4 x 1,024 patches, 4 heads of 64, 35% padding:   187 / 161 / 131 / 145 / 182 (256)
+#   causal, 1 x 2,048 tokens, 8 heads of 64:               320 / 233 / 217 / 114 / 141 (512)
+#   full, 1 x 3,072 patches (2 images), 16 heads of 80:      - / - / 1251 / 1025 / 887 (512)
+# Evaluated only (prefill, evaluation), auto stays as above: dense's query blocks beat blockwise
+# there (the small bench prefill: 954 ms dense, 1,341 chunked at 64).
+CPU_GRAD_BLOCKS = (64, 512)
 _NEG = float(np.finfo(np.float32).min)
 _PAD_SEGMENT = int(np.iinfo(np.int32).min)  # segment of the rows padded to a block multiple
 
@@ -151,7 +157,7 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   name = "dense" if return_probs else resolve(check_backend(backend), t, s, q.dtype, q.shape[-1])
   if name == "splash" and not (isinstance(q_offset, int) and q_offset == 0 and t <= s):
     name = "chunked"  # splash's masks are static: decode steps at a traced offset go blockwise
-  if backend == "auto" and not return_probs and min(t, s) > CPU_GRAD_BLOCK and _platform() == "cpu":
+  if backend == "auto" and not return_probs and s > CPU_GRAD_BLOCKS[0] and _platform() == "cpu":
     return _cpu_auto(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32), causal, name, block)
   return _run(name, q, k, v, q_segment_ids, kv_segment_ids, q_offset, causal, block, return_probs, max_runs)
 
@@ -170,15 +176,20 @@ def _run(name: str, q, k, v, qs, ks, q_offset, causal: bool, block: int, return_
   return _splash(q, k, v, qs, ks, causal, block)
 
 
-# auto on CPU: evaluated, the backend `resolve` names; differentiated, chunked at CPU_GRAD_BLOCK.
+def _cpu_grad_block(s: int) -> int:
+  low, high = CPU_GRAD_BLOCKS
+  return min(high, max(low, 1 << max(s // 4, 1).bit_length() - 1))
+
+
+# auto on CPU: evaluated, the backend `resolve` names; differentiated, chunked at _cpu_grad_block.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _cpu_auto(q, k, v, qs, ks, q_offset, causal, name, block):
   return _run(name, q, k, v, qs, ks, q_offset, causal, block)
 
 
 def _cpu_auto_fwd(q, k, v, qs, ks, q_offset, causal, name, block):
-  t, s = q.shape[1], k.shape[1]
-  bq, bk = min(CPU_GRAD_BLOCK, t), min(CPU_GRAD_BLOCK, s)
+  block = _cpu_grad_block(k.shape[1])
+  bq, bk = min(block, q.shape[1]), min(block, k.shape[1])
   return jax.vjp(lambda q, k, v: _chunked(q, k, v, qs, ks, q_offset, causal, bq, bk), q, k, v)
 
 
