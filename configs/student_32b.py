@@ -11,9 +11,9 @@ Half the chips would not do: the fp32 parameters and Adam moments alone would ta
 and the temporaries that scale with them (the scanned layers' stacked copy, its gradient, the
 accumulated gradient) double too. On a larger slice set train.grad_accum_steps so that a micro-batch
 still divides over the chips (1 on 64 chips).
-On v6e: v6e:8x8 (64 chips, fsdp alone), 22.5 / 31.25 GiB per chip. On v5e: v5e:8x16
-(128 chips) with --config.mesh.tensor=2 and train.grad_accum_steps=1, 10.2 / 15.75 GiB per chip
-(v5e:8x8 with tensor=2: 18.7 GiB).
+On v6e: v6e:8x8 (64 chips, fsdp alone), 22.5 / 31.25 GiB per chip. On v5e: v5e:8x8 (64 chips)
+with --config.mesh.tensor=4 and train.grad_accum_steps=4, 14.6 / 15.75 GiB per chip (with tensor=2
+it takes 17.3 GiB there; v5e:8x16 with tensor=2 and train.grad_accum_steps=1: 9.9).
 """
 from configs import _qwen2_5_vl
 

@@ -11,10 +11,10 @@ Half the chips would not do: the fp32 parameters and Adam moments alone would ta
 and the temporaries that scale with them (the scanned layers' stacked copy, its gradient, the
 accumulated gradient) double too. On a larger slice set train.grad_accum_steps so that a micro-batch
 still divides over the chips (1 on 64 chips).
-On v6e: v6e:8x16 (128 chips) with --config.mesh.tensor=2 and train.grad_accum_steps=1, 17.7 / 31.25
-GiB per chip (v6e:8x8 with tensor=2: 40.7 GiB). On v5e: v5e:16x16 (256 chips) with
---config.mesh.tensor=4 and train.grad_accum_steps=1, 9.6 / 15.75 GiB per chip (on 128 chips with
-tensor=2 the same program takes 17.7 GiB on v6e: over a v5e chip).
+On v6e: v6e:8x16 (128 chips) with --config.mesh.tensor=2 and train.grad_accum_steps=1, 17.8 / 31.25
+GiB per chip (v6e:8x8: 38.2 GiB with tensor=2, 34.7 with tensor=4). On v5e: v5e:16x16 (256 chips)
+with --config.mesh.tensor=4 and train.grad_accum_steps=1, 8.7 / 15.75 GiB per chip (v5e:8x16 with
+tensor=4: 17.7 GiB).
 """
 from configs import _qwen2_5_vl
 
