@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(CPU_ONLY) OMP_NUM_THREADS=1 XLA_FLAGS='$(TEST_XLA_FLAGS)' $(PY) -m pytest $(PYTEST_ARGS) $(TESTS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-# The main job on the CPU default (configs/demo.py, about 15 minutes on 2 cores): scenes and their
+# The main job on the CPU default (configs/demo.py, about 7 minutes on 2 cores): scenes and their
 # distilled records, a held-out dual-view benchmark, the tiny student trained with and without the
 # red box, both views evaluated before and after, one report in out/demo/demo.md. Re-running resumes.
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""`make demo`: the whole method on one CPU, about 15 minutes on 2 cores (launch/demo.py).
+"""`make demo`: the whole method on one CPU, about 7 minutes on 2 cores (launch/demo.py).
 
   python launch/demo.py [--config=configs/demo.py] [--config.grpo.steps=20] [--config.out_dir=...]
 """
