@@ -56,7 +56,8 @@ DENSE_BLOCKED_SCORES = 2 * 1024 * 1024
 # causal rule's upper triangle and whole blocks of padding, which dense computes and then keeps for
 # its backward. The block: the largest power of two within CPU_GRAD_BLOCKS that cuts the keys into
 # at least four, so that there are blocks to skip; a smaller block steps the loop more often, with
-# less work per step. Forward and backward at float32, median ms (dense / 64 / 128 / 256 / 512):
+# less work per step. Forward and backward at float32, median ms (dense / 64 / 128 / 256 / 512;
+# in parentheses the block this rule takes):
 #   full, 8 x 512 patches, 4 heads of 16, 54% padding:      71 / 31 / 26 / 43 / 66     (128)
 #   causal, 8 x 320 tokens, 8 heads of 16, 42% padding:     43 / 14 / 24 / 63 / 49     (64)
 #   full, 4 x 1,024 patches, 4 heads of 64, 35% padding:   187 / 161 / 131 / 145 / 182 (256)
