@@ -98,13 +98,15 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
   steps = cfg.max_new_tokens
   cache = model.init_cache(b, l + steps)
   key_mask = jnp.concatenate([batch["attention_mask"].astype(bool), jnp.ones((b, steps), bool)], axis=1)
-  logits, cache = model(
+  # The LM head at each prompt's last position only (prompts are left-padded): over the whole
+  # prompt it would hold (B, L, vocab) logits: 5 GB in bfloat16 per 16K-token prompt at Qwen's vocabulary.
+  hidden, cache = model(
       batch["input_ids"], batch["positions"], key_mask, batch["pixel_values"], batch["vision_positions"],
-      batch["vision_segment_ids"], batch["image_token_index"], cache=cache, cache_index=0)
+      batch["vision_segment_ids"], batch["image_token_index"], cache=cache, cache_index=0, head=False)
+  logits = model.logits(hidden[:, -1:])[:, 0]
   # Generated tokens continue the text positions after the prompt's largest M-RoPE id.
   valid = batch["attention_mask"].astype(bool)[None]
   next_pos = jnp.max(jnp.where(valid, batch["positions"], -1), axis=(0, 2)) + 1  # (B,)
-  logits = logits[:, -1]
   if num_samples > 1:  # samples of one prompt share its prefill: rows i*n .. i*n+n-1 are prompt i
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
     cache = cache.repeat(num_samples)
