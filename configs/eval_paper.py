@@ -7,11 +7,11 @@ seed 42, up to 8,192 new tokens (configs/_eval.py: add_paper_protocol).
       --config.processor.tokenizer=/models/Qwen2.5-VL-7B-Instruct \
       --checkpoint=/models/Qwen2.5-VL-7B-Instruct --checkpoint=/runs/zwz-7b --out=out/eval_paper
 
-Slice: v5p:2x2x2 (8 chips) holds the eval program at this resolution (21,632 tokens and 87,808
-patches per prompt, 16 prompts, 8,192 new tokens): 51.60 / 95.74 GiB per chip (launch/compile.py
---functions=eval --cost=none, sampling as configured). On v5p:2x2x2's two hosts, --multihost splits
-each batch 8 + 8. On v5p:4x4x4, where 16 prompts do not divide 64 chips, one process replicates the
-batch (36.08 GiB); several processes need eval.batch_size to divide over the 64 chips.
+Slice: v5p:2x2x1 (4 chips, one host) holds the eval program at this resolution (21,632 tokens and
+87,808 patches per prompt, 16 prompts, 8,192 new tokens): 34.47 / 95.74 GiB per chip (launch/compile.py
+--functions=eval --cost=none, sampling as configured); v5p:2x2x2 17.43, where --multihost splits
+each batch 8 + 8 over its two hosts. On v5p:4x4x4 the 16 prompts are padded to 64 rows, one per
+chip (6.99 GiB): eval.batch_size=64 asks four times the prompts per batch there.
 """
 from configs import _eval, student_7b
 

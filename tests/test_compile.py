@@ -251,8 +251,8 @@ def test_auto_attention_lowers_to_splash_on_a_tpu_mesh():
 
 
 def test_splash_with_a_batch_that_does_not_divide_the_mesh_compiles():
-  """An eval batch smaller than the batch axes stays replicated, and the splash kernel (which XLA
-  cannot partition itself) still runs inside shard_map, whole on every device."""
+  """Rows replicated over the mesh (fewer than the batch axes) still compile: the splash kernel
+  (which XLA cannot partition itself) runs inside shard_map, whole on every device."""
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P

@@ -110,6 +110,29 @@ def test_sharded_generation_equals_single_device(setup):
   np.testing.assert_array_equal(got, want)
 
 
+def test_an_eval_batch_is_padded_to_the_batch_axes_never_replicated(setup):
+  """Two prompts on data x fsdp = 4: the evaluator's batch takes 4 rows, one per chip, the prompts'
+  tokens unchanged. Replicated, every chip would decode every prompt."""
+  _, _, ours, _, batch = setup
+  want, _ = sampler.generate(ours, batch, sampler.SamplingConfig(max_new_tokens=6))
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices=jax.devices()[:8])
+  assert batching.eval_rows(mesh, 2) == 4 and batching.eval_rows(mesh, 5) == 8
+  assert batching.eval_rows(mesh, 2, processes=8) == 8
+  with pytest.raises(ValueError, match=r"2 rows of 'input_ids' do not divide .* data x fsdp = 4.*eval_rows"):
+    batching.placement(mesh, "input_ids", batch["input_ids"].shape)
+  rows = {k: np.asarray(v) for k, v in batch.items() if k in batching.MODEL_INPUTS}
+  padded = {k: np.concatenate([v, np.take(v, [-1, -1], axis=batching.row_axis(k))], axis=batching.row_axis(k))
+            for k, v in rows.items()}
+  from flax import nnx
+  gdef, state = nnx.split(ours)
+  sharded = nnx.merge(gdef, jax.device_put(state, state_shardings(state, mesh)))
+  with jax.set_mesh(mesh):
+    placed = batching.place(mesh, padded, batching.MODEL_INPUTS)
+    assert {s.data.shape[0] for s in placed["pixel_values"].addressable_shards} == {1}
+    got, _ = sampler.generate(sharded, placed, sampler.SamplingConfig(max_new_tokens=6))
+  np.testing.assert_array_equal(got[:2], want)
+
+
 # ---- the sampling distribution against a numpy reference -----------------------------------------
 
 

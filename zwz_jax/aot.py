@@ -163,8 +163,7 @@ def batch_shapes(config, rows: int, tokens: int, patches: int) -> dict[str, jax.
 
 def place_batch(mesh, shapes: dict) -> dict:
   """Abstract batch inputs placed as the trainer and the evaluator place batches: rows over the batch
-  axes (data x fsdp), replicated when they do not divide (evaluation batches may be smaller than the
-  slice; zwz_jax.data.batch.placement)."""
+  axes (data x fsdp; zwz_jax.data.batch.placement)."""
   from zwz_jax.data.batch import placement
   return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement(mesh, key, s.shape))
           for key, s in shapes.items()}
@@ -256,7 +255,8 @@ def _rollout(config, mesh) -> list[_Program]:
 
 def _eval(config, mesh) -> list[_Program]:
   """Decoding eval.batch_size prompts with one image at processor.max_pixels, with the eval
-  section's sampling settings (a key per prompt when sampling, as the evaluator draws)."""
+  section's sampling settings (a key per prompt when sampling, as the evaluator draws), in the
+  evaluator's batch: padded to a multiple of the batch axes."""
   if "eval" not in config:
     raise KeyError("config key eval: the eval sampler is compiled at the eval config's settings "
                    "(e.g. configs/eval_zoombench.py); this config has no eval section")
@@ -264,7 +264,8 @@ def _eval(config, mesh) -> list[_Program]:
   e = config.eval
   sampling = dict(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p),
                   top_k=int(e.top_k), presence_penalty=float(e.presence_penalty))
-  return [_sampler_program(config, mesh, int(e.batch_size), tokens, patches, 1, sampling,
+  from zwz_jax.data.batch import eval_rows
+  return [_sampler_program(config, mesh, eval_rows(mesh, int(e.batch_size)), tokens, patches, 1, sampling,
                            keys_per_row=float(e.temperature) > 0)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 import time
 from typing import Iterable, Sequence
@@ -50,10 +51,11 @@ class DualViewEvaluator:
   """Runs a model over both views of a benchmark with the batched KV-cache sampler.
 
   On several processes (jax.distributed), every process runs the same loop: each batch of
-  eval.batch_size (item, view)s is split over the processes, which prepare their rows, generate
-  together on the mesh and write their rows to their own predictions file; the report reads them
-  all. A sampled row draws from a key of its own (the seed and its item and view), so answers do
-  not depend on the batch, the process or a resume."""
+  eval.batch_size (item, view)s is split over the processes, which prepare their rows (padded to a
+  multiple of the batch axes: `batch.eval_rows`), generate together on the mesh and write their rows
+  to their own predictions file; the report reads them all. A sampled row draws from a key of its
+  own (the seed and its item and view), so answers do not depend on the batch, the process or a
+  resume."""
 
   def __init__(self, config, model, tokenizer, *, mesh=None, coverage_layer: int = -1, heatmaps: int = 0):
     from zwz_jax.generate import sampler  # jax side, imported here so reports need no jax
@@ -76,6 +78,7 @@ class DualViewEvaluator:
     self.batch_size = int(e.batch_size)  # global: over all processes
     self.mesh = mesh
     self._blank = None  # a padding example, for a process with no row to fill
+    self._padding_told = False
     # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
     # question alone names the region); "overlay" / "coords" mark the item's box as in training, for
     # benchmarks whose questions refer to the box (our records' held-out split).
@@ -112,6 +115,12 @@ class DualViewEvaluator:
     if self.batch_size % pc:
       raise ConfigError(f"config key eval.batch_size={self.batch_size} does not divide over {pc} processes")
     per_process = self.batch_size // pc
+    rows = batching.eval_rows(self.mesh, self.batch_size, pc)
+    if rows > self.batch_size and not self._padding_told:
+      self._padding_told = True
+      logging.getLogger(__name__).warning(
+          "eval.batch_size=%d is padded to %d rows, a multiple of the batch axes data x fsdp: "
+          "eval.batch_size=%d would ask %d prompts per batch in the same time", self.batch_size, rows, rows, rows)
     os.makedirs(out_dir, exist_ok=True)
     self.out_dir = out_dir
     self.authors_mcq = bench.authors_mcq
@@ -125,7 +134,7 @@ class DualViewEvaluator:
     with jsonl_log.Appender(os.path.join(out_dir, _predictions_file(pi, pc))) as log, \
         tqdm.tqdm(total=sum(map(len, todo)), desc=f"{bench.name}", disable=not progress or pi > 0) as bar:
       for chunk in chunks:
-        rows, ready = [], []
+        out, ready = [], []
         for item, view in chunk[pi * per_process:(pi + 1) * per_process]:
           error = item.error or (None if view == "global" or item.crop else "no crop image")
           if error is None:
@@ -134,10 +143,10 @@ class DualViewEvaluator:
             except ValueError as e:
               error = str(e)
           if error is not None:
-            rows.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
-                         **_labels(item)})
-        rows += self._predict(ready, per_process)  # with every process, even with nothing to ask
-        log.write(*rows)
+            out.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
+                        **_labels(item)})
+        out += self._predict(ready, rows // pc)  # with every process, even with nothing to ask
+        log.write(*out)
         bar.update(len(chunk))
     if pc > 1:
       from jax.experimental import multihost_utils
