@@ -191,14 +191,42 @@ def test_dense_backward_equals_autodiff_of_the_textbook_formula(name):
 def test_dense_forward_in_query_blocks_equals_one_block(name):
   """Outside differentiation, dense runs its queries in blocks on CPU: the same rows as one block."""
   q, k, v, qs, ks, causal, offset = _case(name)
-  one = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
-                                                     q_offset=offset, return_probs=True)[0])(q, k, v)
+  with mock.patch.object(attention_lib, "DENSE_QUERY_BLOCK", 1 << 30):
+    one = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks), causal=causal,
+                                                       q_offset=offset, backend="dense"))(q, k, v)
   with mock.patch.multiple(attention_lib, DENSE_QUERY_BLOCK=8, DENSE_BLOCKED_SCORES=0,  # 45 and 3 pad
                            _platform=lambda: "cpu"):
     blocked = jax.jit(lambda q, k, v: attention_lib.attend(q, k, v, jnp.asarray(qs), jnp.asarray(ks),
                                                            causal=causal, q_offset=offset, backend="dense"))
     assert "while" in blocked.lower(q, k, v).as_text() or q.shape[1] <= 8
     np.testing.assert_allclose(blocked(q, k, v), one, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_query_probs_are_the_rows_of_the_textbook_probabilities(name):
+  """Coverage's probabilities of one query per row equal that row of softmax(masked q k^T / sqrt(d)),
+  head order as transformers' repeat_kv."""
+  q, k, v, qs, ks, causal, offset = _case(name)
+  b, t, hkv, g, d = q.shape
+  scores = jnp.einsum("bthd,bshd->bhts", q.reshape(b, t, hkv * g, d), jnp.repeat(k, g, axis=2)) / np.sqrt(d)
+  mask = attention_lib.visible(jnp.asarray(qs), jnp.asarray(ks), causal, offset)
+  textbook = jax.nn.softmax(jnp.where(mask[:, None], scores, -jnp.inf), axis=-1)
+  query = jnp.asarray(np.random.default_rng(3).integers(0, t, b), jnp.int32)
+  probs = attention_lib.query_probs(q, k, jnp.asarray(qs), jnp.asarray(ks), query, causal=causal, q_offset=offset)
+  want = textbook[jnp.arange(b), :, query]  # (B, H, S)
+  assert _rel(probs.reshape(b, hkv * g, -1), want) <= TOL
+
+
+def test_query_probs_hold_one_row_not_the_score_matrix():
+  """At 4,096 tokens a (T x S) float32 score matrix of 4 heads is 268 MB; one query row per example
+  needs a sliver of it."""
+  t, hkv, g, d = 4096, 2, 2, 64
+  spec = jax.ShapeDtypeStruct
+  q, k = spec((1, t, hkv, g, d), jnp.float32), spec((1, t, hkv, d), jnp.float32)
+  seg, query = spec((1, t), jnp.int32), spec((1,), jnp.int32)
+  probs = jax.jit(lambda q, k, seg, query: attention_lib.query_probs(q, k, seg, seg, query, causal=True))
+  temp = probs.lower(q, k, seg, query).compile().memory_analysis().temp_size_in_bytes
+  assert temp < hkv * g * t * t * 4 / 64
 
 
 def test_chunked_skips_no_visible_pair_and_pads_to_blocks():

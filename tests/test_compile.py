@@ -76,9 +76,11 @@ def _check_figures(config, reports, costed: bool):
 
 @pytest.mark.parametrize("config_path,mesh", [
     # One decoder layer and one window + one full-attention vision block, unrolled: a shorter compile.
-    # The eval program samples as the authors' protocol does (a key per prompt, top-k, penalty).
+    # The eval program samples as the authors' protocol does (a key per prompt, top-k, penalty), and
+    # reads coverage: its forward is compiled too.
     (f"{CONFIGS}/eval_paper_tiny.py", ("mesh.fsdp=2", "mesh.tensor=2", "model.text.num_layers=1",
-                                    "model.vision.depth=2", "model.vision.fullatt_block_indexes=(1,)")),
+                                    "model.vision.depth=2", "model.vision.fullatt_block_indexes=(1,)",
+                                    "eval.coverage_layer=0")),
     # Two micro-batches and scanned layers (cost figures: test_extrapolated_cost_*, test_cost_figures_*).
     (f"{CONFIGS}/tiny_qwen3.py", ("mesh.fsdp=-1", "train.grad_accum_steps=2", "model.scan_layers=True")),
 ], ids=["qwen2_5_vl-fsdp2-tensor2", "qwen3_vl-fsdp4"])
@@ -88,18 +90,22 @@ def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   # figures: test_extrapolated_cost_*.
   costed = not registry.model_config(config.model).scan_layers
   reports = aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS, cost="unrolled" if costed else "none")
-  assert [r.function for r in reports] == list(aot.FUNCTIONS)
+  coverage = int(config.eval.coverage_layer) >= 0
+  assert [r.function for r in reports] == list(aot.FUNCTIONS) + ["eval"] * coverage
   _check_figures(config, reports, costed)
   if reports[0].mesh["fsdp"] == 4:
     # fsdp over all 4 chips: nearly every parameter byte is split 4 ways (norms may be replicated).
     n = sum(math.prod(a.shape) for a in _space(config).abstract.values())
     assert reports[0].held["params"] == pytest.approx(4 * n / 4, rel=0.05)
-  sft, grpo, rollout, evaluation = reports
+  sft, grpo, rollout, evaluation = reports[:4]
   assert sft.shape == {"rows": 8, "tokens": 224, "patches": 256}
   assert grpo.shape == {"rows": 8 * 4 // 2, "tokens": 224 + 4, "patches": 256}
   assert rollout.shape == {"rows": 8 * 4, "tokens": 224, "patches": 256, "new_tokens": 4}
   assert evaluation.shape["rows"] == config.eval.batch_size
   assert evaluation.shape["new_tokens"] == config.eval.max_new_tokens
+  if coverage:
+    assert reports[4].shape == {"rows": evaluation.shape["rows"], "tokens": evaluation.shape["tokens"],
+                                "patches": evaluation.shape["patches"], "coverage_layer": 0}
 
 
 def test_cost_twins_start_at_the_shallowest_depth_the_family_allows():

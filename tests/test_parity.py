@@ -73,6 +73,40 @@ def test_padded_batch(models, family_config):
     assert ref.rel_err(np.asarray(logits)[i, :n], hf_logits[0]) <= TOL, f"example {i}"
 
 
+def test_coverage_layer_attention_equals_transformers_eager(models, family_config):
+  """The attention probabilities coverage reads (one decoder layer, one query per row) equal that row
+  of transformers' eager attention, example by example; padding keys get none."""
+  ours, hf = models
+  rng = np.random.default_rng(2)
+  exs = [ref.example(family_config, ref.images(rng, [(90, 90)]), [[5, 6], [9, 10, 11]]),
+         ref.example(family_config, ref.images(rng, [(120, 60), (60, 120)]), [[3], [4, 4], [2]])]
+  batch = batching.build_batch(exs, vision_cfg=ours.cfg.vision, image_token_id=ours.cfg.image_token_id,
+                               max_tokens=96, max_patches=512)
+  inputs = {k: jnp.asarray(batch[k]) for k in batching.MODEL_INPUTS}
+  lengths = [len(ex["input_ids"]) for ex in exs]
+  layer = 1
+  implementation = hf.config._attn_implementation
+  hf.set_attn_implementation("eager")
+  try:
+    hf_rows = []
+    for ex in exs:
+      ids = torch.as_tensor(ex["input_ids"]).long()[None]
+      with torch.no_grad():
+        out = hf(input_ids=ids, pixel_values=torch.as_tensor(ex["pixel_values"]),
+                 image_grid_thw=torch.as_tensor(ex["grid_thw"]), mm_token_type_ids=(ids == hf.config.image_token_id).int(),
+                 output_attentions=True)
+      hf_rows.append(out.attentions[layer][0].numpy())  # (heads, T, T)
+  finally:
+    hf.set_attn_implementation(implementation)
+  coverage = jax.jit(lambda m, b, q: m(**b, attention_layer=layer, attention_query=q)[1]["attention"])
+  for query in ([n - 1 for n in lengths], [n // 2 for n in lengths]):
+    probs = np.asarray(coverage(ours, inputs, jnp.asarray(query, jnp.int32)))
+    assert probs.shape == (2, ours.cfg.text.num_heads, 96)
+    for i, (n, q) in enumerate(zip(lengths, query)):
+      assert ref.rel_err(probs[i, :, :n], hf_rows[i][:, q]) <= TOL, (i, q)
+      assert not probs[i, :, n:].any()
+
+
 def test_text_only(models):
   ours, hf = models
   ids = np.arange(1, 21, dtype=np.int32)[None]

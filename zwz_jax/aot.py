@@ -11,8 +11,8 @@ reported with the compiler's message instead of figures.
 
 Functions: `sft` (the train step, once per bucket of data.buckets), `grpo_update` (the RL update
 on prompts x num_generations / num_minibatches rows of prompt + response), `rollout` (prefill +
-decode of num_generations samples per prompt), `eval` (greedy decode of eval.batch_size prompts at
-the eval config's image resolution).
+decode of num_generations samples per prompt), `eval` (decoding eval.batch_size prompts at the eval
+config's image resolution, and with eval.coverage_layer the forward coverage is read from).
 """
 from __future__ import annotations
 
@@ -256,7 +256,8 @@ def _rollout(config, mesh) -> list[_Program]:
 def _eval(config, mesh) -> list[_Program]:
   """Decoding eval.batch_size prompts with one image at processor.max_pixels, with the eval
   section's sampling settings (a key per prompt when sampling, as the evaluator draws), in the
-  evaluator's batch: padded to a multiple of the batch axes."""
+  evaluator's batch: padded to a multiple of the batch axes. With eval.coverage_layer, also the
+  forward that coverage is read from."""
   if "eval" not in config:
     raise KeyError("config key eval: the eval sampler is compiled at the eval config's settings "
                    "(e.g. configs/eval_zoombench.py); this config has no eval section")
@@ -265,8 +266,11 @@ def _eval(config, mesh) -> list[_Program]:
   sampling = dict(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p),
                   top_k=int(e.top_k), presence_penalty=float(e.presence_penalty))
   from zwz_jax.data.batch import eval_rows
-  return [_sampler_program(config, mesh, eval_rows(mesh, int(e.batch_size)), tokens, patches, 1, sampling,
-                           keys_per_row=float(e.temperature) > 0)]
+  rows = eval_rows(mesh, int(e.batch_size))
+  out = [_sampler_program(config, mesh, rows, tokens, patches, 1, sampling, keys_per_row=float(e.temperature) > 0)]
+  if int(e.coverage_layer) >= 0:
+    out.append(_coverage_program(config, mesh, rows, tokens, patches, int(e.coverage_layer)))
+  return out
 
 
 PROGRAMS = {"sft": _sft, "grpo_update": _grpo_update, "rollout": _rollout, "eval": _eval}
@@ -292,6 +296,20 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling, 
   shape = {"rows": prompts * samples, "tokens": tokens, "patches": patches, "new_tokens": sampling["max_new_tokens"]}
   return _Program(shape, sampler_lib._generate.lower(graphdef, state, batch, rng, cfg, samples),
                   _held({"params": state}, batch), counted_loops=r"^jit\(_generate\)/while$")  # the decode loop
+
+
+def _coverage_program(config, mesh, rows, tokens, patches, layer) -> _Program:
+  from zwz_jax.data.batch import MODEL_INPUTS, placement
+  from zwz_jax.eval.zoombench import coverage_forward
+  from zwz_jax.models import registry
+  from zwz_jax.params import ParamSpace
+  space = ParamSpace(registry.model_config(config.model), mesh, int(config.seed))
+  model = space.model(space.abstract)
+  shapes = batch_shapes(config, rows, tokens, patches)
+  batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})
+  query = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=placement(mesh, "last", (rows,)))
+  shape = {"rows": rows, "tokens": tokens, "patches": patches, "coverage_layer": layer}
+  return _Program(shape, coverage_forward(layer).lower(model, batch, query), _held({"params": space.abstract}, batch))
 
 
 COSTS = ("unrolled", "extrapolated", "none")
@@ -492,6 +510,8 @@ def format_table(reports: Sequence[Report]) -> str:
     shape = f"{r.shape['rows']} x {r.shape['tokens']} x {r.shape['patches']}"
     if "new_tokens" in r.shape:
       shape += f" (+{r.shape['new_tokens']} new)"
+    if "coverage_layer" in r.shape:
+      shape += f" (coverage, layer {r.shape['coverage_layer']})"
     cells = [r.function, shape, mesh] + [_bytes(r.held.get(k, 0)) for k in ("params", "opt_state", "batch")]
     if r.error:
       cells += [f"does not fit: {_short(r.error)}", "", "", "", ""]

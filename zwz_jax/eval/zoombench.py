@@ -47,6 +47,14 @@ def _predictions_file(process_index: int, process_count: int) -> str:
   return PREDICTIONS if process_count == 1 else f"predictions.process{process_index}-of-{process_count}.jsonl"
 
 
+def coverage_forward(layer: int):
+  """The jitted forward coverage is read from: (model, batch, query (B,)) -> decoder layer `layer`'s
+  attention probabilities (B, heads, S) for each row's query position. A second prefill, without a
+  cache, next to the sampler's; launch/compile.py compiles it as the evaluator runs it."""
+  import jax
+  return jax.jit(lambda m, b, q: m(**b, attention_layer=layer, attention_query=q)[1]["attention"])
+
+
 class DualViewEvaluator:
   """Runs a model over both views of a benchmark with the batched KV-cache sampler.
 
@@ -89,9 +97,7 @@ class DualViewEvaluator:
     self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items
     self.out_dir = ""
     if coverage_layer >= 0:
-      import jax
-      # One jitted function for every batch (a lambda built per batch would re-trace each time).
-      self._attention = jax.jit(lambda m, b, q: m(**b, attention_layer=coverage_layer, attention_query=q)[1])
+      self._attention = coverage_forward(coverage_layer)  # one jitted function for every batch
 
   def _example(self, item: EvalItem, view: str):
     img = records.decode_image(item.image if view == "global" else item.crop,
@@ -219,7 +225,7 @@ class DualViewEvaluator:
     last = np.full((batch["input_ids"].shape[0],), batch["input_ids"].shape[1] - 1, np.int32)
     with jax.set_mesh(self.mesh):
       last = batching.place(self.mesh, {"last": last}, ("last",))["last"]
-      probs = batching.local_rows(self._attention(self.model, inputs, last)["attention"])
+      probs = batching.local_rows(self._attention(self.model, inputs, last))
     out = []
     for i, (item, view, img, ex) in enumerate(ready):
       if view != "global" or item.bbox is None:

@@ -8,8 +8,9 @@ A row with no visible key is undefined (as in splash attention): callers give pa
 its own so that no row is empty.
 
 Backends (`model.attention`):
-  dense    einsum + float32 softmax over the whole (T x S) score matrix: the reference, and the only
-           one that returns attention probabilities (attention coverage).
+  dense    einsum + float32 softmax over the whole (T x S) score matrix: the reference. Attention
+           coverage's probabilities come from its formula for one query row (`query_probs`), next to
+           whichever backend computes the layer.
   chunked  pure JAX, blockwise online softmax with a backward that recomputes each block's scores
            (flash-attention style): memory linear in length; blocks without a visible pair skipped.
   splash   Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`) with segment
@@ -120,23 +121,24 @@ def cudnn_supports(dtype, head_dim: int) -> bool:
 
 
 def visible(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
-  """(B, T, S) bool: which keys each query sees."""
+  """(B, T, S) bool: which keys each query sees. q_offset: the first query's key position, one for
+  every row (an int or a traced scalar) or one per row ((B,))."""
   mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
   if causal:
     t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
-    mask &= (jnp.arange(s)[None, :] <= q_offset + jnp.arange(t)[:, None])[None]
+    mask &= jnp.arange(s)[None, None, :] <= jnp.reshape(q_offset, (-1, 1, 1)) + jnp.arange(t)[None, :, None]
   return mask
 
 
 def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_offset=0,
-           backend: str = "auto", block: int = 512, return_probs: bool = False, max_runs: int | None = None):
+           backend: str = "auto", block: int = 512, max_runs: int | None = None):
   """Softmax attention with grouped KV heads.
 
   q (B, T, Hkv, G, D); k, v (B, S, Hkv, D); segment ids (B, T) and (B, S) int. Query head
   (kv, g) attends with KV head kv, as `repeat_kv` in the reference. Scores and softmax in float32,
   output in q's dtype (B, T, Hkv, G, D). q_offset: position of the first query in the key
-  sequence (a cached decode step), an int or a traced scalar. With return_probs (dense only), also
-  the float32 probabilities (B, Hkv, G, T, S).
+  sequence (a cached decode step), an int or a traced scalar. `query_probs` gives the probabilities
+  of chosen queries.
 
   max_runs: declares that the queries are the first T keys with the same segment ids (self-attention,
   or a prefill at offset 0 whose later cache slots the causal rule hides), and bounds the runs of
@@ -150,24 +152,35 @@ def attend(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool = False, q_of
   t, s = q.shape[1], k.shape[1]
   q_segment_ids = q_segment_ids.astype(jnp.int32)
   kv_segment_ids = kv_segment_ids.astype(jnp.int32)
-  if causal and isinstance(q_offset, int) and q_offset + t < s and not return_probs:
+  if causal and isinstance(q_offset, int) and q_offset + t < s:
     # Keys after the last query are invisible under the causal rule (a prefill into a longer cache):
     # dropped before any backend spends work or a mask on them.
     s = q_offset + t
     k, v, kv_segment_ids = k[:, :s], v[:, :s], kv_segment_ids[:, :s]
-  name = "dense" if return_probs else resolve(check_backend(backend), t, s, q.dtype, q.shape[-1])
+  name = resolve(check_backend(backend), t, s, q.dtype, q.shape[-1])
   if name == "splash" and not (isinstance(q_offset, int) and q_offset == 0 and t <= s):
     name = "chunked"  # splash's masks are static: decode steps at a traced offset go blockwise
-  if backend == "auto" and not return_probs and s > CPU_GRAD_BLOCKS[0] and _platform() == "cpu":
+  if backend == "auto" and s > CPU_GRAD_BLOCKS[0] and _platform() == "cpu":
     return _cpu_auto(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32), causal, name, block)
-  return _run(name, q, k, v, q_segment_ids, kv_segment_ids, q_offset, causal, block, return_probs, max_runs)
+  return _run(name, q, k, v, q_segment_ids, kv_segment_ids, q_offset, causal, block, max_runs)
 
 
-def _run(name: str, q, k, v, qs, ks, q_offset, causal: bool, block: int, return_probs: bool = False,
-         max_runs: int | None = None):
+def query_probs(q, k, q_segment_ids, kv_segment_ids, query, *, causal: bool = False, q_offset=0):
+  """Float32 attention probabilities (B, Hkv, G, S) of one query per row, at `query` (B,) among
+  `attend`'s T queries (same arguments), as dense computes them: the one (1 x S) row, not the
+  (T x S) matrix (attention coverage reads one row of one layer; at 16K tokens the matrix is 31 GB
+  per example)."""
+  index = query.astype(jnp.int32)[:, None]
+  q1 = jnp.take_along_axis(q, index[:, :, None, None, None], axis=1)
+  segment = jnp.take_along_axis(q_segment_ids.astype(jnp.int32), index, axis=1)
+  mask = visible(segment, kv_segment_ids.astype(jnp.int32), causal, q_offset + index[:, 0])
+  return _dense_probs(jnp.moveaxis(q1, 1, 3), jnp.moveaxis(k, 1, 2), mask)[0][:, :, :, 0]
+
+
+def _run(name: str, q, k, v, qs, ks, q_offset, causal: bool, block: int, max_runs: int | None = None):
   t, s = q.shape[1], k.shape[1]
   if name == "dense":
-    return _dense(q, k, v, visible(qs, ks, causal, q_offset), return_probs)
+    return _dense(q, k, v, visible(qs, ks, causal, q_offset))
   if name == "chunked":
     return _chunked(q, k, v, qs, ks, jnp.asarray(q_offset, jnp.int32), causal, min(block, t), min(block, s))
   if name == "cudnn":
@@ -201,23 +214,25 @@ def _cpu_auto_bwd(causal, name, block, grads, dout):
 _cpu_auto.defvjp(_cpu_auto_fwd, _cpu_auto_bwd)
 
 
-def _dense(q, k, v, mask, return_probs: bool):
+def _dense(q, k, v, mask):
   # Heads lead, (B, Hkv, G, T, D) and (B, Hkv, S, D): the score and output matmuls are then plain
   # batched matmuls; the token-major einsums made XLA:CPU copy every (T x S) operand to a new layout.
   qh, kh, vh = jnp.moveaxis(q, 1, 3), jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)
-  if return_probs:
-    out, probs32, _ = _dense_heads(qh, kh, vh, mask)
-    return jnp.moveaxis(out, 3, 1), probs32
   return jnp.moveaxis(_dense_core(qh, kh, vh, mask), 3, 1)
 
 
-def _dense_heads(qh, kh, vh, mask):
-  """(output (B, Hkv, G, T, D), float32 probabilities (B, Hkv, G, T, S), the scaled queries)."""
+def _dense_probs(qh, kh, mask):
+  """(float32 probabilities (B, Hkv, G, T, S), the scaled queries)."""
   # The softmax scale goes on the (T x D) queries, not the (T x S) scores: XLA:CPU's fused matmul
   # took the scalar as a materialised (T x S) operand.
   qs = qh * jnp.asarray(qh.shape[-1] ** -0.5, qh.dtype)
   logits = jnp.einsum("bkgtd,bksd->bkgts", qs, kh, preferred_element_type=jnp.float32)
-  probs32 = jax.nn.softmax(jnp.where(mask[:, None, None], logits, _NEG), axis=-1)
+  return jax.nn.softmax(jnp.where(mask[:, None, None], logits, _NEG), axis=-1), qs
+
+
+def _dense_heads(qh, kh, vh, mask):
+  """(output (B, Hkv, G, T, D), float32 probabilities (B, Hkv, G, T, S), the scaled queries)."""
+  probs32, qs = _dense_probs(qh, kh, mask)
   return jnp.einsum("bkgts,bksd->bkgtd", probs32.astype(qh.dtype), vh), probs32, qs
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zwz_jax.models import attention as attention_lib
 from zwz_jax.sharding import constrain, constrain_residual, gather_length, gather_length_grad, split_heads
 
 _INIT = nnx.initializers.normal(0.02)  # HF's initializer_range
@@ -277,13 +278,10 @@ class TextAttention(nnx.Module):
     # The queries are the first keys (no cache, or a prefill at slot 0) with padding on either side of
     # them: at most three runs of equal segment ids per row (cuDNN takes them as packed sequences).
     attend = functools.partial(self.attend, q, k, v, *segments, causal=True, q_offset=index, max_runs=3)
-    probs = None
-    if probs_query is None:
-      out = attend()
-    else:
-      out, p = attend(return_probs=True)
-      p = p.reshape(b, h, l, -1)  # (kv, group) -> head order of the reference
-      probs = jnp.take_along_axis(p, probs_query[:, None, None, None], axis=2)[:, :, 0]
+    out, probs = attend(), None
+    if probs_query is not None:
+      probs = attention_lib.query_probs(q, k, *segments, probs_query, causal=True, q_offset=index)
+      probs = probs.reshape(b, h, -1)  # (kv, group) -> head order of the reference
     out = dense(split_heads(out.reshape(b, l, h, d)), self.o_kernel[...].astype(dt), 2)
     if self.out_bias:
       out = out + self.o_bias[...].astype(dt)
