@@ -91,20 +91,21 @@ def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   costed = not registry.model_config(config.model).scan_layers
   reports = aot.compile_config(config, "v5e:2x2", aot.FUNCTIONS, cost="unrolled" if costed else "none")
   coverage = int(config.eval.coverage_layer) >= 0
-  assert [r.function for r in reports] == list(aot.FUNCTIONS) + ["eval"] * coverage
+  assert [r.function for r in reports] == ["sft", "grpo_update", "rollout", "rollout", "eval"] + ["eval"] * coverage
   _check_figures(config, reports, costed)
   if reports[0].mesh["fsdp"] == 4:
     # fsdp over all 4 chips: nearly every parameter byte is split 4 ways (norms may be replicated).
     n = sum(math.prod(a.shape) for a in _space(config).abstract.values())
     assert reports[0].held["params"] == pytest.approx(4 * n / 4, rel=0.05)
-  sft, grpo, rollout, evaluation = reports[:4]
+  sft, grpo, rollout, logprobs, evaluation = reports[:5]
   assert sft.shape == {"rows": 8, "tokens": 224, "patches": 256}
   assert grpo.shape == {"rows": 8 * 4 // 2, "tokens": 224 + 4, "patches": 256}
   assert rollout.shape == {"rows": 8 * 4, "tokens": 224, "patches": 256, "new_tokens": 4}
+  assert logprobs.shape == {"rows": 8 * 4, "tokens": 224 + 4, "patches": 256, "log_probs": True}
   assert evaluation.shape["rows"] == config.eval.batch_size
   assert evaluation.shape["new_tokens"] == config.eval.max_new_tokens
   if coverage:
-    assert reports[4].shape == {"rows": evaluation.shape["rows"], "tokens": evaluation.shape["tokens"],
+    assert reports[5].shape == {"rows": evaluation.shape["rows"], "tokens": evaluation.shape["tokens"],
                                 "patches": evaluation.shape["patches"], "coverage_layer": 0}
 
 

@@ -11,7 +11,7 @@ reported with the compiler's message instead of figures.
 
 Functions: `sft` (the train step, once per bucket of data.buckets), `grpo_update` (the RL update
 on prompts x num_generations / num_minibatches rows of prompt + response), `rollout` (prefill +
-decode of num_generations samples per prompt), `eval` (decoding eval.batch_size prompts at the eval
+decode of num_generations samples per prompt, then their log-probs), `eval` (decoding eval.batch_size prompts at the eval
 config's image resolution, and with eval.coverage_layer the forward coverage is read from).
 """
 from __future__ import annotations
@@ -245,12 +245,26 @@ def _grpo_update(config, mesh) -> list[_Program]:
 
 
 def _rollout(config, mesh) -> list[_Program]:
-  """Sampling num_generations responses per prompt of the largest bucket."""
+  """Sampling num_generations responses per prompt of the largest bucket; then the responses'
+  log-probs under the policy (and the reference), one forward over all the step's rows."""
+  from zwz_jax.data.batch import MODEL_INPUTS
+  from zwz_jax.train import grpo
+  from zwz_jax.train.trainer import Trainer
   g = config.grpo
   tokens, patches = _buckets(config)[-1]
   sampling = dict(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p))
-  return [_sampler_program(config, mesh, int(config.data.global_batch_size), tokens, patches,
-                           int(g.num_generations), sampling)]
+  prompts, steps = int(config.data.global_batch_size), int(g.max_new_tokens)
+  sample = _sampler_program(config, mesh, prompts, tokens, patches, int(g.num_generations), sampling)
+  # The GRPO trainer whatever config.trainer says (as for the sampler); no tokenizer: compiled, never run.
+  trainer = Trainer(config, mesh, grpo.ClippedObjective(config), grpo.RolloutCollector(config, None))
+  rows = prompts * int(g.num_generations)
+  shapes = batch_shapes(config, rows, tokens + steps, patches)
+  shapes["response"] = jax.ShapeDtypeStruct((rows, steps), jnp.int32)
+  batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS + ("response",)})
+  params = trainer.abstract_state["params"]
+  logprobs = _Program({"rows": rows, "tokens": tokens + steps, "patches": patches, "log_probs": True},
+                      trainer.source._logprobs.lower(trainer, params, batch), _held({"params": params}, batch))
+  return [sample, logprobs]
 
 
 def _eval(config, mesh) -> list[_Program]:
@@ -510,6 +524,8 @@ def format_table(reports: Sequence[Report]) -> str:
     shape = f"{r.shape['rows']} x {r.shape['tokens']} x {r.shape['patches']}"
     if "new_tokens" in r.shape:
       shape += f" (+{r.shape['new_tokens']} new)"
+    if r.shape.get("log_probs"):
+      shape += " (log-probs)"
     if "coverage_layer" in r.shape:
       shape += f" (coverage, layer {r.shape['coverage_layer']})"
     cells = [r.function, shape, mesh] + [_bytes(r.held.get(k, 0)) for k in ("params", "opt_state", "batch")]
