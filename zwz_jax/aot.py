@@ -11,8 +11,9 @@ reported with the compiler's message instead of figures.
 
 Functions: `sft` (the train step, once per bucket of data.buckets), `grpo_update` (the RL update
 on prompts x num_generations / num_minibatches rows of prompt + response), `rollout` (prefill +
-decode of num_generations samples per prompt, then their log-probs), `eval` (decoding eval.batch_size prompts at the eval
-config's image resolution, and with eval.coverage_layer the forward coverage is read from).
+decode of num_generations samples per prompt, then their log-probs), `eval` (decoding
+eval.batch_size prompts at the eval config's image resolution, and with eval.coverage_layer the
+forward coverage is read from).
 """
 from __future__ import annotations
 
@@ -272,6 +273,7 @@ def _eval(config, mesh) -> list[_Program]:
   section's sampling settings (a key per prompt when sampling, as the evaluator draws), in the
   evaluator's batch: padded to a multiple of the batch axes. With eval.coverage_layer, also the
   forward that coverage is read from."""
+  from zwz_jax.data.batch import eval_rows
   if "eval" not in config:
     raise KeyError("config key eval: the eval sampler is compiled at the eval config's settings "
                    "(e.g. configs/eval_zoombench.py); this config has no eval section")
@@ -279,7 +281,6 @@ def _eval(config, mesh) -> list[_Program]:
   e = config.eval
   sampling = dict(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p),
                   top_k=int(e.top_k), presence_penalty=float(e.presence_penalty))
-  from zwz_jax.data.batch import eval_rows
   rows = eval_rows(mesh, int(e.batch_size))
   out = [_sampler_program(config, mesh, rows, tokens, patches, 1, sampling, keys_per_row=float(e.temperature) > 0)]
   if int(e.coverage_layer) >= 0:
