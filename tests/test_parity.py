@@ -13,6 +13,7 @@ from tests import hf_reference as ref
 from tests.shared import CONFIGS
 from zwz_jax.config import load_config
 from zwz_jax.data import batch as batching
+from zwz_jax.eval import zoombench
 from zwz_jax.generate import sampler
 from zwz_jax.models import convert, registry
 from zwz_jax.sharding import make_mesh
@@ -98,7 +99,7 @@ def test_coverage_layer_attention_equals_transformers_eager(models, family_confi
       hf_rows.append(out.attentions[layer][0].numpy())  # (heads, T, T)
   finally:
     hf.set_attn_implementation(implementation)
-  coverage = jax.jit(lambda m, b, q: m(**b, attention_layer=layer, attention_query=q)[1]["attention"])
+  coverage = zoombench.coverage_forward(layer)  # the evaluator's
   for query in ([n - 1 for n in lengths], [n // 2 for n in lengths]):
     probs = np.asarray(coverage(ours, inputs, jnp.asarray(query, jnp.int32)))
     assert probs.shape == (2, ours.cfg.text.num_heads, 96)

@@ -215,17 +215,15 @@ def test_prefill_takes_the_lm_head_at_the_last_position_only():
   """The prefill's logits are needed at each prompt's last position only: a (B, L, vocab) array there
   is 5 GB in bfloat16 per 16K-token prompt at Qwen's vocabulary. Compiled, the sampler holds far less."""
   from flax import nnx
+  from zwz_jax import aot
   from zwz_jax.models.qwen2_5_vl import Qwen2_5_VL
   vocab, b, l, p = 32768, 2, 1024, 64
-  cfg = ModelConfig.from_config(load_config(f"{CONFIGS}/tiny.py", [f"model.text.vocab_size={vocab}"]).model)
+  config = load_config(f"{CONFIGS}/tiny.py", [f"model.text.vocab_size={vocab}"])
+  cfg = ModelConfig.from_config(config.model)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0))))
-  s = jax.ShapeDtypeStruct
-  i32 = jnp.int32
-  batch = {"input_ids": s((b, l), i32), "positions": s((3, b, l), i32), "attention_mask": s((b, l), i32),
-           "pixel_values": s((b, p, cfg.vision.patch_dim), jnp.float32),
-           "vision_positions": s((b, p, 2), i32), "vision_segment_ids": s((b, p), i32),
-           "image_token_index": s((b, l), i32)}
-  compiled = sampler._generate.lower(graphdef, state, batch, s((2,), jnp.uint32),
+  shapes = aot.batch_shapes(config, b, l, p)
+  batch = {k: shapes[k] for k in batching.MODEL_INPUTS}
+  compiled = sampler._generate.lower(graphdef, state, batch, jax.ShapeDtypeStruct((2,), jnp.uint32),
                                      sampler.SamplingConfig(max_new_tokens=2)).compile()
   full_logits = b * l * vocab * 4
   assert compiled.memory_analysis().temp_size_in_bytes < full_logits / 8

@@ -292,15 +292,20 @@ PROGRAMS = {"sft": _sft, "grpo_update": _grpo_update, "rollout": _rollout, "eval
 FUNCTIONS = tuple(PROGRAMS)
 
 
-def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling, keys_per_row=False) -> _Program:
-  from zwz_jax.generate import sampler as sampler_lib
+def _model_inputs(config, mesh, rows, tokens, patches):
+  """(the abstract model, its parameters, the model inputs of `rows` rows), placed on `mesh`."""
+  from zwz_jax.data.batch import MODEL_INPUTS
   from zwz_jax.models import registry
   from zwz_jax.params import ParamSpace
-  from zwz_jax.data.batch import MODEL_INPUTS
   space = ParamSpace(registry.model_config(config.model), mesh, int(config.seed))
-  graphdef, state = nnx.split(space.model(space.abstract))
-  shapes = batch_shapes(config, prompts, tokens, patches)
-  batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})
+  shapes = batch_shapes(config, rows, tokens, patches)
+  return space.model(space.abstract), space.abstract, place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})
+
+
+def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling, keys_per_row=False) -> _Program:
+  from zwz_jax.generate import sampler as sampler_lib
+  model, params, batch = _model_inputs(config, mesh, prompts, tokens, patches)
+  graphdef, state = nnx.split(model)
   if keys_per_row:  # raw key data, placed as the evaluator places it
     from zwz_jax.data.batch import placement
     rng = jax.ShapeDtypeStruct((prompts, 2), jnp.uint32, sharding=placement(mesh, "keys", (prompts, 2)))
@@ -310,21 +315,16 @@ def _sampler_program(config, mesh, prompts, tokens, patches, samples, sampling, 
   cfg = sampler_lib.SamplingConfig(stop_ids=(0,), **sampling)
   shape = {"rows": prompts * samples, "tokens": tokens, "patches": patches, "new_tokens": sampling["max_new_tokens"]}
   return _Program(shape, sampler_lib._generate.lower(graphdef, state, batch, rng, cfg, samples),
-                  _held({"params": state}, batch), counted_loops=r"^jit\(_generate\)/while$")  # the decode loop
+                  _held({"params": params}, batch), counted_loops=r"^jit\(_generate\)/while$")  # the decode loop
 
 
 def _coverage_program(config, mesh, rows, tokens, patches, layer) -> _Program:
-  from zwz_jax.data.batch import MODEL_INPUTS, placement
+  from zwz_jax.data.batch import placement
   from zwz_jax.eval.zoombench import coverage_forward
-  from zwz_jax.models import registry
-  from zwz_jax.params import ParamSpace
-  space = ParamSpace(registry.model_config(config.model), mesh, int(config.seed))
-  model = space.model(space.abstract)
-  shapes = batch_shapes(config, rows, tokens, patches)
-  batch = place_batch(mesh, {k: shapes[k] for k in MODEL_INPUTS})
+  model, params, batch = _model_inputs(config, mesh, rows, tokens, patches)
   query = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=placement(mesh, "last", (rows,)))
   shape = {"rows": rows, "tokens": tokens, "patches": patches, "coverage_layer": layer}
-  return _Program(shape, coverage_forward(layer).lower(model, batch, query), _held({"params": space.abstract}, batch))
+  return _Program(shape, coverage_forward(layer).lower(model, batch, query), _held({"params": params}, batch))
 
 
 COSTS = ("unrolled", "extrapolated", "none")

@@ -9,7 +9,6 @@ MLP), not a subclass. All attention goes through
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -277,8 +276,8 @@ class TextAttention(nnx.Module):
     q = q.reshape(b, l, self.num_kv_heads, h // self.num_kv_heads, d)
     # The queries are the first keys (no cache, or a prefill at slot 0) with padding on either side of
     # them: at most three runs of equal segment ids per row (cuDNN takes them as packed sequences).
-    attend = functools.partial(self.attend, q, k, v, *segments, causal=True, q_offset=index, max_runs=3)
-    out, probs = attend(), None
+    out = self.attend(q, k, v, *segments, causal=True, q_offset=index, max_runs=3)
+    probs = None
     if probs_query is not None:
       probs = attention_lib.query_probs(q, k, *segments, probs_query, causal=True, q_offset=index)
       probs = probs.reshape(b, h, -1)  # (kv, group) -> head order of the reference
