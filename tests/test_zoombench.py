@@ -192,6 +192,67 @@ def test_two_processes_give_the_one_process_report(bench, reference, tmp_path):
           == {b: r["checkpoints"]["ckpt"]["views"] for b, r in theirs["benchmarks"].items()})
 
 
+def test_shape_rungs_hold_their_length_at_most_half_again():
+  for unit in (64, 256):
+    rungs = {}
+    for n in range(1, 200 * unit, 7):
+      r = zoombench.shape_rung(n, unit)
+      assert r >= n and r % unit == 0 and r <= 1.5 * -(-n // unit) * unit
+      rungs[r] = True
+    assert sorted(rungs)[:8] == [unit * m for m in (1, 2, 3, 4, 6, 8, 12, 16)] and len(rungs) == 16
+
+
+def test_batches_hold_images_of_about_one_size_on_a_ladder_of_shapes(tmp_path, monkeypatch):
+  """Each view's items are asked in order of image size, and every batch takes a shape of the
+  ladder, never past the config's largest (the one launch/compile.py measures), so a benchmark
+  compiles a few programs whatever its image sizes; the answers are those of each item asked alone."""
+  import jax
+  from zwz_jax.data import batch as batching
+  from zwz_jax.data import processor
+  from zwz_jax.models import registry
+  from zwz_jax.params import ParamSpace
+  from zwz_jax.sharding import make_mesh
+  rng = np.random.default_rng(3)
+  sizes = [(210, 200), (40, 36), (120, 150), (224, 224), (60, 90), (30, 30), (180, 100), (90, 60)]
+  crop = lambda img: img.resize((max(28, img.width * 4 // 5), max(28, img.height * 4 // 5)))
+  items = [benchmarks._make_item(
+      id=f"q{i}", source=f"t:{i}", prompt="What color is the box? Answer with one word.", answer="red",
+      image=records.encode_image(img), crop=records.encode_image(crop(img)))
+      for i, img in enumerate(ref.images(rng, sizes))]
+  bench = benchmarks.Benchmark(name="sizes", kind="zoombench", path="", items=items)
+  config = load_config(f"{CONFIGS}/eval_tiny.py")
+  tok = processor.load_tokenizer("", config)
+  mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  space = ParamSpace(registry.model_config(config.model), mesh, seed=0)
+  model = space.model(space.init())
+  shapes, build = [], batching.build_batch
+  layout = batching.VisionLayout.from_config(config.model)
+
+  def spy(examples, **kw):
+    shapes.append((kw["max_tokens"], kw["max_patches"], [layout.padded_patches(e["grid_thw"]) for e in examples]))
+    return build(examples, **kw)
+
+  monkeypatch.setattr(batching, "build_batch", spy)
+  answers = {}
+  for size in (4, 1):
+    config.eval.batch_size = size
+    zoombench.DualViewEvaluator(config, model, tok, mesh=mesh).run(bench, str(tmp_path / str(size)), progress=False)
+    answers[size] = {k: r["prediction"] for k, r in zoombench.read_predictions(str(tmp_path / str(size))).items()}
+  grouped, alone = shapes[:4], shapes[4:]
+  largest = zoombench.max_shape(config)
+  unit = 4 * layout.window_patches
+  for tokens, patches, _ in shapes:
+    assert tokens == zoombench.shape_rung(tokens, zoombench.TOKEN_UNIT) <= largest[0]
+    assert patches == zoombench.shape_rung(patches, unit) <= largest[1]
+  # Two batches per view, the smaller images first: each batch's images are the view's next four by size.
+  for view in range(2):
+    sizes_asked = [p for _, _, ps in grouped[2 * view:2 * view + 2] for p in ps]
+    assert sizes_asked == sorted(sizes_asked)
+  assert grouped[0][1] < grouped[1][1] and grouped[2][1] < grouped[3][1]
+  assert len({s[:2] for s in alone}) < len(alone) // 2  # 16 prompts alone, a few programs
+  assert answers[4] == answers[1] and len(answers[4]) == 16
+
+
 def test_agentic_baseline_beside_the_single_pass(bench, tmp_path):
   from zwz_jax.eval import agentic
   proc = _eval(bench, tmp_path, "--config.eval.agentic=true", "--config.eval.max_items=3",

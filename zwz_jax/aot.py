@@ -43,8 +43,6 @@ HBM_BYTES = {
     "TPU v5": 95.74 * GiB,  # v5p
     "TPU v6 lite": 31.25 * GiB,
 }
-# Text tokens of an eval prompt besides its image tokens (chat template, question, options).
-EVAL_TEXT_TOKENS = 256
 
 
 class TopologyError(ValueError):
@@ -170,22 +168,6 @@ def place_batch(mesh, shapes: dict) -> dict:
           for key, s in shapes.items()}
 
 
-def eval_resolution(config) -> tuple[int, int]:
-  """(max_tokens, max_patches) of an eval prompt with one square image at processor.max_pixels,
-  rounded as the ZoomBench evaluator rounds its shapes."""
-  from zwz_jax.data import batch as batch_lib
-  from zwz_jax.data import processor
-  v, p = config.model.vision, config.processor
-  factor = int(v.patch_size) * int(v.spatial_merge_size)
-  side = int(math.sqrt(int(p.max_pixels)))
-  h, w = processor.smart_resize(side, side, factor, int(p.min_pixels), int(p.max_pixels))
-  grid = np.array([[1, h // int(v.patch_size), w // int(v.patch_size)]])
-  layout = batch_lib.VisionLayout.from_config(config.model)
-  merged = int(grid.prod()) // layout.merge_unit
-  up = lambda x, m: -(-x // m) * m
-  return up(merged + EVAL_TEXT_TOKENS, 64), up(layout.padded_patches(grid), 4 * layout.window_patches)
-
-
 # ----------------------------------------------------------------------------------------------
 # The functions
 # ----------------------------------------------------------------------------------------------
@@ -274,10 +256,11 @@ def _eval(config, mesh) -> list[_Program]:
   evaluator's batch: padded to a multiple of the batch axes. With eval.coverage_layer, also the
   forward that coverage is read from."""
   from zwz_jax.data.batch import eval_rows
+  from zwz_jax.eval.zoombench import max_shape
   if "eval" not in config:
     raise KeyError("config key eval: the eval sampler is compiled at the eval config's settings "
                    "(e.g. configs/eval_zoombench.py); this config has no eval section")
-  tokens, patches = eval_resolution(config)
+  tokens, patches = max_shape(config)
   e = config.eval
   sampling = dict(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p),
                   top_k=int(e.top_k), presence_penalty=float(e.presence_penalty))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,10 +29,47 @@ from zwz_jax.eval.benchmarks import Benchmark, EvalItem, safe_name
 VIEWS = ("global", "regional")
 PROMPTS = ("ours", "raw")  # eval.prompt: our training format, or the benchmark's own query
 PREDICTIONS = "predictions.jsonl"
+# Text tokens of an eval prompt besides its image tokens (chat template, question, options).
+EVAL_TEXT_TOKENS = 256
+TOKEN_UNIT = 64  # batch lengths are multiples of this; patch counts of 4 attention windows
 
 
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
+
+
+def shape_rung(n: int, unit: int) -> int:
+  """The smallest of unit x (1, 2, 3, 4, 6, 8, 12, 16, ...) that holds n. Batch shapes on this
+  ladder are at most 1.5x apart, so a benchmark compiles a few programs (minutes each at 7B)
+  whatever its image sizes; rounded up to the unit alone, nearly every batch had one of its own."""
+  m = max(1, -(-n // unit))
+  two = 1 << (m - 1).bit_length()  # the power of two >= m
+  three = 3 * two // 4
+  return unit * (three if three >= m else two)
+
+
+def max_shape(config) -> tuple[int, int]:
+  """(max_tokens, max_patches) of a prompt of EVAL_TEXT_TOKENS text tokens and one square image at
+  processor.max_pixels: the largest batch shape the evaluator rounds up to, and the one
+  launch/compile.py compiles and measures."""
+  v, p = config.model.vision, config.processor
+  factor = int(v.patch_size) * int(v.spatial_merge_size)
+  side = int(np.sqrt(int(p.max_pixels)))
+  h, w = processor_lib.smart_resize(side, side, factor, int(p.min_pixels), int(p.max_pixels))
+  grid = np.array([[1, h // int(v.patch_size), w // int(v.patch_size)]])
+  layout = batching.VisionLayout.from_config(config.model)
+  merged = int(grid.prod()) // layout.merge_unit
+  return (_round_up(merged + EVAL_TEXT_TOKENS, TOKEN_UNIT),
+          _round_up(layout.padded_patches(grid), 4 * layout.window_patches))
+
+
+def batch_shape(tokens: int, patches: int, patch_unit: int, largest: tuple[int, int]) -> tuple[int, int]:
+  """(max_tokens, max_patches) of a batch whose longest prompt and largest image need these: the
+  ladder's rung (`shape_rung`), but never past `largest` (`max_shape`, what the compile tool
+  measured) unless the batch itself needs more."""
+  def fit(n, unit, top):
+    return min(shape_rung(n, unit), max(top, _round_up(n, unit)))
+  return fit(tokens, TOKEN_UNIT, largest[0]), fit(patches, patch_unit, largest[1])
 
 
 def read_predictions(out_dir: str) -> dict[tuple[str, str], dict]:
@@ -85,6 +123,8 @@ class DualViewEvaluator:
     self.authors_mcq = False  # per benchmark, set by `run`
     self.batch_size = int(e.batch_size)  # global: over all processes
     self.mesh = mesh
+    self.layout = batching.VisionLayout.from_config(config.model)
+    self.largest = max_shape(config)
     self._blank = None  # a padding example, for a process with no row to fill
     self._padding_told = False
     # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
@@ -94,7 +134,7 @@ class DualViewEvaluator:
     if self.grounding not in records.GROUNDING_MODES:
       raise ConfigError(f"config key eval.grounding={self.grounding!r} is not one of {records.GROUNDING_MODES}")
     self.coverage_layer = coverage_layer
-    self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items
+    self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items asked (smallest first)
     self.out_dir = ""
     if coverage_layer >= 0:
       self._attention = coverage_forward(coverage_layer)  # one jitted function for every batch
@@ -135,7 +175,10 @@ class DualViewEvaluator:
     # Batches of one view: a crop batched with full images would be padded to their tokens and
     # patches (at eval_zoombench's resolution, 16,640 tokens and 65,536 patches for a view a
     # fraction that size).
-    todo = [[(it, v) for it in bench.items if (it.id, v) not in done] for v in views]
+    # Within a view, items in order of image size, so that a batch holds images of about one size:
+    # a batch runs at its largest prompt's shape. The sort is stable and the same on every process.
+    todo = [sorted(((it, v) for it in bench.items if (it.id, v) not in done), key=lambda iv: self._patches(*iv))
+            for v in views]
     chunks = [t[start:start + self.batch_size] for t in todo for start in range(0, len(t), self.batch_size)]
     with jsonl_log.Appender(os.path.join(out_dir, _predictions_file(pi, pc))) as log, \
         tqdm.tqdm(total=sum(map(len, todo)), desc=f"{bench.name}", disable=not progress or pi > 0) as bar:
@@ -163,8 +206,8 @@ class DualViewEvaluator:
     """Answers of this process's `ready` examples, in a batch of `rows` rows per process."""
     import jax
     exs = [r[3] for r in ready]
-    layout = batching.VisionLayout.of(self.model.cfg.vision)
-    # Shapes rounded up so that only a few distinct programs are compiled; the same on every process.
+    layout = self.layout
+    # The shape every process takes: the largest any of them needs, on the ladder of `batch_shape`.
     shape = np.array([max((len(e["input_ids"]) for e in exs), default=0),
                       max((layout.padded_patches(e["grid_thw"]) for e in exs), default=0)], np.int32)
     if jax.process_count() > 1:
@@ -172,8 +215,7 @@ class DualViewEvaluator:
       shape = np.asarray(multihost_utils.process_allgather(shape)).max(axis=0)
     if not shape[0]:
       return []  # no process has a row to ask
-    max_tokens = _round_up(int(shape[0]), 64)
-    max_patches = _round_up(int(shape[1]), 4 * layout.window_patches)
+    max_tokens, max_patches = batch_shape(int(shape[0]), int(shape[1]), 4 * layout.window_patches, self.largest)
     n = len(exs)
     pad = [exs[-1] if exs else self._blank_example()] * (rows - n)  # fixed batch size: one program per shape
     batch = batching.build_batch(exs + pad, vision_cfg=layout,
@@ -201,6 +243,17 @@ class DualViewEvaluator:
         row["authors"] = authors_judge.verdict(text, item.answer, mcq=self.authors_mcq)
       out.append(row)
     return out
+
+  def _patches(self, item: EvalItem, view: str) -> int:
+    """Window-padded patches of the view's image as the processor resizes it, read from the image
+    header (0 where it cannot be read: that row fails in `_example` and is recorded there)."""
+    try:
+      w, h = (item.width, item.height) if view == "global" else Image.open(io.BytesIO(item.crop)).size
+      rw, rh = self.processor.resized_size(w, h)
+    except Exception:  # PIL raises many types for bad bytes; smart_resize a ValueError
+      return 0
+    p = self.processor.patch_size
+    return self.layout.padded_patches([[1, rh // p, rw // p]])
 
   def _blank_example(self):
     if self._blank is None:
