@@ -9,7 +9,7 @@ def add_eval(c, *, benchmarks="", batch_size=8, max_new_tokens=16):
   # (images under image_root, default the file's folder), or a directory of our records.
   e.benchmarks = benchmarks
   e.image_root = ""
-  e.batch_size = batch_size
+  e.batch_size = batch_size  # prompts per batch, rounded up to a multiple of the batch axes data x fsdp
   e.max_new_tokens = max_new_tokens
   e.coverage_layer = -1  # decoder layer whose answer-position attention gives coverage; -1 = off
   e.heatmaps = 8  # attention heat-map PNGs (image, attention, box) for this many items

@@ -10,8 +10,8 @@ seed 42, up to 8,192 new tokens (configs/_eval.py: add_paper_protocol).
 Slice: v5p:2x2x1 (4 chips, one host) holds the eval program at this resolution (21,632 tokens and
 87,808 patches per prompt, 16 prompts, 8,192 new tokens): 34.47 / 95.74 GiB per chip (launch/compile.py
 --functions=eval --cost=none, sampling as configured); v5p:2x2x2 17.43, where --multihost splits
-each batch 8 + 8 over its two hosts. On v5p:4x4x4 the 16 prompts are padded to 64 rows, one per
-chip (6.99 GiB): eval.batch_size=64 asks four times the prompts per batch there.
+each batch 8 + 8 over its two hosts. On v5p:4x4x4 a batch asks 64 prompts, one per chip (6.99 GiB):
+eval.batch_size is rounded up to the chips' rows.
 """
 from configs import _eval, student_7b
 

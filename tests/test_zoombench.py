@@ -135,7 +135,8 @@ def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
   """Killed in the first benchmark, re-run: the same sampled answers and the same report."""
   killed = _eval(bench, tmp_path, kill_at="eval_batches=2")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-  assert len(_rows(tmp_path)) == 8
+  # eval.batch_size=4 on 8 devices asks 8 prompts a batch: the global view's 10 items in 8 + 2.
+  assert len(_rows(tmp_path)) == 10
   resumed = _eval(bench, tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   for name in ("bench", "vstar", "hr_bench_4k"):
@@ -151,7 +152,8 @@ def test_resume_after_kill_gives_the_same_report(bench, reference, tmp_path):
 def test_two_processes_give_the_one_process_report(bench, reference, tmp_path):
   """Two JAX processes (4 CPU devices each, gloo on loopback) split each batch of 8 and write a file
   each; killed mid-way (one process SIGKILLed, the other stopped) and re-run, they give the
-  predictions and report of the uninterrupted single process with batches of 4."""
+  predictions and report of the uninterrupted single process (eval.batch_size=4, asked 8 at a time
+  on its 8 devices)."""
   def launch(kill_at=""):
     port = free_port()
     harness = lambda i: [f"{KILL_AT}", kill_at] if kill_at and i == 1 else []

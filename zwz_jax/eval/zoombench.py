@@ -11,7 +11,6 @@ import collections
 import hashlib
 import io
 import json
-import logging
 import os
 import time
 from typing import Iterable, Sequence
@@ -96,10 +95,10 @@ def coverage_forward(layer: int):
 class DualViewEvaluator:
   """Runs a model over both views of a benchmark with the batched KV-cache sampler.
 
-  On several processes (jax.distributed), every process runs the same loop: each batch of
-  eval.batch_size (item, view)s is split over the processes, which prepare their rows (padded to a
-  multiple of the batch axes: `batch.eval_rows`), generate together on the mesh and write their rows
-  to their own predictions file; the report reads them all. A sampled row draws from a key of its
+  A batch asks eval.batch_size (item, view)s, rounded up to a multiple of the batch axes
+  (`batch.eval_rows`). On several processes (jax.distributed), every process runs the same loop: each
+  batch is split over the processes, which prepare their rows, generate together on the mesh and
+  write their rows to their own predictions file; the report reads them all. A sampled row draws from a key of its
   own (the seed and its item and view), so answers do not depend on the batch, the process or a
   resume."""
 
@@ -121,12 +120,11 @@ class DualViewEvaluator:
     self.prompt = e.prompt
     self.authors_judge = bool(e.authors_judge)
     self.authors_mcq = False  # per benchmark, set by `run`
-    self.batch_size = int(e.batch_size)  # global: over all processes
+    self.batch_size = int(e.batch_size)  # global, over all processes; at least this many per batch
     self.mesh = mesh
     self.layout = batching.VisionLayout.from_config(config.model)
     self.largest = max_shape(config)
     self._blank = None  # a padding example, for a process with no row to fill
-    self._padding_told = False
     # The global view as the student was trained to read it: "none" is the ZoomBench protocol (the
     # question alone names the region); "overlay" / "coords" mark the item's box as in training, for
     # benchmarks whose questions refer to the box (our records' held-out split).
@@ -158,15 +156,10 @@ class DualViewEvaluator:
     import jax
     import tqdm
     pi, pc = jax.process_index(), jax.process_count()
-    if self.batch_size % pc:
-      raise ConfigError(f"config key eval.batch_size={self.batch_size} does not divide over {pc} processes")
-    per_process = self.batch_size // pc
+    # Prompts per batch: eval.batch_size rounded up to the rows the chips decode anyway (one row of
+    # its own per chip at least), so a batch smaller than the slice wastes none of them.
     rows = batching.eval_rows(self.mesh, self.batch_size, pc)
-    if rows > self.batch_size and not self._padding_told:
-      self._padding_told = True
-      logging.getLogger(__name__).warning(
-          "eval.batch_size=%d is padded to %d rows, a multiple of the batch axes data x fsdp: "
-          "eval.batch_size=%d would ask %d prompts per batch in the same time", self.batch_size, rows, rows, rows)
+    per_process = rows // pc
     os.makedirs(out_dir, exist_ok=True)
     self.out_dir = out_dir
     self.authors_mcq = bench.authors_mcq
@@ -179,7 +172,7 @@ class DualViewEvaluator:
     # a batch runs at its largest prompt's shape. The sort is stable and the same on every process.
     todo = [sorted(((it, v) for it in bench.items if (it.id, v) not in done), key=lambda iv: self._patches(*iv))
             for v in views]
-    chunks = [t[start:start + self.batch_size] for t in todo for start in range(0, len(t), self.batch_size)]
+    chunks = [t[start:start + rows] for t in todo for start in range(0, len(t), rows)]
     with jsonl_log.Appender(os.path.join(out_dir, _predictions_file(pi, pc))) as log, \
         tqdm.tqdm(total=sum(map(len, todo)), desc=f"{bench.name}", disable=not progress or pi > 0) as bar:
       for chunk in chunks:
@@ -194,7 +187,7 @@ class DualViewEvaluator:
           if error is not None:
             out.append({"id": item.id, "view": view, "prediction": "", "correct": False, "error": error,
                         **_labels(item)})
-        out += self._predict(ready, rows // pc)  # with every process, even with nothing to ask
+        out += self._predict(ready, per_process)  # with every process, even with nothing to ask
         log.write(*out)
         bar.update(len(chunk))
     if pc > 1:
