@@ -96,11 +96,11 @@ class DualViewEvaluator:
   """Runs a model over both views of a benchmark with the batched KV-cache sampler.
 
   A batch asks eval.batch_size (item, view)s, rounded up to a multiple of the batch axes
-  (`batch.eval_rows`). On several processes (jax.distributed), every process runs the same loop: each
-  batch is split over the processes, which prepare their rows, generate together on the mesh and
-  write their rows to their own predictions file; the report reads them all. A sampled row draws from a key of its
-  own (the seed and its item and view), so answers do not depend on the batch, the process or a
-  resume."""
+  (`batch.eval_rows`). On several processes (jax.distributed), every process runs the same loop:
+  each batch is split over the processes, which prepare their rows, generate together on the mesh
+  and write their rows to their own predictions file; the report reads them all. A sampled row
+  draws from a key of its own (the seed and its item and view), so answers do not depend on the
+  batch, the process or a resume."""
 
   def __init__(self, config, model, tokenizer, *, mesh=None, coverage_layer: int = -1, heatmaps: int = 0):
     from zwz_jax.generate import sampler  # jax side, imported here so reports need no jax
@@ -132,7 +132,7 @@ class DualViewEvaluator:
     if self.grounding not in records.GROUNDING_MODES:
       raise ConfigError(f"config key eval.grounding={self.grounding!r} is not one of {records.GROUNDING_MODES}")
     self.coverage_layer = coverage_layer
-    self.heatmaps = heatmaps  # attention heat-map PNGs for the first N global-view items asked (smallest first)
+    self.heatmaps = heatmaps  # heat-map PNGs for the first N global-view items asked (smallest first)
     self.out_dir = ""
     if coverage_layer >= 0:
       self._attention = coverage_forward(coverage_layer)  # one jitted function for every batch
