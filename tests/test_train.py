@@ -75,6 +75,17 @@ def test_sharded_steps_equal_single_device(records_dir):
   assert moved > 1e-3 and worst <= 1e-3 * moved, (worst, moved)
 
 
+def test_step_reports_how_full_the_batch_slots_are(records_dir):
+  """text_fill / vision_fill: the share of the batch's token and patch slots that hold data."""
+  config = _config(records_dir)
+  batch = _batches(config, 1)[0]
+  trainer = Trainer(config, _mesh(1, 1, 1))
+  _, m, _ = trainer.step(trainer.init_state(), iter([batch]), 0)
+  mask, seg = batch["attention_mask"], batch["vision_segment_ids"]
+  assert m["text_fill"] == pytest.approx(mask.sum() / mask.size) and 0 < m["text_fill"] < 1
+  assert m["vision_fill"] == pytest.approx((seg > 0).sum() / seg.size) and 0 < m["vision_fill"] < 1
+
+
 def test_batch_that_does_not_divide_the_data_axes(records_dir):
   with pytest.raises(ShardingError, match=r"data.global_batch_size=6 .* does not divide over the batch axes "
                                           r"data x fsdp = 4"):
