@@ -100,6 +100,18 @@ def test_every_function_compiles_for_a_v5e_slice(config_path, mesh):
   sft, grpo, rollout, logprobs, evaluation = reports[:5]
   assert sft.shape == {"rows": 8, "tokens": 224, "patches": 256}
   assert grpo.shape == {"rows": 8 * 4 // 2, "tokens": 224 + 4, "patches": 256}
+  # GRPO's objective, though these configs train SFT: its update takes the rollout keys.
+  import jax
+  import jax.numpy as jnp
+  from zwz_jax.sharding import make_mesh
+  from zwz_jax.train.grpo import ClippedObjective
+  shapes = aot.batch_shapes(config, 16, 228, 256)
+  per_token = lambda dtype: jax.ShapeDtypeStruct((16, 4), dtype)
+  shapes.update(response=per_token(jnp.int32), response_mask=per_token(jnp.bool_), old_logp=per_token(jnp.float32),
+                ref_logp=per_token(jnp.float32), advantages=jax.ShapeDtypeStruct((16,), jnp.float32))
+  mesh = make_mesh(reports[0].mesh, devices=aot.topology_devices("v5e:2x2"))
+  placed = aot.place_batch(mesh, {k: shapes[k] for k in ClippedObjective(config).batch_keys})
+  assert grpo.held["batch"] == aot.per_chip_bytes(placed)
   assert rollout.shape == {"rows": 8 * 4, "tokens": 224, "patches": 256, "new_tokens": 4}
   assert logprobs.shape == {"rows": 8 * 4, "tokens": 224 + 4, "patches": 256, "log_probs": True}
   assert evaluation.shape["rows"] == config.eval.batch_size

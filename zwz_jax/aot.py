@@ -213,9 +213,12 @@ def _sft(config, mesh) -> list[_Program]:
 
 def _grpo_update(config, mesh) -> list[_Program]:
   """One optimizer update on a mini-batch of rollouts: largest-bucket prompts + max_new_tokens."""
-  from zwz_jax.train import loop
+  from zwz_jax.train import grpo
+  from zwz_jax.train.trainer import Trainer
   g = config.grpo
-  trainer = loop.build(config, mesh)  # no tokenizer: compiled, never run
+  # GRPO's objective whatever config.trainer says (an SFT config's update would be the SFT loss at
+  # these shapes); no tokenizer: compiled, never run.
+  trainer = Trainer(config, mesh, grpo.ClippedObjective(config), grpo.RolloutCollector(config, None))
   tokens, patches = _buckets(config)[-1]
   steps = int(g.max_new_tokens)
   rows = int(config.data.global_batch_size) * int(g.num_generations) // int(g.num_minibatches)
@@ -238,7 +241,7 @@ def _rollout(config, mesh) -> list[_Program]:
   sampling = dict(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p))
   prompts, steps = int(config.data.global_batch_size), int(g.max_new_tokens)
   sample = _sampler_program(config, mesh, prompts, tokens, patches, int(g.num_generations), sampling)
-  # The GRPO trainer whatever config.trainer says (as for the sampler); no tokenizer: compiled, never run.
+  # The GRPO trainer whatever config.trainer says (as for the update); no tokenizer: compiled, never run.
   trainer = Trainer(config, mesh, grpo.ClippedObjective(config), grpo.RolloutCollector(config, None))
   rows = prompts * int(g.num_generations)
   shapes = batch_shapes(config, rows, tokens + steps, patches)
