@@ -211,14 +211,18 @@ def _sft(config, mesh) -> list[_Program]:
                          {"rows": rows, "tokens": tokens, "patches": patches}) for tokens, patches in _buckets(config)]
 
 
-def _grpo_update(config, mesh) -> list[_Program]:
-  """One optimizer update on a mini-batch of rollouts: largest-bucket prompts + max_new_tokens."""
+def _grpo_trainer(config, mesh):
+  """The GRPO trainer whatever config.trainer says (on an SFT config, its trainer would compile the
+  SFT loss at GRPO's shapes); no tokenizer: compiled, never run."""
   from zwz_jax.train import grpo
   from zwz_jax.train.trainer import Trainer
+  return Trainer(config, mesh, grpo.ClippedObjective(config), grpo.RolloutCollector(config, None))
+
+
+def _grpo_update(config, mesh) -> list[_Program]:
+  """One optimizer update on a mini-batch of rollouts: largest-bucket prompts + max_new_tokens."""
   g = config.grpo
-  # GRPO's objective whatever config.trainer says (an SFT config's update would be the SFT loss at
-  # these shapes); no tokenizer: compiled, never run.
-  trainer = Trainer(config, mesh, grpo.ClippedObjective(config), grpo.RolloutCollector(config, None))
+  trainer = _grpo_trainer(config, mesh)
   tokens, patches = _buckets(config)[-1]
   steps = int(g.max_new_tokens)
   rows = int(config.data.global_batch_size) * int(g.num_generations) // int(g.num_minibatches)
@@ -234,15 +238,12 @@ def _rollout(config, mesh) -> list[_Program]:
   """Sampling num_generations responses per prompt of the largest bucket; then the responses'
   log-probs under the policy (and the reference), one forward over all the step's rows."""
   from zwz_jax.data.batch import MODEL_INPUTS
-  from zwz_jax.train import grpo
-  from zwz_jax.train.trainer import Trainer
   g = config.grpo
   tokens, patches = _buckets(config)[-1]
   sampling = dict(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p))
   prompts, steps = int(config.data.global_batch_size), int(g.max_new_tokens)
   sample = _sampler_program(config, mesh, prompts, tokens, patches, int(g.num_generations), sampling)
-  # The GRPO trainer whatever config.trainer says (as for the update); no tokenizer: compiled, never run.
-  trainer = Trainer(config, mesh, grpo.ClippedObjective(config), grpo.RolloutCollector(config, None))
+  trainer = _grpo_trainer(config, mesh)
   rows = prompts * int(g.num_generations)
   shapes = batch_shapes(config, rows, tokens + steps, patches)
   shapes["response"] = jax.ShapeDtypeStruct((rows, steps), jnp.int32)
