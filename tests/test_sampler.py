@@ -121,8 +121,7 @@ def test_an_eval_batch_is_padded_to_the_batch_axes_never_replicated(setup):
   with pytest.raises(ValueError, match=r"2 rows of 'input_ids' do not divide .* data x fsdp = 4.*eval_rows"):
     batching.placement(mesh, "input_ids", batch["input_ids"].shape)
   rows = {k: np.asarray(v) for k, v in batch.items() if k in batching.MODEL_INPUTS}
-  padded = {k: np.concatenate([v, np.take(v, [-1, -1], axis=batching.row_axis(k))], axis=batching.row_axis(k))
-            for k, v in rows.items()}
+  padded = batching.concat_rows([rows, batching.take_rows(rows, [-1, -1])])  # the last prompt again, as the evaluator pads
   from flax import nnx
   gdef, state = nnx.split(ours)
   sharded = nnx.merge(gdef, jax.device_put(state, state_shardings(state, mesh)))
