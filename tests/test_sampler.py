@@ -226,3 +226,22 @@ def test_prefill_takes_the_lm_head_at_the_last_position_only():
                                      sampler.SamplingConfig(max_new_tokens=2)).compile()
   full_logits = b * l * vocab * 4
   assert compiled.memory_analysis().temp_size_in_bytes < full_logits / 8
+
+
+@pytest.mark.parametrize("new_tokens", [1, 4])
+def test_the_last_token_takes_no_decode_step(new_tokens):
+  """n new tokens need the prefill and n - 1 decode steps: the model call after the last token would
+  only compute a token nobody reads (for a one-token answer, a decode step on top of the prefill)."""
+  from flax import nnx
+  from zwz_jax import aot
+  from zwz_jax.models.qwen2_5_vl import Qwen2_5_VL
+  config = load_config(f"{CONFIGS}/tiny.py")
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen2_5_VL(ModelConfig.from_config(config.model),
+                                                                rngs=nnx.Rngs(0))))
+  shapes = aot.batch_shapes(config, 2, 64, 64)
+  batch = {k: shapes[k] for k in batching.MODEL_INPUTS}
+  cfg = sampler.SamplingConfig(max_new_tokens=new_tokens)
+  jaxpr = jax.make_jaxpr(lambda s, b: sampler._generate.__wrapped__(graphdef, s, b, jax.random.key(0), cfg))(
+      state, batch)
+  scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+  assert [e.params["length"] for e in scans] == [new_tokens - 1]

@@ -235,10 +235,16 @@ def test_batches_hold_images_of_about_one_size_on_a_ladder_of_shapes(tmp_path, m
     return build(examples, **kw)
 
   monkeypatch.setattr(batching, "build_batch", spy)
+  from flax import nnx
+  splits, split = [], nnx.split
+  monkeypatch.setattr(nnx, "split", lambda *a: splits.append(a[0] is model) or split(*a))
   answers = {}
   for size in (4, 1):
     config.eval.batch_size = size
-    zoombench.DualViewEvaluator(config, model, tok, mesh=mesh).run(bench, str(tmp_path / str(size)), progress=False)
+    evaluator = zoombench.DualViewEvaluator(config, model, tok, mesh=mesh)
+    splits.clear()
+    evaluator.run(bench, str(tmp_path / str(size)), progress=False)
+    assert not any(splits)  # the evaluator's sampler holds the model split once, not per batch
     answers[size] = {k: r["prediction"] for k, r in zoombench.read_predictions(str(tmp_path / str(size))).items()}
   grouped, alone = shapes[:4], shapes[4:]
   largest = zoombench.max_shape(config)

@@ -410,8 +410,8 @@ class ModelGenerateFn:
 
   def __init__(self, model, tokenizer, config, sampling):
     from zwz_jax.generate import sampler  # jax side, imported here so the harness itself needs no jax
-    self.sampler = sampler
     self.model = model
+    self.generate = sampler.Sampler(model)
     self.tokenizer = tokenizer
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
     self.view_size = view_size_fn(config)
@@ -446,7 +446,7 @@ class ModelGenerateFn:
                                 pad_side="left")
 
   def __call__(self, conv: Conversation) -> str:
-    tokens, lengths = self.sampler.generate(self.model, self.batch(conv), self.sampling)
+    tokens, lengths = self.generate(self.batch(conv), self.sampling)
     ids = [int(t) for t in tokens[0, :lengths[0]] if int(t) not in self._drop]
     return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -107,6 +107,7 @@ class DualViewEvaluator:
     self.sampler = sampler
     self.config = config
     self.model = model
+    self.generate = sampler.Sampler(model) if model is not None else None
     self.tokenizer = tokenizer
     self.processor = processor_lib.Processor.from_config(config, tokenizer)
     e = config.eval
@@ -221,7 +222,7 @@ class DualViewEvaluator:
     with jax.set_mesh(self.mesh):
       inputs = batching.place(self.mesh, batch, (*batching.MODEL_INPUTS, "keys") if sampled else batching.MODEL_INPUTS)
       keys = inputs.pop("keys", None)
-      tokens, lengths = self.sampler.generate(self.model, inputs, self.sampling, keys, to_host=False)
+      tokens, lengths = self.generate(inputs, self.sampling, keys, to_host=False)
       tokens, lengths = batching.local_rows(tokens), batching.local_rows(lengths)
     latency = (time.perf_counter() - t0) / max(n, 1)
     texts = self.sampler.decode_texts(self.tokenizer, tokens[:n], lengths[:n], self.sampling.stop_ids)

@@ -121,11 +121,13 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
   # Which tokens each row has generated, for the presence penalty (a (B, 1) placeholder without one).
   generated = jnp.zeros((b, logits.shape[-1] if cfg.presence_penalty else 1), bool)
 
+  def emit(tok, logp, done):
+    """The token a row outputs (pad after its stop), its log-prob, and whether the row is done."""
+    return jnp.where(done, cfg.pad_id, tok), jnp.where(done, 0.0, logp), done | jnp.isin(tok, stop)
+
   def step(carry, t):
     tok, logp, done, cache, rng, generated = carry
-    emitted = jnp.where(done, cfg.pad_id, tok)
-    emitted_logp = jnp.where(done, 0.0, logp)
-    done = done | jnp.isin(tok, stop)
+    emitted, emitted_logp, done = emit(tok, logp, done)
     if cfg.presence_penalty:
       generated = generated.at[jnp.arange(b), tok].set(True)
     pos = jnp.broadcast_to((next_pos + t)[None, :, None], (3, b, 1))
@@ -135,35 +137,53 @@ def _generate(graphdef, state, batch, rng, cfg: SamplingConfig, num_samples: int
     carry = (nxt, token_logprobs(logits[:, 0], nxt, cfg.temperature), done, cache, rng, generated)
     return carry, (emitted, emitted_logp)
 
+  # steps - 1 decode steps: the last token is emitted without the model call that would follow it.
   init = (tok, logp, jnp.zeros((b,), bool), cache, rng, generated)
-  _, (tokens, logps) = jax.lax.scan(step, init, jnp.arange(steps))
-  tokens, logps = tokens.T, logps.T  # (B, steps)
+  (tok, logp, done, *_), (tokens, logps) = jax.lax.scan(step, init, jnp.arange(steps - 1))
+  last, last_logp, _ = emit(tok, logp, done)
+  tokens = jnp.concatenate([tokens.T, last[:, None]], axis=1)  # (B, steps)
+  logps = jnp.concatenate([logps.T, last_logp[:, None]], axis=1)
   is_stop = jnp.isin(tokens, stop)
   # Length up to and including the first stop token.
   first_stop = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, steps)
   return tokens, first_stop, logps
 
 
-def generate(model: nnx.Module, batch: dict, cfg: SamplingConfig, rng: jax.Array | None = None, *,
-             num_samples: int = 1, return_logprobs: bool = False, to_host: bool = True):
-  """Generates for a left-padded batch. Returns (tokens (B * num_samples, max_new_tokens) int32,
-  lengths (B * num_samples,)) and with `return_logprobs` the sampled tokens' log-probs (float32,
-  0 past the stop), as numpy (or as device arrays with to_host=False, e.g. for multi-host).
+class Sampler:
+  """A model split once into its graph definition and state, as flax's gemma sampler holds it:
+  nnx.split walks the whole module graph (1.3 ms for the tiny model), which an evaluator or an agent
+  would otherwise pay on every batch or turn. Build it again when the model's parameters change."""
 
-  `rng` is one key for the batch, or a key per prompt ((B,) keys, or their (B, 2) uint32 data):
-  then a row's draws depend on its key alone, not on the batch it sits in or its place there.
+  def __init__(self, model: nnx.Module):
+    self.graphdef, self.state = nnx.split(model)
 
-  Rows i * num_samples ... (i + 1) * num_samples - 1 are the samples of prompt i. tokens after a
-  row's stop token are `cfg.pad_id`; lengths count up to and including the stop.
-  """
-  graphdef, state = nnx.split(model)
-  inputs = {k: batch[k] if isinstance(batch[k], jax.Array) else jnp.asarray(batch[k]) for k in MODEL_INPUTS}
-  if rng is None:
-    rng = jax.random.key(0)
-  out = _generate(graphdef, state, inputs, rng, cfg, num_samples)
-  if to_host:
-    out = tuple(np.asarray(x) for x in out)
-  return out if return_logprobs else out[:2]
+  def __call__(self, batch: dict, cfg: SamplingConfig, rng: jax.Array | None = None, *, num_samples: int = 1,
+               return_logprobs: bool = False, to_host: bool = True):
+    """Generates for a left-padded batch. Returns (tokens (B * num_samples, max_new_tokens) int32,
+    lengths (B * num_samples,)) and with `return_logprobs` the sampled tokens' log-probs (float32,
+    0 past the stop), as numpy (or as device arrays with to_host=False, e.g. for multi-host).
+
+    `rng` is one key for the batch, or a key per prompt ((B,) keys, or their (B, 2) uint32 data):
+    then a row's draws depend on its key alone, not on the batch it sits in or its place there.
+
+    Rows i * num_samples ... (i + 1) * num_samples - 1 are the samples of prompt i. tokens after a
+    row's stop token are `cfg.pad_id`; lengths count up to and including the stop.
+    """
+    # device_put, not jnp.asarray: on CPU it may alias the host rows and copies several times faster
+    # (4 x 1,024 patches: 1.2 against 4-6 ms).
+    inputs = {k: batch[k] if isinstance(batch[k], jax.Array) else jax.device_put(batch[k]) for k in MODEL_INPUTS}
+    if rng is None:
+      rng = jax.random.key(0)
+    out = _generate(self.graphdef, self.state, inputs, rng, cfg, num_samples)
+    if to_host:
+      out = tuple(np.asarray(x) for x in out)
+    return out if return_logprobs else out[:2]
+
+
+def generate(model: nnx.Module, batch: dict, cfg: SamplingConfig, rng: jax.Array | None = None, **kwargs):
+  """One call of `Sampler(model)` (its arguments and outputs), for a model used once, such as the
+  policy of one RL step."""
+  return Sampler(model)(batch, cfg, rng, **kwargs)
 
 
 def decode_texts(tokenizer, tokens: np.ndarray, lengths: np.ndarray, stop_ids: Sequence[int] = ()) -> list[str]:
