@@ -50,9 +50,12 @@ def get_config():
   d = c.data
   d.train = ("out/datagen_tiny",)  # written by configs/datagen_tiny.py
   d.global_batch_size = 8
-  # At max_pixels = 64 merged tokens an image pads to at most 512 patches (16 per window). The
-  # scene records (1344x1008) pad to 240 and take 170-216 tokens with overlay, 220-260 with coords.
-  d.buckets = ((224, 256), (320, 512))
+  # At max_pixels = 64 merged tokens an image pads to at most 320 patches (16 per window) up to an
+  # aspect ratio of 4:1, 368 up to 32:1 and 512 up to 64:1. The scene records (1344x1008) pad to 240
+  # and take 170-216 tokens with overlay, 220-260 with coords: the middle bucket holds those, which
+  # (320, 512) held at 47% of its patch slots; the last takes long prompts with extreme aspect
+  # ratios or two images.
+  d.buckets = ((224, 256), (320, 320), (320, 512))
   # Stream order: the fixtures and the demo hold a few dozen records, a look-ahead of several
   # batches would reorder much of an epoch.
   d.bucket_lookahead = 1

@@ -108,7 +108,8 @@ def test_processes_take_disjoint_slices_of_the_global_order(data_dir, tokenizer)
 
 def test_multi_process_needs_one_bucket_or_a_bucket_sync(data_dir, tokenizer):
   config = cfg(data_dir[0])
-  with pytest.raises(ValueError, match=r"data.buckets has 2 buckets but there are 2 processes.*bucket_sync"):
+  with pytest.raises(ValueError, match=rf"data.buckets has {len(config.data.buckets)} buckets but there are 2 "
+                                       r"processes.*bucket_sync"):
     pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=2)
   calls = []
 
