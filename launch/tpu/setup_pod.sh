@@ -5,7 +5,7 @@ set -euo pipefail
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ARCHIVE=$(mktemp --suffix=.tar.gz)
-tar -C "$REPO_DIR" --exclude=.venv --exclude=.git --exclude=out -czf "$ARCHIVE" .
+tar -C "$REPO_DIR" --exclude=.venv --exclude=.git --exclude=out --exclude=.cache -czf "$ARCHIVE" .
 gcloud compute tpus tpu-vm scp "$ARCHIVE" "$TPU":~/zwz-jax.tar.gz --worker=all --zone="$ZONE" $PROJECT_FLAG
 gcloud compute tpus tpu-vm ssh "$TPU" --worker=all --zone="$ZONE" $PROJECT_FLAG --command='
   set -e
