@@ -8,9 +8,15 @@ WORKDIR=${2:?workdir, e.g. gs://bucket/runs/name}
 shift 2
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 ARGS=$(printf ' %q' "$@")
-# Each host keeps the programs it compiles (JAX's persistent compilation cache, on its own disk): a
-# re-run after a preemption loads its train steps instead of compiling them again (minutes each at 7B).
+# JAX's persistent compilation cache in the workdir: a re-run after a preemption loads its programs
+# instead of compiling them again (minutes each at 7B). Process 0 writes it and every host reads it,
+# so it must be a path all hosts share: a mounted workdir. For a gs:// one, pass
+# JAX_COMPILATION_CACHE_DIR=<a shared mount> in the environment of this script.
+case "$WORKDIR" in
+  *://*) CACHE=${JAX_COMPILATION_CACHE_DIR:-} ;;
+  *) CACHE=${JAX_COMPILATION_CACHE_DIR:-$WORKDIR/compilation_cache} ;;
+esac
+CACHE_ENV=${CACHE:+JAX_COMPILATION_CACHE_DIR=$(printf %q "$CACHE") }
 gcloud compute tpus tpu-vm ssh "$TPU" --worker=all --zone="$ZONE" $PROJECT_FLAG --command="
-  cd ~/zwz-jax && JAX_COMPILATION_CACHE_DIR=\$HOME/.cache/zwz-jax/jax \
-    .venv/bin/python launch/train.py --multihost --config=$CONFIG --workdir=$WORKDIR$ARGS \
+  cd ~/zwz-jax && $CACHE_ENV.venv/bin/python launch/train.py --multihost --config=$CONFIG --workdir=$WORKDIR$ARGS \
     2>&1 | tee -a ~/train.log"
