@@ -18,7 +18,7 @@ from absl import app, flags
 from zwz_jax.config import ConfigFlag
 
 CONFIG = ConfigFlag("configs/tiny.py")
-flags.DEFINE_integer("max_records", 0, "measure the first N records of data.train (0: all)")
+flags.DEFINE_integer("max_records", 0, "measure N records spread evenly over data.train (0: all)")
 flags.DEFINE_integer("propose", 0, "also propose a table of at most N buckets (0: none)")
 FLAGS = flags.FLAGS
 

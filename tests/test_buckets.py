@@ -51,6 +51,9 @@ def test_needs_and_buckets_are_the_pipelines(record_dir):
   fits = [next((i for i, (t, p) in enumerate(table) if len(ex["input_ids"]) <= t
                 and layout.padded_patches(ex["grid_thw"]) <= p), -1) for ex in examples]
   assert list(buckets.assign(need, table)) == fits
+  sample = buckets.needs(config, tok, max_records=5)  # spread over the 27 stored: 0, 6, 13, 20, 26
+  stored = [i for i in range(len(source)) if not isinstance(pre(source[i]), pipeline.Skipped)]
+  assert list(sample.ids) == [need.ids[stored.index(i)] for i in (0, 6, 13, 20, 26) if i in stored]
   assert -1 in fits and 0 in fits  # the table leaves records out and takes others
   assert all(batcher.fit(ex) == f for ex, f in zip(examples, fits) if f >= 0)
 

@@ -32,9 +32,9 @@ class Needs:
 
 
 def needs(config, tokenizer, max_records: int = 0) -> Needs:
-  """Every record of config.data.train (the first `max_records`, if set), processed as training
-  processes it (grounding, view, target, processor), whatever the buckets: a record past the
-  largest one is measured too."""
+  """Every record of config.data.train (or `max_records` of them, spread evenly over its storage
+  order), processed as training processes it (grounding, view, target, processor), whatever the
+  buckets: a record past the largest one is measured too."""
   from zwz_jax.data import batch as batch_lib
   from zwz_jax.data import pipeline
   from zwz_jax.models import registry
@@ -46,10 +46,11 @@ def needs(config, tokenizer, max_records: int = 0) -> Needs:
   cfg = registry.model_config(config.model)
   # The pipeline's own source: record directories or prepared TFDS splits, in storage order.
   source = pipeline._source(pipeline._dirs(config.data.train, "data.train"), "data.train", pre)
-  n = len(source) if max_records <= 0 else min(max_records, len(source))
+  n = len(source)
+  indices = range(n) if not 0 < max_records < n else np.linspace(0, n - 1, max_records).round().astype(int)
   ids, tokens, patches, flops, skipped = [], [], [], [], collections.Counter()
-  for i in range(n):
-    ex = source[i]
+  for i in indices:
+    ex = source[int(i)]
     if isinstance(ex, pipeline.Skipped):
       skipped[ex.reason] += 1
       continue
