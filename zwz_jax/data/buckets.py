@@ -66,16 +66,13 @@ def bucket_cost(config) -> Callable[[tuple[int, int]], float]:
   """(max_tokens, max_patches) -> forward FLOPs of one row of that shape, as the step computes it."""
   from zwz_jax.data import batch as batch_lib
   from zwz_jax.models import registry
-  from zwz_jax.train.metrics import forward_flops
+  from zwz_jax.train.metrics import row_forward_flops
   cfg = registry.model_config(config.model)
   window = batch_lib.VisionLayout.from_config(config.model).window_patches
 
   @functools.lru_cache(maxsize=None)
   def cost(bucket: tuple[int, int]) -> float:
-    t, p = bucket
-    side = int(math.isqrt(p))
-    grid = (1, side, p // side) if side * (p // side) == p else (1, 1, p)
-    return forward_flops(cfg, [grid], t, window_patches=window)
+    return row_forward_flops(cfg, bucket[0], bucket[1], window_patches=window)
   return cost
 
 
@@ -104,7 +101,7 @@ def fit(n: Needs, table: Sequence[tuple[int, int]], cost) -> list[dict]:
                  "flop_fill": float(np.sum(n.flops[m])) / max(computed[i] * k, 1.0)})
   kept = where >= 0
   rows.append({"bucket": "past the largest", "records": int(np.sum(~kept))})
-  slots = np.asarray([table[i] for i in where[kept]]).reshape(-1, 2)
+  slots = np.asarray(table).reshape(-1, 2)[where[kept]]  # each kept record's bucket shape
   rows.append({"bucket": "table", "records": int(np.sum(kept)), "flops_share": 1.0,
                "token_fill": float(np.sum(n.tokens[kept])) / max(int(slots[:, 0].sum()), 1),
                "patch_fill": float(np.sum(n.patches[kept])) / max(int(slots[:, 1].sum()), 1),

@@ -72,13 +72,18 @@ def forward_flops(cfg, grids, seq_len: int, *, window_patches: int | None = None
   return flops
 
 
+def row_forward_flops(cfg, seq_len: int, patches: int, *, window_patches: int | None = None) -> float:
+  """Forward FLOPs of one padded row of `seq_len` tokens and `patches` patch slots, as the devices
+  compute it (the padding included)."""
+  side = int(round(np.sqrt(patches)))  # attention cost only depends on the patch count; any grid works
+  grid = (1, side, patches // side) if side * (patches // side) == patches else (1, 1, patches)
+  return forward_flops(cfg, [grid], seq_len, window_patches=window_patches)
+
+
 def batch_train_flops(cfg, batch: dict) -> float:
   """Training FLOPs (forward + backward = 3x forward) of a padded batch, as the devices compute it."""
   b, p = batch["vision_segment_ids"].shape
-  seq = batch["input_ids"].shape[1]
-  side = int(round(np.sqrt(p)))  # attention cost only depends on the patch count; any grid of p works
-  grid = (1, side, p // side) if side * (p // side) == p else (1, 1, p)
-  return 3 * b * forward_flops(cfg, [grid], seq)
+  return 3 * b * row_forward_flops(cfg, batch["input_ids"].shape[1], p)
 
 
 class MetricsWriter:
